@@ -1,0 +1,301 @@
+"""``MixupCallback``: MixUp/CutMix on every training batch, inside the Lightning loop."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_mixup import functional as F
+from lightning_mixup.policies import CutMix, MixUp, MixUpOrCutMix, Mode
+
+__all__ = ["MixupCallback"]
+
+_DEFAULT_SEED = 0
+_RAMP_SHAPES = ("linear", "cosine")
+_RAMP_TARGETS = ("p", "alpha")
+
+
+def _number(name: str, value: Any, low: float, high: float = math.inf) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not ok:
+        where = f"in [{low:g}, {high:g}]" if high != math.inf else f">= {low:g}"
+        raise ValueError(f"`{name}` must be a number {where}, got {value!r}.")
+    return float(value)
+
+
+def _int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+    return value
+
+
+class MixupCallback(pl.Callback):
+    """Mix each training batch with MixUp and/or CutMix, in place, before ``training_step``.
+
+    Implements mixup (Zhang et al., ICLR 2018) and CutMix (Yun et al., ICCV 2019). The batch must
+    be a list or a dict; its inputs (``batch[input_key]``) are blended in place and its targets
+    (``batch[target_key]``) are replaced by float32 ``(B, num_classes)`` probabilities. A mixed sample
+    is ``λ·x_i + (1-λ)·x_j`` with target ``λ·y_i + (1-λ)·y_j``: λ is the sample's own share (for
+    CutMix, its exact kept area) and partners form a random perfect matching of the batch, so every
+    sample's partner is uniformly random among the others (an odd batch leaves one sample as is).
+    Validation, test, predict and sanity-check batches are never touched.
+
+    Schedule: epochs are 0-based and progress is fractional (``epoch + batch_idx /
+    num_training_batches``). The strength ``s`` is 0 before ``ramp_start_epoch``, rises to 1 over
+    ``ramp_epochs`` epochs, and is 0 from epoch ``stop_epoch`` on. With ``ramp_target="p"`` a batch
+    is mixed with probability ``p·s``; with ``"alpha"`` it is mixed with probability ``p`` using
+    ``α·s``. ``s`` is recomputed from the Trainer's counters at every batch, so resuming keeps it.
+
+    Randomness: each batch uses its own ``torch.Generator`` seeded from ``(seed, global_rank, epoch,
+    batch_idx)``, so ranks draw differently, reruns repeat, and a resumed run draws exactly what
+    the uninterrupted one would have, without storing RNG state. The global RNGs are not used.
+
+    Args:
+        alpha: MixUp Beta(α, α) concentration; 0 disables MixUp.
+        cutmix_alpha: CutMix Beta(α, α) concentration; 0 disables CutMix.
+        switch_prob: With both enabled, probability of choosing CutMix.
+        p: Probability that a batch (``mode="batch"``) or a sample (``mode="elem"``) is mixed.
+        mode: ``"batch"``: one λ (and box) per batch; ``"elem"``: one per sample.
+        label_smoothing: ε applied once, to class-index targets, before mixing.
+        num_classes: Number of classes; when None it is read at ``setup`` from
+            ``pl_module.num_classes``, ``pl_module.hparams.num_classes`` or
+            ``trainer.datamodule.num_classes``.
+        ramp_start_epoch: First epoch (0-based) of the ramp; strength is 0 before it.
+        ramp_epochs: Epochs to go from strength 0 to 1; 0 means full strength at once.
+        ramp_shape: ``"linear"`` or ``"cosine"``.
+        ramp_target: What the strength scales: ``"p"`` or ``"alpha"``.
+        stop_epoch: From this epoch (0-based) on, no mixing; None never stops.
+        input_key: Index (list batch) or key (dict batch) of the inputs.
+        target_key: Index or key of the targets.
+        seed: Seed of the mixing draws; None uses the seed given to ``seed_everything``, else 0.
+        same_on_all_ranks: Leave the rank out of the seed so every DDP rank draws the same.
+
+    Raises:
+        ValueError: On an out-of-range argument (the message names it and the value received).
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> trainer = pl.Trainer(callbacks=[MixupCallback(alpha=0.2, ramp_epochs=5)],
+        ...                      logger=False, enable_checkpointing=False)
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        cutmix_alpha: float = 0.0,
+        switch_prob: float = 0.5,
+        p: float = 1.0,
+        mode: Mode = "batch",
+        label_smoothing: float = 0.0,
+        num_classes: int | None = None,
+        ramp_start_epoch: int = 0,
+        ramp_epochs: int = 0,
+        ramp_shape: Literal["linear", "cosine"] = "linear",
+        ramp_target: Literal["p", "alpha"] = "p",
+        stop_epoch: int | None = None,
+        input_key: int | str = 0,
+        target_key: int | str = 1,
+        seed: int | None = None,
+        same_on_all_ranks: bool = False,
+    ) -> None:
+        self.alpha = _number("alpha", alpha, 0.0)
+        self.cutmix_alpha = _number("cutmix_alpha", cutmix_alpha, 0.0)
+        if self.alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError(
+                "`alpha` and `cutmix_alpha` are both 0, so nothing would be mixed; set `alpha` > 0 "
+                f"for MixUp and/or `cutmix_alpha` > 0 for CutMix, got alpha={alpha!r}, "
+                f"cutmix_alpha={cutmix_alpha!r}."
+            )
+        self.switch_prob = _number("switch_prob", switch_prob, 0.0, 1.0)
+        self.p = _number("p", p, 0.0, 1.0)
+        self.label_smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
+        if mode not in ("batch", "elem"):
+            raise ValueError(f"`mode` must be 'batch' or 'elem', got {mode!r}.")
+        if ramp_shape not in _RAMP_SHAPES:
+            raise ValueError(f"`ramp_shape` must be one of {_RAMP_SHAPES}, got {ramp_shape!r}.")
+        if ramp_target not in _RAMP_TARGETS:
+            raise ValueError(f"`ramp_target` must be one of {_RAMP_TARGETS}, got {ramp_target!r}.")
+        self.num_classes = None if num_classes is None else _int("num_classes", num_classes, 1)
+        self.ramp_start_epoch = _int("ramp_start_epoch", ramp_start_epoch, 0)
+        self.ramp_epochs = _int("ramp_epochs", ramp_epochs, 0)
+        if stop_epoch is not None and _int("stop_epoch", stop_epoch, 0) <= ramp_start_epoch:
+            raise ValueError(
+                f"`stop_epoch` must be after `ramp_start_epoch` = {ramp_start_epoch}, got {stop_epoch!r}."
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
+        for name, key in (("input_key", input_key), ("target_key", target_key)):
+            if isinstance(key, bool) or not isinstance(key, (int, str)):
+                raise ValueError(f"`{name}` must be a list index or a dict key, got {key!r}.")
+        self.mode, self.ramp_shape, self.ramp_target = mode, ramp_shape, ramp_target
+        self.stop_epoch, self.input_key, self.target_key = stop_epoch, input_key, target_key
+        self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
+        self.policy = self._make_policy()
+        self._seed = seed if seed is not None else _DEFAULT_SEED
+        self._salt = 0
+        self._buffer: Tensor | None = None
+        self._warned_soft_smoothing = False
+        self._num_classes = self.num_classes
+        self._restored_seed: int | None = None
+
+    def _make_policy(self) -> MixUp | CutMix | MixUpOrCutMix:
+        if self.cutmix_alpha == 0:
+            return MixUp(self.alpha, self.mode)
+        if self.alpha == 0:
+            return CutMix(self.cutmix_alpha, self.mode)
+        return MixUpOrCutMix(
+            MixUp(self.alpha, self.mode), CutMix(self.cutmix_alpha, self.mode), self.switch_prob
+        )
+
+    @property
+    def state_key(self) -> str:
+        """Checkpoint key that tells several differently configured instances apart."""
+        return self._generate_state_key(
+            alpha=self.alpha, cutmix_alpha=self.cutmix_alpha, mode=self.mode, p=self.p,
+            ramp_start_epoch=self.ramp_start_epoch, ramp_epochs=self.ramp_epochs,
+            stop_epoch=self.stop_epoch, input_key=self.input_key, target_key=self.target_key,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve ``num_classes`` and the seed; order this instance among its siblings."""
+        if self.seed is None:
+            env = os.environ.get("PL_GLOBAL_SEED")
+            self._seed = int(env) if env is not None else _DEFAULT_SEED
+        siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
+        self._salt = next(i for i, cb in enumerate(siblings) if cb is self)
+        self._num_classes = self.num_classes or self._find_num_classes(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Store the resolved seed so a resumed run draws the same even if the global seed changed."""
+        return {"seed": self._seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the seed of the interrupted run (unless ``seed`` was given explicitly)."""
+        if self.seed is None and state_dict.get("seed") is not None:
+            self._restored_seed = int(state_dict["seed"])
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Apply a seed restored from a checkpoint (``load_state_dict`` runs before this)."""
+        if self._restored_seed is not None:
+            self._seed, self._restored_seed = self._restored_seed, None
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Mix ``batch`` in place according to the schedule at this epoch and batch."""
+        container, x, target = self._unpack(batch)
+        strength = self.strength(trainer.current_epoch, batch_idx, trainer.num_training_batches)
+        p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
+        soft = self._soft_targets(target)
+        lam_mean = 1.0
+        if p > 0 and scale > 0 and x.shape[0] > 1:
+            params = self.policy.sample(
+                x.shape, self._generator(trainer, batch_idx), p=p, alpha_scale=scale
+            )
+            buffer = self._reuse_buffer(x)
+            x, soft = self.policy.apply(x, soft, params, buffer=buffer)
+            lam_mean = float(params.lam.mean())
+        container[self.target_key] = soft
+        container[self.input_key] = x
+        kwargs = {"on_step": False, "on_epoch": True, "batch_size": x.shape[0]}
+        pl_module.log(f"{self._log_prefix}/strength", strength, **kwargs)
+        pl_module.log(f"{self._log_prefix}/lambda_mean", lam_mean, **kwargs)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _log_prefix(self) -> str:
+        return "mixup" if self._salt == 0 else f"mixup_{self._salt}"
+
+    def strength(
+        self, epoch: int, batch_idx: int = 0, batches_per_epoch: float = math.inf
+    ) -> float:
+        """Schedule strength at ``epoch`` (0-based) and ``batch_idx``, in ``[0, 1]``."""
+        frac = batch_idx / batches_per_epoch if 0 < batches_per_epoch < math.inf else 0.0
+        return F.ramp_strength(
+            epoch + frac, self.ramp_start_epoch, self.ramp_epochs, self.ramp_shape, self.stop_epoch
+        )
+
+    def _generator(self, trainer: pl.Trainer, batch_idx: int) -> torch.Generator:
+        rank = 0 if self.same_on_all_ranks else trainer.global_rank
+        key = f"{self._seed}/{rank}/{trainer.current_epoch}/{batch_idx}/{self._salt}".encode()
+        derived = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        return torch.Generator().manual_seed(derived)
+
+    def _reuse_buffer(self, x: Tensor) -> Tensor:
+        buf = self._buffer
+        if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
+            buf = self._buffer = torch.empty_like(x)
+        return buf
+
+    def _unpack(self, batch: Any) -> tuple[MutableMapping | list, Tensor, Tensor]:
+        if (
+            isinstance(batch, tuple)
+            or isinstance(batch, Tensor)
+            or not isinstance(batch, (list, MutableMapping))
+        ):
+            raise TypeError(
+                f"MixupCallback rewrites the batch in place, so it must be a list or a dict, got "
+                f"{type(batch).__name__}. Return a list (e.g. `[x, y]`; the default collate does this "
+                "for tuple samples) or a dict from your dataset/collate_fn."
+            )
+        x, target = (self._lookup(batch, name, key) for name, key in
+                     (("input_key", self.input_key), ("target_key", self.target_key)))  # fmt: skip
+        if not x.is_floating_point():
+            raise TypeError(
+                f"Inputs `batch[{self.input_key!r}]` must be floating point to be mixed, got dtype "
+                f"{x.dtype}; convert and normalise them first (e.g. `x.float() / 255`)."
+            )
+        if x.ndim < 1 or target.ndim < 1 or x.shape[0] != target.shape[0]:
+            raise ValueError(
+                f"Inputs and targets must share the batch dimension, got shapes {tuple(x.shape)} "
+                f"and {tuple(target.shape)}."
+            )
+        return batch, x, target
+
+    @staticmethod
+    def _lookup(batch: Any, name: str, key: int | str) -> Tensor:
+        try:
+            value = batch[key]
+        except (KeyError, IndexError, TypeError):
+            have = list(batch.keys()) if isinstance(batch, Mapping) else f"{len(batch)} elements"
+            raise ValueError(f"`{name}` = {key!r} is not in the batch (it has {have}).") from None
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`batch[{key!r}]` must be a tensor, got {type(value).__name__}.")
+        return value
+
+    def _soft_targets(self, target: Tensor) -> Tensor:
+        if target.ndim == 2 and self.label_smoothing > 0 and not self._warned_soft_smoothing:
+            self._warned_soft_smoothing = True
+            rank_zero_warn(
+                "MixupCallback: `label_smoothing` applies to class-index targets only; these 2-D "
+                "targets are mixed as given, without smoothing."
+            )
+        return F.soft_targets(target, self._num_classes, self.label_smoothing)
+
+    @staticmethod
+    def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+        hparams = getattr(pl_module, "hparams", {})
+        candidates = (
+            getattr(pl_module, "num_classes", None),
+            hparams.get("num_classes") if isinstance(hparams, Mapping) else None,
+            getattr(trainer.datamodule, "num_classes", None)
+            if trainer.datamodule is not None
+            else None,
+        )
+        for value in candidates:
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        raise ValueError(
+            "MixupCallback could not find `num_classes`: it looked at `pl_module.num_classes`, "
+            "`pl_module.hparams.num_classes` and `trainer.datamodule.num_classes`. Pass "
+            "`MixupCallback(num_classes=...)` or set one of those attributes."
+        )

@@ -1,0 +1,312 @@
+"""Pure tensor maths for MixUp and CutMix: no Lightning import, no global RNG.
+
+Every random function takes an explicit :class:`torch.Generator` (a CPU generator); the few
+random numbers a batch needs (partners, λ, boxes) are drawn on the CPU and moved to the
+batch's device, so a run repeats itself exactly whatever the device.
+
+Conventions used throughout:
+
+* **λ is the weight of the sample itself.** A mixed sample is ``λ·x_i + (1-λ)·x_j`` and its
+  target ``λ·y_i + (1-λ)·y_j``, where ``j = partner[i]``. For CutMix, λ is the fraction of the
+  sample's own pixels that are kept (after the box is clipped to the input).
+* **Pairing.** ``partner`` is a random perfect matching drawn from the generator: the batch is
+  shuffled and consecutive samples of the shuffled order swap partners, so every sample's partner
+  is uniformly random among the other samples and ``partner[partner[i]] == i``. With an odd batch
+  size one uniformly chosen sample is its own partner and is left unchanged; a batch of one is
+  never mixed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "cutmix_boxes",
+    "cutmix_weights",
+    "mix_",
+    "mix_targets",
+    "ramp_strength",
+    "sample_beta",
+    "sample_partners",
+    "soft_targets",
+]
+
+
+def _check_unit_interval(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+
+
+def soft_targets(
+    target: Tensor,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Turn class indices into (optionally smoothed) probability rows; pass 2-D targets through.
+
+    Args:
+        target: ``(B,)`` integer class indices in ``[0, num_classes)``, or ``(B, num_classes)``
+            floating soft / multi-hot targets, which are returned converted to ``dtype`` and
+            otherwise unchanged (label smoothing applies to class indices only).
+        num_classes: Number of classes ``K``.
+        label_smoothing: ε in ``[0, 1]``: the true class gets ``1 - ε + ε/K``, every other ``ε/K``.
+        dtype: Floating dtype of the result (float32 by default, whatever the input precision).
+
+    Returns:
+        A ``(B, num_classes)`` tensor on ``target``'s device.
+
+    Raises:
+        ValueError: If the shape, the class range or ``num_classes`` is wrong.
+        TypeError: If 1-D targets are not integers, or 2-D targets are not floating point.
+
+    Example:
+        >>> soft_targets(torch.tensor([0, 2]), 3, label_smoothing=0.3)
+        tensor([[0.8000, 0.1000, 0.1000],
+                [0.1000, 0.1000, 0.8000]])
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be a positive integer, got {num_classes!r}.")
+    _check_unit_interval("label_smoothing", label_smoothing)
+    if target.ndim == 2:
+        if not target.is_floating_point():
+            raise TypeError(
+                "2-D targets must be floating point soft or multi-hot rows, got dtype "
+                f"{target.dtype}; pass class indices as a 1-D integer tensor instead."
+            )
+        if target.shape[1] != num_classes:
+            raise ValueError(
+                f"2-D targets must have `num_classes` = {num_classes} columns, got shape "
+                f"{tuple(target.shape)}."
+            )
+        return target.to(dtype)
+    if target.ndim != 1:
+        raise ValueError(
+            "Targets must be class indices of shape (B,) or soft targets of shape "
+            f"(B, num_classes), got shape {tuple(target.shape)}."
+        )
+    if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+        raise TypeError(
+            f"1-D targets must be integer class indices, got dtype {target.dtype}; "
+            "use `.long()` on the labels, or pass (B, num_classes) soft targets."
+        )
+    if target.numel() and bool(((target < 0) | (target >= num_classes)).any()):
+        bad = target[(target < 0) | (target >= num_classes)]
+        raise ValueError(
+            f"Class indices must lie in [0, num_classes) = [0, {num_classes}), got values "
+            f"{bad[:5].tolist()}; check `num_classes` and the dataset's labels."
+        )
+    off = label_smoothing / num_classes
+    out = torch.full((target.shape[0], num_classes), off, dtype=dtype, device=target.device)
+    out.scatter_(1, target.long().unsqueeze(1), 1.0 - label_smoothing + off)
+    return out
+
+
+def sample_beta(alpha: float, n: int, generator: torch.Generator) -> Tensor:
+    """Draw ``n`` samples of λ ~ Beta(α, α) from ``generator`` (float64, on the CPU).
+
+    Gamma variates come from Marsaglia and Tsang's method (with the ``U^(1/α)`` boost for
+    α < 1), computed in log space so that very small α (a ramp starting at zero) gives λ
+    close to 0 or 1 instead of 0/0. ``alpha == 0`` returns ones (no mixing).
+
+    Args:
+        alpha: Concentration α ≥ 0.
+        n: Number of samples.
+        generator: CPU generator that supplies every random number.
+
+    Returns:
+        A float64 tensor of shape ``(n,)`` with values in ``[0, 1]``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> lam = sample_beta(1.0, 4, g)
+        >>> bool(((lam >= 0) & (lam <= 1)).all())
+        True
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
+        raise ValueError(f"`alpha` must be a number >= 0, got {alpha!r}.")
+    if alpha == 0 or n == 0:
+        return torch.ones(n, dtype=torch.float64)
+    log_a = _log_gamma_variates(float(alpha), n, generator)
+    log_b = _log_gamma_variates(float(alpha), n, generator)
+    return torch.sigmoid(log_a - log_b)
+
+
+def _log_gamma_variates(shape: float, n: int, generator: torch.Generator) -> Tensor:
+    """Logarithms of ``n`` Gamma(shape, 1) variates (Marsaglia & Tsang, 2000)."""
+    boost = shape < 1.0
+    k = shape + 1.0 if boost else shape
+    d = k - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(n, dtype=torch.float64)
+    todo = torch.arange(n)
+    while todo.numel():
+        m = todo.numel()
+        z = torch.randn(m, generator=generator, dtype=torch.float64)
+        u = torch.rand(m, generator=generator, dtype=torch.float64)
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        out[todo[ok]] = math.log(d) + torch.log(v[ok])
+        todo = todo[~ok]
+    if boost:
+        u = torch.rand(n, generator=generator, dtype=torch.float64).clamp_min(1e-300)
+        out += torch.log(u) / shape
+    return out
+
+
+def sample_partners(batch_size: int, generator: torch.Generator) -> Tensor:
+    """Draw a random perfect matching of the batch: ``partner[i]`` is the sample ``i`` mixes with.
+
+    The batch is shuffled and samples at shuffled positions ``2k`` and ``2k+1`` become partners,
+    so each sample's partner is uniformly random among the others and the pairing is symmetric
+    (``partner[partner[i]] == i``). With an odd batch size one uniformly chosen sample is its
+    own partner.
+
+    Example:
+        >>> p = sample_partners(5, torch.Generator().manual_seed(0))
+        >>> bool((p[p] == torch.arange(5)).all())
+        True
+    """
+    order = torch.randperm(batch_size, generator=generator)
+    partner = torch.arange(batch_size)
+    even = batch_size - batch_size % 2
+    first, second = order[0:even:2], order[1:even:2]
+    partner[first] = second
+    partner[second] = first
+    return partner
+
+
+def cutmix_boxes(
+    lam: Tensor, spatial: Sequence[int], generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sample one box per λ for CutMix and return it with the λ implied by the kept area.
+
+    Each box covers a fraction ``1 - λ`` of the input before clipping: every side is the
+    input's side times ``(1 - λ) ** (1 / d)`` for ``d`` spatial dimensions, centred on a uniformly
+    random position; the box is then clipped to the input, so the returned λ (the kept
+    fraction) is the exact share of the sample's own pixels.
+
+    Args:
+        lam: ``(n,)`` requested λ values in ``[0, 1]``.
+        spatial: Spatial sizes of the input, e.g. ``(H, W)``; 1 to 3 dimensions.
+        generator: CPU generator.
+
+    Returns:
+        ``(lo, hi, kept)``: ``lo`` and ``hi`` are ``(n, d)`` integer corners (``hi`` exclusive)
+        and ``kept`` the ``(n,)`` float64 kept-area fraction.
+    """
+    spatial = tuple(int(s) for s in spatial)
+    if not 1 <= len(spatial) <= 3:
+        raise ValueError(
+            f"CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions, "
+            f"got {len(spatial)} spatial dimensions."
+        )
+    n, d = lam.shape[0], len(spatial)
+    sizes = torch.tensor(spatial, dtype=torch.float64)
+    ratio = (1.0 - lam.to(torch.float64)).clamp(0, 1) ** (1.0 / d)
+    half = torch.round(ratio.unsqueeze(1) * sizes / 2.0)
+    # A centre drawn uniformly from the integer positions 0..size-1 of every dimension.
+    centre = torch.floor(torch.rand(n, d, generator=generator, dtype=torch.float64) * sizes)
+    lo = (centre - half).clamp(min=0)
+    hi = torch.minimum(centre + half, sizes)
+    area = (hi - lo).prod(dim=1)
+    kept = 1.0 - area / float(math.prod(spatial))
+    return lo.long(), hi.long(), kept
+
+
+def cutmix_weights(lo: Tensor, hi: Tensor, spatial: Sequence[int]) -> Tensor:
+    """Partner-weight masks for CutMix: 1 inside each box, 0 outside.
+
+    Args:
+        lo: ``(n, d)`` lower corners (inclusive) on the target device.
+        hi: ``(n, d)`` upper corners (exclusive) on the target device.
+        spatial: Spatial sizes ``(S_1, ..., S_d)``.
+
+    Returns:
+        A boolean tensor of shape ``(n, 1, *spatial)`` that broadcasts over channels.
+    """
+    n, d = lo.shape
+    mask = torch.ones((n, *spatial), dtype=torch.bool, device=lo.device)
+    for k, size in enumerate(spatial):
+        pos = torch.arange(size, device=lo.device)
+        inside = (pos >= lo[:, k : k + 1]) & (pos < hi[:, k : k + 1])
+        shape = [n] + [1] * d
+        shape[k + 1] = size
+        mask &= inside.view(shape)
+    return mask.unsqueeze(1)
+
+
+def mix_(
+    x: Tensor, partner: Tensor, weight: Tensor | float, buffer: Tensor | None = None
+) -> Tensor:
+    """Mix a batch in place: ``x[i] ← (1 - w_i)·x[i] + w_i·x[partner[i]]``.
+
+    ``w`` is the partner's share, ``1 - λ``. ``torch.lerp`` computes the blend, and it is exact
+    at ``w = 0`` and ``w = 1``, so CutMix pixels are copied bit for bit from one of the two samples.
+
+    Args:
+        x: ``(B, ...)`` floating batch, modified in place.
+        partner: ``(B,)`` partner indices on ``x.device``.
+        weight: Partner share: a Python float, or a tensor broadcastable to ``x`` (``(B, 1, ...)``
+            per sample, or a per-pixel CutMix mask).
+        buffer: Optional preallocated tensor shaped like ``x`` that receives the partners, so a
+            training loop allocates no full batch per step.
+
+    Returns:
+        ``x``, mixed.
+    """
+    if buffer is None:
+        partners = x.index_select(0, partner)
+    else:
+        partners = torch.index_select(x, 0, partner, out=buffer)
+    if isinstance(weight, Tensor) and weight.dtype != x.dtype:
+        weight = weight.to(x.dtype)
+    return x.lerp_(partners, weight)
+
+
+def mix_targets(target: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
+    """Mix probability targets with the same partners: ``λ_i·y_i + (1 - λ_i)·y[partner[i]]``.
+
+    Args:
+        target: ``(B, K)`` float targets.
+        partner: ``(B,)`` partner indices.
+        lam: ``(B,)`` weights of each sample itself.
+    """
+    lam = lam.to(device=target.device, dtype=target.dtype).unsqueeze(1)
+    return torch.lerp(target.index_select(0, partner), target, lam)
+
+
+def ramp_strength(
+    progress: float,
+    ramp_start_epoch: float = 0,
+    ramp_epochs: float = 0,
+    ramp_shape: str = "linear",
+    stop_epoch: int | None = None,
+) -> float:
+    """Schedule strength ``s`` in ``[0, 1]`` at a fractional epoch ``progress`` (0-based).
+
+    ``s`` is 0 before ``ramp_start_epoch``, rises to 1 over ``ramp_epochs`` epochs (linearly or
+    along half a cosine; ``ramp_epochs == 0`` jumps straight to 1) and is 0 again from epoch
+    ``stop_epoch`` on (compared with the whole epoch number).
+
+    Example:
+        >>> ramp_strength(1.5, ramp_start_epoch=1, ramp_epochs=2)
+        0.25
+    """
+    if stop_epoch is not None and math.floor(progress) >= stop_epoch:
+        return 0.0
+    t = progress - ramp_start_epoch
+    if t < 0:
+        return 0.0
+    if ramp_epochs == 0:
+        return 1.0
+    r = min(t / ramp_epochs, 1.0)
+    if ramp_shape == "cosine":
+        return 0.5 - 0.5 * math.cos(math.pi * r)
+    if ramp_shape == "linear":
+        return r
+    raise ValueError(f"`ramp_shape` must be 'linear' or 'cosine', got {ramp_shape!r}.")
