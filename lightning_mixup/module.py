@@ -1,0 +1,377 @@
+"""``SoftLabelClassifier``: one cross-entropy loss for class-index and probability targets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from lightning_mixup.callback import MixupCallback
+
+__all__ = ["SoftLabelClassifier", "cosine_annealing", "default_optimizer"]
+
+_ECE_BINS = 15
+
+
+def default_optimizer(params: Iterable[Any]) -> Optimizer:
+    """SGD with Nesterov momentum 0.9, learning rate 0.1 and weight decay 5e-4.
+
+    The usual CIFAR ResNet recipe at batch size 128. A module-level function, so it pickles (DDP
+    spawn) and LightningCLI can name it: ``optimizer: lightning_mixup.module.default_optimizer``.
+
+    Args:
+        params: Parameters or parameter groups, as ``torch.optim`` optimizers accept them.
+
+    Returns:
+        The optimizer.
+
+    Example:
+        >>> default_optimizer(torch.nn.Linear(2, 2).parameters()).defaults["lr"]
+        0.1
+    """
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def cosine_annealing(optimizer: Optimizer, max_epochs: int) -> CosineAnnealingLR:
+    """Cosine decay from the initial learning rate to 0 over ``max_epochs`` epochs.
+
+    This is ``SoftLabelClassifier``'s default ``lr_scheduler``. It needs the run length, so the
+    module recognises it and calls it with ``trainer.max_epochs``; the scheduler is stepped once per
+    epoch.
+
+    Args:
+        optimizer: The optimizer whose learning rate is scheduled.
+        max_epochs: Number of epochs of the decay (``T_max``).
+
+    Returns:
+        The scheduler.
+
+    Example:
+        >>> opt = default_optimizer(torch.nn.Linear(2, 2).parameters())
+        >>> cosine_annealing(opt, max_epochs=200).T_max
+        200
+    """
+    return CosineAnnealingLR(optimizer, T_max=max_epochs)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+def _unit_interval(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
+class SoftLabelClassifier(pl.LightningModule):
+    """Classifier trained with one loss, ``F.cross_entropy``, on index or probability targets.
+
+    Targets may be ``(B,)`` integer class indices or ``(B, num_classes)`` float probability rows,
+    such as the mixed targets ``MixupCallback`` writes into training batches (mixup, Zhang et al.,
+    ICLR 2018; CutMix, Yun et al., ICCV 2019). Both go through the same ``F.cross_entropy`` call,
+    so a one-hot row gives exactly the loss of its index. Logits are cast to float32 first.
+
+    Label smoothing is applied exactly once. ``label_smoothing`` smooths the training loss, unless
+    the Trainer has a ``MixupCallback`` with ``label_smoothing > 0``: the callback has then already
+    smoothed the targets, so the module's value is ignored for training (with one warning when
+    both are set). Validation and test losses are never smoothed: ``val/nll`` and ``test/nll`` are
+    the true negative log-likelihood.
+
+    Logged once per epoch: ``train/loss``; ``train/acc_dominant``, the accuracy of
+    ``argmax(logits)`` against the dominant label ``argmax(target)`` (the label itself for index
+    targets; the first one on ties); and ``val/acc``, ``val/nll``, ``val/ece`` (15-bin L1 expected
+    calibration error), the same under ``test/``. Batches are ``[x, y]`` lists or ``(x, y)`` tuples.
+
+    Args:
+        backbone: Network mapping inputs to ``(B, num_classes)`` logits (see
+            ``lightning_mixup.models``).
+        num_classes: Number of classes ``K``; also read by ``MixupCallback`` when it is not given one.
+        optimizer: Callable that builds the optimizer from the parameters (LightningCLI's
+            dependency-injection convention); defaults to :func:`default_optimizer`.
+        lr_scheduler: Callable that builds a scheduler from the optimizer, stepped once per epoch
+            (a ``ReduceLROnPlateau`` monitors ``val/nll``); None keeps the learning rate constant.
+            The default, :func:`cosine_annealing`, decays over ``trainer.max_epochs``.
+        label_smoothing: ε in ``[0, 1]`` for the training loss: the target becomes
+            ``(1 - ε)·y + ε/K``.
+
+    Raises:
+        ValueError: If ``num_classes`` or ``label_smoothing`` is out of range; at ``setup``, if the
+            datamodule's ``num_classes`` differs; during a step, if the backbone's output width or
+            the targets' width is not ``num_classes``.
+        TypeError: If ``backbone`` is not an ``nn.Module`` or a callable argument is not callable.
+
+    Example:
+        >>> from lightning_mixup.models import SmallCNN
+        >>> model = SoftLabelClassifier(SmallCNN(num_classes=10), num_classes=10)
+        >>> trainer = pl.Trainer(max_epochs=30, callbacks=[MixupCallback(alpha=0.2)],
+        ...                      logger=False, enable_checkpointing=False)
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = cosine_annealing,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"`backbone` must be a torch.nn.Module, got {type(backbone).__name__}.")
+        num_classes = _positive_int("num_classes", num_classes)
+        if not callable(optimizer):
+            raise TypeError(
+                f"`optimizer` must be a callable that takes the parameters and returns an "
+                f"optimizer, got {optimizer!r}."
+            )
+        if lr_scheduler is not None and not callable(lr_scheduler):
+            raise TypeError(
+                f"`lr_scheduler` must be None or a callable that takes the optimizer and returns a "
+                f"scheduler, got {lr_scheduler!r}."
+            )
+        self.label_smoothing = label_smoothing  # validated by the property setter
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self._callback_smooths = False
+        self._warned_double_smoothing = False
+
+        self.train_acc_dominant = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = self._eval_metrics(num_classes)
+        self.test_metrics = self._eval_metrics(num_classes)
+
+    @staticmethod
+    def _eval_metrics(num_classes: int) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "nll": MeanMetric(),
+                "ece": MulticlassCalibrationError(num_classes, n_bins=_ECE_BINS, norm="l1"),
+            }
+        )
+
+    # ------------------------------------------------------------------ label smoothing
+    @property
+    def label_smoothing(self) -> float:
+        """ε of the training loss's label smoothing, in ``[0, 1]`` (see the class docstring)."""
+        return self._label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value: float) -> None:
+        self._label_smoothing = _unit_interval("label_smoothing", value)
+
+    @property
+    def train_label_smoothing(self) -> float:
+        """ε the training loss actually uses: 0 when a ``MixupCallback`` already smooths targets."""
+        return 0.0 if self._callback_smooths else self.label_smoothing
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        """Check the datamodule's ``num_classes``; at fit, settle who applies label smoothing."""
+        datamodule = self.trainer.datamodule
+        dm_classes = getattr(datamodule, "num_classes", None) if datamodule is not None else None
+        if (
+            isinstance(dm_classes, int)
+            and not isinstance(dm_classes, bool)
+            and dm_classes != self.num_classes
+        ):
+            raise ValueError(
+                f"The datamodule has `num_classes` = {dm_classes} but the module has `num_classes` = "
+                f"{self.num_classes}; build the module (and its backbone) with num_classes={dm_classes}."
+            )
+        if stage != "fit":
+            return
+        smoothing = [
+            cb.label_smoothing for cb in self.trainer.callbacks if isinstance(cb, MixupCallback)
+        ]
+        self._callback_smooths = any(eps > 0 for eps in smoothing)
+        if (
+            self._callback_smooths
+            and self.label_smoothing > 0
+            and not self._warned_double_smoothing
+        ):
+            self._warned_double_smoothing = True
+            rank_zero_warn(
+                f"Label smoothing is set twice: SoftLabelClassifier(label_smoothing="
+                f"{self.label_smoothing:g}) and MixupCallback(label_smoothing={max(smoothing):g}). "
+                "The callback's smoothing applies and the module's is ignored for training, so targets "
+                "are smoothed once; set one of them to 0 to silence this warning."
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the backbone's logits for inputs ``x``."""
+        return self.backbone(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Cross-entropy on index or (mixed) probability targets, with the training smoothing."""
+        x, target = self._unpack(batch)
+        logits = self._logits(x)
+        loss = self.loss(logits, target, label_smoothing=self.train_label_smoothing)
+        self.train_acc_dominant.update(logits.detach(), self._dominant(target))
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=x.shape[0],
+        )
+        self.log("train/acc_dominant", self.train_acc_dominant, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Update ``val/acc``, ``val/nll`` (unsmoothed) and ``val/ece``."""
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Update ``test/acc``, ``test/nll`` (unsmoothed) and ``test/ece``."""
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Return float32 ``(B, num_classes)`` probabilities for a tensor, ``[x]`` or ``[x, y]`` batch."""
+        if isinstance(batch, (list, tuple)) and len(batch) == 1:
+            batch = batch[0]
+        x = batch if isinstance(batch, Tensor) else self._unpack(batch)[0]
+        return self._logits(x).softmax(dim=1)
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """Build the optimizer and the per-epoch scheduler from the injected callables."""
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        if self.lr_scheduler is cosine_annealing:
+            scheduler = cosine_annealing(optimizer, self._max_epochs())
+        else:
+            scheduler = self.lr_scheduler(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = "val/nll"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    # ------------------------------------------------------------------ the loss
+    def loss(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        label_smoothing: float = 0.0,
+        reduction: Literal["mean", "none"] = "mean",
+    ) -> Tensor:
+        """Cross-entropy of ``logits`` against index or probability targets, in float32.
+
+        Args:
+            logits: ``(B, num_classes)`` logits of any floating dtype.
+            target: ``(B,)`` integer class indices or ``(B, num_classes)`` float probability rows.
+            label_smoothing: ε in ``[0, 1]``; the target becomes ``(1 - ε)·y + ε/K`` for both kinds.
+            reduction: ``"mean"`` over the batch, or ``"none"`` for one value per sample.
+
+        Returns:
+            The loss: a scalar, or a ``(B,)`` tensor with ``reduction="none"``.
+
+        Raises:
+            ValueError: If the targets' shape does not match the logits or ``num_classes``.
+            TypeError: If 1-D targets are not integers or 2-D targets not floating point.
+        """
+        return F.cross_entropy(
+            logits.float(),
+            self._check_target(target, logits.shape[0]),
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _eval_step(self, batch: Any, stage: str, metrics: nn.ModuleDict) -> None:
+        x, target = self._unpack(batch)
+        logits = self._logits(x)
+        nll = self.loss(logits, target, reduction="none")
+        probs = logits.softmax(dim=1)
+        labels = self._dominant(target)
+        metrics["acc"].update(probs, labels)
+        metrics["nll"].update(nll)
+        metrics["ece"].update(probs, labels)
+        for name, metric in metrics.items():
+            self.log(
+                f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc"
+            )
+
+    def _logits(self, x: Tensor) -> Tensor:
+        logits = self(x)
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"The backbone returned logits of shape {tuple(logits.shape)}, but the module has "
+                f"`num_classes` = {self.num_classes} and expects (batch, {self.num_classes}); build the "
+                f"backbone with num_classes={self.num_classes}."
+            )
+        return logits.float()
+
+    def _check_target(self, target: Tensor, batch_size: int) -> Tensor:
+        if target.ndim == 1:
+            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+                raise TypeError(
+                    f"1-D targets must be integer class indices, got dtype {target.dtype}; pass "
+                    "probabilities as a (batch, num_classes) tensor instead."
+                )
+            target = target.long()
+        elif target.ndim == 2:
+            if not target.is_floating_point():
+                raise TypeError(
+                    f"2-D targets must be floating point probability rows, got dtype {target.dtype}."
+                )
+            if target.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"2-D targets must have `num_classes` = {self.num_classes} columns, got shape "
+                    f"{tuple(target.shape)}."
+                )
+            target = target.float()
+        else:
+            raise ValueError(
+                "Targets must be (batch,) class indices or (batch, num_classes) probabilities, got "
+                f"shape {tuple(target.shape)}."
+            )
+        if target.shape[0] != batch_size:
+            raise ValueError(
+                f"The targets hold {target.shape[0]} samples but the logits {batch_size}."
+            )
+        return target
+
+    @staticmethod
+    def _dominant(target: Tensor) -> Tensor:
+        return target.argmax(dim=1) if target.ndim == 2 else target
+
+    @staticmethod
+    def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            got = type(batch).__name__
+            if isinstance(batch, (list, tuple)):
+                got += f" of length {len(batch)}"
+            raise TypeError(
+                "SoftLabelClassifier expects batches `[x, y]`: a list or tuple with the inputs at "
+                f"index 0 and the targets at index 1, got {got}."
+            )
+        return batch[0], batch[1]
+
+    def _max_epochs(self) -> int:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError(
+                f"The default `lr_scheduler` (cosine annealing) decays over `trainer.max_epochs`, got "
+                f"{max_epochs!r}; set `Trainer(max_epochs=...)`, or pass another `lr_scheduler` (None "
+                "keeps the learning rate constant)."
+            )
+        return max_epochs
