@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_mixup import functional as F
-from lightning_mixup.policies import CutMix, MixUp, MixUpOrCutMix, Mode
+from lightning_mixup.policies import CutMix, MixParams, MixUp, MixUpOrCutMix, Mode
 
 __all__ = ["MixupCallback"]
 
@@ -77,6 +77,10 @@ class MixupCallback(pl.Callback):
         target_key: Index or key of the targets.
         seed: Seed of the mixing draws; None uses the seed given to ``seed_everything``, else 0.
         same_on_all_ranks: Leave the rank out of the seed so every DDP rank draws the same.
+        skip_nonfinite: Check each batch's inputs for NaN/Inf before mixing (one reduction per
+            batch). A non-finite batch is left unmixed, so the bad values stay in their own
+            samples instead of spreading to their partners; the first one warns, and
+            ``mixup/nonfinite_batches`` counts them per epoch. False skips the check.
 
     Raises:
         ValueError: On an out-of-range argument (the message names it and the value received).
@@ -105,6 +109,7 @@ class MixupCallback(pl.Callback):
         target_key: int | str = 1,
         seed: int | None = None,
         same_on_all_ranks: bool = False,
+        skip_nonfinite: bool = True,
     ) -> None:
         self.alpha = _number("alpha", alpha, 0.0)
         self.cutmix_alpha = _number("cutmix_alpha", cutmix_alpha, 0.0)
@@ -138,11 +143,15 @@ class MixupCallback(pl.Callback):
         self.mode, self.ramp_shape, self.ramp_target = mode, ramp_shape, ramp_target
         self.stop_epoch, self.input_key, self.target_key = stop_epoch, input_key, target_key
         self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.last_params: MixParams | None = None
+        """Parameters of the most recent mixed batch (None if it was not mixed), for inspection."""
         self.policy = self._make_policy()
         self._seed = seed if seed is not None else _DEFAULT_SEED
         self._salt = 0
         self._buffer: Tensor | None = None
         self._warned_soft_smoothing = False
+        self._warned_nonfinite = False
         self._num_classes = self.num_classes
         self._restored_seed: int | None = None
 
@@ -196,21 +205,36 @@ class MixupCallback(pl.Callback):
         strength = self.strength(trainer.current_epoch, batch_idx, trainer.num_training_batches)
         p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
         soft = self._soft_targets(target)
-        lam_mean = 1.0
+        lam_mean, nonfinite, self.last_params = 1.0, 0.0, None
         if p > 0 and scale > 0 and x.shape[0] > 1:
-            params = self.policy.sample(
-                x.shape, self._generator(trainer, batch_idx), p=p, alpha_scale=scale
-            )
-            buffer = self._reuse_buffer(x)
-            x, soft = self.policy.apply(x, soft, params, buffer=buffer)
-            lam_mean = float(params.lam.mean())
+            if self.skip_nonfinite and not bool(torch.isfinite(x.sum(dtype=torch.float32))):
+                nonfinite = 1.0
+                self._warn_nonfinite(trainer.current_epoch, batch_idx)
+            else:
+                generator = self._generator(trainer, batch_idx)
+                params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
+                x, soft = self.policy.apply(x, soft, params, buffer=self._reuse_buffer(x))
+                lam_mean, self.last_params = float(params.lam.mean()), params
         container[self.target_key] = soft
         container[self.input_key] = x
-        kwargs = {"on_step": False, "on_epoch": True, "batch_size": x.shape[0]}
+        kwargs = {"on_step": False, "on_epoch": True, "batch_size": x.shape[0], "sync_dist": True}
         pl_module.log(f"{self._log_prefix}/strength", strength, **kwargs)
         pl_module.log(f"{self._log_prefix}/lambda_mean", lam_mean, **kwargs)
+        if self.skip_nonfinite:
+            pl_module.log(
+                f"{self._log_prefix}/nonfinite_batches", nonfinite, reduce_fx="sum", **kwargs
+            )
 
     # ------------------------------------------------------------------ helpers
+    def _warn_nonfinite(self, epoch: int, batch_idx: int) -> None:
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"MixupCallback: the inputs of batch {batch_idx} in epoch {epoch} contain NaN or "
+                "Inf; that batch (and any later such batch) is left unmixed so the bad values do "
+                "not spread to other samples. `mixup/nonfinite_batches` counts them."
+            )
+
     @property
     def _log_prefix(self) -> str:
         return "mixup" if self._salt == 0 else f"mixup_{self._salt}"

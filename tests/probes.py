@@ -89,3 +89,47 @@ def tiny_trainer(**kw: Any) -> pl.Trainer:
     }
     opts.update(kw)
     return pl.Trainer(**opts)
+
+
+class DrawRecorder(RecordingModule):
+    """Records, per training step, the callback's strength and draws; saves them per rank.
+
+    Used under ``ddp_spawn``, where the parent process only sees what the ranks write to disk.
+    """
+
+    def __init__(self, out_dir: str, num_classes: int = 16, in_features: int = 32) -> None:
+        super().__init__(num_classes=num_classes, in_features=in_features)
+        self.out_dir = out_dir
+        self.draws: list[dict[str, Any]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        from lightning_mixup import MixupCallback
+
+        cb = next(c for c in self.trainer.callbacks if isinstance(c, MixupCallback))
+        params = cb.last_params
+        self.draws.append(
+            {
+                "epoch": self.current_epoch,
+                "batch_idx": batch_idx,
+                "strength": cb.strength(
+                    self.current_epoch, batch_idx, self.trainer.num_training_batches
+                ),
+                "partner": None if params is None else params.partner.clone(),
+                "lam": None if params is None else params.lam.clone(),
+                "y": batch[1].detach().clone(),
+            }
+        )
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        return loss
+
+    def on_train_end(self) -> None:
+        import os
+
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        torch.save(
+            {"draws": self.draws, "metrics": metrics, "state": state},
+            os.path.join(self.out_dir, f"rank{self.global_rank}.pt"),
+        )
