@@ -1,7 +1,25 @@
 """lightning-mixup: correct, resumable, DDP-aware MixUp and CutMix for PyTorch Lightning."""
 
 from lightning_mixup.callback import MixupCallback
+from lightning_mixup.data import CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule
+from lightning_mixup.models import CifarResNet18, PreActResNet18, SmallCNN
+from lightning_mixup.module import SoftLabelClassifier, cosine_annealing, default_optimizer
 from lightning_mixup.policies import CutMix, MixParams, MixUp, MixUpOrCutMix
 
-__all__ = ["CutMix", "MixParams", "MixUp", "MixUpOrCutMix", "MixupCallback"]
+__all__ = [
+    "CIFAR100DataModule",
+    "CIFAR10DataModule",
+    "CifarResNet18",
+    "CutMix",
+    "DigitsDataModule",
+    "MixParams",
+    "MixUp",
+    "MixUpOrCutMix",
+    "MixupCallback",
+    "PreActResNet18",
+    "SmallCNN",
+    "SoftLabelClassifier",
+    "cosine_annealing",
+    "default_optimizer",
+]
 __version__ = "0.1.0"
