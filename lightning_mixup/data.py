@@ -1,7 +1,8 @@
 """LightningDataModules for CIFAR-10, CIFAR-100 and scikit-learn's digits, on one small base class.
 
-Every datamodule yields batches as lists ``[images, labels]`` (float images, int64 labels), which
-:class:`~lightning_mixup.MixupCallback` can rewrite in place. All randomness the datamodules own
+Every datamodule hands ``training_step`` lists ``[images, labels]`` (float images, int64 labels),
+which :class:`~lightning_mixup.MixupCallback` can rewrite in place (CIFAR's fast path finishes
+them on the device, in ``on_after_batch_transfer``). All randomness the datamodules own
 (validation split, label noise, fast-path augmentation) comes from ``torch.Generator`` objects
 derived from ``seed``; the global RNGs are left alone. Shuffling the training set is the
 DataLoader's (or, under DDP, Lightning's ``DistributedSampler``'s) job, as usual.
@@ -104,20 +105,19 @@ def _sample_crop_flip(
 def _crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int) -> Tensor:
     """Zero-pad ``(B, C, H, W)`` images by ``padding``, crop ``H×W`` at ``(top, left)``, then flip.
 
-    One gather does the crop and the flip for the whole batch, on the images' device. It matches
-    torchvision's ``RandomCrop(size, padding)`` followed by ``RandomHorizontalFlip()`` given the
-    same offsets and flips.
+    Two gathers (rows, then columns, the flip folded into the column order) do the whole batch on
+    the images' device. Given the same offsets and flips, this is exactly torchvision's
+    ``RandomCrop(size, padding)`` followed by ``RandomHorizontalFlip()``.
     """
     b, c, h, w = images.shape
     device = images.device
     top, left, flip = (t.to(device, non_blocking=True) for t in (top, left, flip))
     padded = nnf.pad(images, (padding, padding, padding, padding))
     rows = top[:, None] + torch.arange(h, device=device)
+    rows = rows[:, None, :, None].expand(b, c, h, padded.shape[-1])
     cols = left[:, None] + torch.arange(w, device=device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch_index = torch.arange(b, device=device)[:, None, None, None]
-    channel_index = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+    return padded.gather(2, rows).gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
 def _normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -429,6 +429,10 @@ class CIFAR10DataModule(_ClassificationDataModule):
             self._augment_key = (epoch, rank)
             self._augment_generator = _generator(self.seed, "augment", epoch, rank)
         return self._augment_generator
+
+    def teardown(self, stage: str) -> None:
+        """Forget the augmentation stream, so a later ``fit`` with this datamodule repeats it."""
+        self._augment_key = self._augment_generator = None
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Fast path: augment (training only) and normalise the uint8 batch on its device.

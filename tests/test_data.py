@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 import torchvision
-from torch.utils.data import RandomSampler, SequentialSampler
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from lightning.pytorch.plugins.precision import HalfPrecision, Precision
+from lightning.pytorch.utilities.data import _update_dataloader
+from PIL import Image
+from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
 from lightning_mixup.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     DigitsDataModule,
+    _crop_flip,
+    _normalize,
+    _sample_crop_flip,
     _symmetric_label_noise,
     _TensorBatches,
 )
 from tests.cifar_files import FakeCifar, checksum_lists, sample_index, write_cifar10, write_cifar100
-
-CIFAR10_MEAN = torch.tensor(CIFAR10DataModule.mean).view(1, 3, 1, 1)
-CIFAR10_STD = torch.tensor(CIFAR10DataModule.std).view(1, 3, 1, 1)
 
 
 def normalised(images: torch.Tensor, dm: CIFAR10DataModule) -> torch.Tensor:
@@ -410,3 +419,191 @@ def test_tensor_batches_fetch_a_batch_in_one_indexing(monkeypatch: pytest.Monkey
     dm.setup()
     batches = list(dm.train_dataloader())
     assert len(batches) == 24 and sum(len(b[1]) for b in batches) == 1197
+
+
+# ---------------------------------------------------------------------------- fast path (phase 2)
+def _fake_trainer(training: bool, epoch: int = 0, rank: int = 0, precision: str = "32-true"):
+    """The four public Trainer attributes the fast-path hook reads."""
+    plugin = Precision() if precision == "32-true" else HalfPrecision(precision)
+    return SimpleNamespace(
+        training=training, current_epoch=epoch, global_rank=rank, precision_plugin=plugin
+    )
+
+
+GRID = list(itertools.product(range(9), range(9), (False, True)))  # (top, left, flip)
+
+
+def _all_crops(raw: torch.Tensor, dm: CIFAR10DataModule) -> torch.Tensor:
+    """``(162, B, 3, 32, 32)``: every crop offset and flip of ``raw``, normalised."""
+    b = raw.shape[0]
+    top, left, flip = (torch.tensor(column).repeat_interleave(b) for column in zip(*GRID))
+    crops = _crop_flip(raw.repeat(len(GRID), 1, 1, 1), top, left, flip, padding=4)
+    return _normalize(crops, dm.mean, dm.std).view(len(GRID), *raw.shape)
+
+
+def _matching_params(processed: torch.Tensor, raw: torch.Tensor, dm: CIFAR10DataModule) -> list:
+    """For each processed image, the (top, left, flip) that produced it exactly (or fail)."""
+    candidates = _all_crops(raw, dm).to(processed.dtype)
+    hits = (candidates == processed[None]).flatten(2).all(-1)  # (162, B)
+    assert hits.any(0).all(), "a training image is not a crop/flip of its source image"
+    return [GRID[i] for i in hits.float().argmax(0).tolist()]
+
+
+def test_crop_offsets_are_uniform_and_flips_fair() -> None:
+    n = 81 * 200
+    top, left, flip = _sample_crop_flip(n, 4, torch.Generator().manual_seed(0))
+    assert top.min() == left.min() == 0 and top.max() == left.max() == 8
+    counts = torch.bincount(top * 9 + left, minlength=81).double()
+    chi2 = ((counts - 200) ** 2 / 200).sum().item()
+    assert chi2 < 124.8  # chi-square, 80 degrees of freedom, p = 0.001
+    assert abs(flip.sum().item() - n / 2) < 4 * (n / 4) ** 0.5
+    # Flips are independent of the offsets: both halves cover every position evenly.
+    for half in (flip, ~flip):
+        cells = torch.bincount(top[half] * 9 + left[half], minlength=81).double()
+        expected = half.sum().item() / 81
+        assert ((cells - expected) ** 2 / expected).sum().item() < 124.8
+
+
+def test_batched_crop_flip_equals_torchvision_on_pil_images(cifar10: FakeCifar) -> None:
+    dm = make(root=cifar10.root, fast=False)
+    raw = cifar10.test_images[:3]
+    fast = _all_crops(raw, dm)
+    to_tensor = T.Compose([T.ToTensor(), T.Normalize(dm.mean, dm.std)])
+    for k, (top, left, flip) in enumerate(GRID):
+        for i in range(3):
+            pil = Image.fromarray(raw[i].permute(1, 2, 0).numpy())
+            crop = TF.crop(TF.pad(pil, 4), top, left, 32, 32)
+            expected = to_tensor(TF.hflip(crop) if flip else crop)
+            torch.testing.assert_close(fast[k, i], expected, rtol=0, atol=1e-6)
+    # Offset (4, 4) without flip is the un-augmented image: exactly the classic eval output.
+    four, no_flip = torch.full((3,), 4), torch.zeros(3, dtype=torch.bool)
+    centre = _normalize(_crop_flip(raw, four, four, no_flip, padding=4), dm.mean, dm.std)
+    classic = torch.stack([dm.test_dataset[i][0] for i in range(3)])
+    torch.testing.assert_close(centre, classic, rtol=0, atol=0)
+
+
+def test_fast_hook_augments_training_batches_only(cifar10: FakeCifar) -> None:
+    dm = make(root=cifar10.root, batch_size=64)
+    raw = next(iter(dm.val_dataloader()))[0]
+    dm.trainer = _fake_trainer(training=False)
+    evaluated = dm.on_after_batch_transfer([raw.clone(), torch.zeros(50)], 0)[0]
+    torch.testing.assert_close(evaluated, normalised(raw, dm), rtol=0, atol=1e-6)
+    dm.trainer = _fake_trainer(training=True)
+    batch = [raw.clone(), torch.zeros(50)]
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert out is batch and out[0].dtype == torch.float32 and out[0].shape == raw.shape
+    params = _matching_params(out[0], raw, dm)
+    assert len(set(params)) > 10  # per-sample offsets and flips, not one per batch
+
+
+def test_fast_hook_randomness_is_seeded_by_seed_epoch_and_rank(cifar10: FakeCifar) -> None:
+    raw = cifar10.test_images[:50]
+
+    def augmented(seed: int, epoch: int, rank: int, calls: int = 1) -> torch.Tensor:
+        dm = make(root=cifar10.root, seed=seed)
+        dm.trainer = _fake_trainer(training=True, epoch=epoch, rank=rank)
+        state = torch.get_rng_state()
+        out = [dm.on_after_batch_transfer([raw.clone(), None], 0)[0] for _ in range(calls)]
+        assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not used
+        return torch.stack(out)
+
+    reference = augmented(0, 0, 0, calls=2)
+    dm = make(root=cifar10.root, seed=0)
+    dm.trainer = _fake_trainer(training=True)
+    dm.on_after_batch_transfer([raw.clone(), None], 0)
+    dm.teardown("fit")  # a second fit with the same datamodule starts the stream again
+    assert torch.equal(dm.on_after_batch_transfer([raw.clone(), None], 0)[0], reference[0])
+    assert torch.equal(reference, augmented(0, 0, 0, calls=2))
+    assert not torch.equal(reference[0], reference[1])  # the stream moves on within an epoch
+    for other in (augmented(1, 0, 0), augmented(0, 1, 0), augmented(0, 0, 1)):
+        assert not torch.equal(reference[0], other[0])
+
+
+def test_fast_hook_applies_the_trainer_precision(cifar10: FakeCifar) -> None:
+    dm = make(root=cifar10.root)
+    raw = next(iter(dm.train_dataloader()))
+    dm.trainer = _fake_trainer(training=True, precision="bf16-true")
+    assert dm.on_after_batch_transfer(raw, 0)[0].dtype == torch.bfloat16
+
+
+def test_fast_hook_rejects_other_batches(cifar10: FakeCifar) -> None:
+    dm = make(root=cifar10.root)
+    images, labels = next(iter(dm.val_dataloader()))
+    with pytest.raises(TypeError, match=r"expects the `\[images, labels\]` list .*, got tuple\."):
+        dm.on_after_batch_transfer((images, labels), 0)
+    with pytest.raises(TypeError, match=r"expects uint8 \(B, C, H, W\) images, got torch.float32"):
+        dm.on_after_batch_transfer([images.float(), labels], 0)
+    classic = make(root=cifar10.root, fast=False)
+    anything = (images.float(), labels)
+    assert classic.on_after_batch_transfer(anything, 0) is anything
+
+
+def test_fast_loader_splits_cleanly_under_a_distributed_sampler(cifar10: FakeCifar) -> None:
+    dm = make(root=cifar10.root, val_size=50, batch_size=32)
+    seen = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(dm.train_dataset, num_replicas=2, rank=rank, seed=0)
+        # What Lightning does under DDP: rebuild our DataLoader around its DistributedSampler.
+        loader = _update_dataloader(dm.train_dataloader(), sampler)
+        batches = list(loader)
+        assert all(isinstance(b, list) and b[0].dtype == torch.uint8 for b in batches)
+        assert [len(b[1]) for b in batches] == [32, 32, 32, 4]
+        seen.append(torch.cat([sample_index(b[0]) for b in batches]))
+    assert set(seen[0].tolist()).isdisjoint(seen[1].tolist())
+    assert torch.equal(torch.cat(seen).sort().values, dm.train_indices)
+
+
+class _FastProbe(pl.LightningModule):
+    """Records each batch before transfer (raw uint8) and as the steps receive it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3 * 32 * 32, 10)
+        self.raw: dict[str, list[torch.Tensor]] = {"train": [], "val": []}
+        self.seen: dict[str, list[torch.Tensor]] = {"train": [], "val": []}
+
+    def on_before_batch_transfer(self, batch: list, dataloader_idx: int) -> list:
+        self.raw["train" if self.trainer.training else "val"].append(batch[0].clone())
+        return batch
+
+    def training_step(self, batch: list, batch_idx: int) -> torch.Tensor:
+        assert isinstance(batch, list) and batch[1].dtype == torch.int64
+        self.seen["train"].append(batch[0].detach().clone())
+        logits = self.layer(batch[0].flatten(1))
+        return torch.nn.functional.cross_entropy(logits.float(), batch[1])
+
+    def validation_step(self, batch: list, batch_idx: int) -> None:
+        self.seen["val"].append(batch[0].clone())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
+def test_fast_path_in_a_real_fit(cifar10: FakeCifar, precision: str) -> None:
+    dm = CIFAR10DataModule(data_dir=str(cifar10.root), batch_size=16, num_workers=0, val_size=20)
+    model = _FastProbe()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(overridden|does not have many workers)")
+        trainer.fit(model, datamodule=dm)
+    dtype = torch.float32 if precision == "32-true" else torch.bfloat16
+    assert len(model.seen["train"]) == 4 and len(model.seen["val"]) == 4
+    params = []
+    for raw, seen in zip(model.raw["train"], model.seen["train"]):
+        assert raw.dtype == torch.uint8 and seen.dtype == dtype
+        params += _matching_params(seen, raw, dm)
+    assert len(set(params)) > 10
+    for raw, seen in zip(model.raw["val"], model.seen["val"]):
+        torch.testing.assert_close(seen, normalised(raw, dm).to(dtype), rtol=0, atol=1e-6)
