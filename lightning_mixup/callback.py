@@ -180,7 +180,7 @@ class MixupCallback(pl.Callback):
             env = os.environ.get("PL_GLOBAL_SEED")
             self._seed = int(env) if env is not None else _DEFAULT_SEED
         siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
-        self._salt = next(i for i, cb in enumerate(siblings) if cb is self)
+        self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
         self._num_classes = self.num_classes or self._find_num_classes(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:

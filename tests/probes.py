@@ -59,7 +59,7 @@ class RecordingModule(pl.LightningModule):
                 "y": y.detach().clone(),
             }
         )
-        logits = self.layer(x.flatten(1).float())
+        logits = self.layer(x.flatten(1).to(self.layer.weight.dtype)).float()
         return nn.functional.cross_entropy(logits, y)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
