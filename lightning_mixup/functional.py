@@ -240,6 +240,11 @@ def cutmix_weights(lo: Tensor, hi: Tensor, spatial: Sequence[int]) -> Tensor:
     return mask.unsqueeze(1)
 
 
+# Batches larger than this, on the CPU, are mixed pair by pair in chunks that stay in cache.
+PAIRWISE_MIN_BYTES = 8 << 20
+_PAIRWISE_CHUNK_BYTES = 2 << 20
+
+
 def mix_(
     x: Tensor, partner: Tensor, weight: Tensor | float, buffer: Tensor | None = None
 ) -> Tensor:
@@ -248,24 +253,55 @@ def mix_(
     ``w`` is the partner's share, ``1 - λ``. ``torch.lerp`` computes the blend, and it is exact
     at ``w = 0`` and ``w = 1``, so CutMix pixels are copied bit for bit from one of the two samples.
 
+    Two ways, one result: a small batch (or one on an accelerator) gathers all partners into
+    ``buffer`` and blends in one pass; a large CPU batch with a symmetric pairing
+    (``partner[partner[i]] == i``, as :func:`sample_partners` draws) is mixed a few pairs at a
+    time, both members of each pair at once, so the working set stays in cache and the batch is
+    read and written about once.
+
     Args:
         x: ``(B, ...)`` floating batch, modified in place.
         partner: ``(B,)`` partner indices on ``x.device``.
-        weight: Partner share: a Python float, or a tensor broadcastable to ``x`` (``(B, 1, ...)``
-            per sample, or a per-pixel CutMix mask).
-        buffer: Optional preallocated tensor shaped like ``x`` that receives the partners, so a
-            training loop allocates no full batch per step.
+        weight: Partner share: a Python float, or a tensor of shape ``(B, 1, ...)`` broadcastable
+            to ``x`` (one value per sample, or a per-pixel CutMix mask).
+        buffer: Optional preallocated tensor shaped like ``x``, so a training loop allocates no
+            full batch per step.
 
     Returns:
         ``x``, mixed.
     """
+    if isinstance(weight, Tensor) and weight.dtype != x.dtype:
+        weight = weight.to(x.dtype)
+    if buffer is not None and x.device.type == "cpu" and x.nbytes >= PAIRWISE_MIN_BYTES:
+        first = (partner > torch.arange(len(partner))).nonzero().flatten()
+        second = partner[first]
+        if torch.equal(partner[second], first):
+            return _mix_pairs_(x, first, second, weight, buffer)
     if buffer is None:
         partners = x.index_select(0, partner)
     else:
         partners = torch.index_select(x, 0, partner, out=buffer)
-    if isinstance(weight, Tensor) and weight.dtype != x.dtype:
-        weight = weight.to(x.dtype)
     return x.lerp_(partners, weight)
+
+
+def _mix_pairs_(
+    x: Tensor, first: Tensor, second: Tensor, weight: Tensor | float, buffer: Tensor
+) -> Tensor:
+    """Mix the pairs ``(first[k], second[k])`` of ``x`` in place, a cache-sized chunk at a time."""
+    per_pair = 2 * x[0].nbytes
+    step = max(1, min(len(first), _PAIRWISE_CHUNK_BYTES // per_pair, len(buffer) // 3))
+    for start in range(0, len(first), step):
+        a, b = first[start : start + step], second[start : start + step]
+        n = len(a)
+        xa = torch.index_select(x, 0, a, out=buffer[:n])
+        xb = torch.index_select(x, 0, b, out=buffer[n : 2 * n])
+        if isinstance(weight, Tensor):
+            wa, wb = weight.index_select(0, a), weight.index_select(0, b)
+        else:
+            wa = wb = weight
+        x.index_copy_(0, a, torch.lerp(xa, xb, wa, out=buffer[2 * n : 3 * n]))
+        x.index_copy_(0, b, xb.lerp_(xa, wb))
+    return x
 
 
 def mix_targets(target: Tensor, partner: Tensor, lam: Tensor) -> Tensor:

@@ -281,3 +281,27 @@ def test_switch_elem_mode_mixes_both_kinds_in_one_batch():
 def test_policy_argument_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("n", [6, 7, 64])
+@pytest.mark.parametrize("weight_kind", ["float", "per_sample", "mask"])
+def test_pairwise_chunked_path_equals_the_gather_path(monkeypatch, n, weight_kind):
+    g = gen(n)
+    x = torch.randn(n, 3, 16, 16, generator=g)
+    partner = F.sample_partners(n, g)
+    if weight_kind == "float":
+        weight = 0.3
+    elif weight_kind == "per_sample":
+        weight = torch.rand(n, 1, 1, 1, generator=g)
+    else:
+        lo, hi, _ = F.cutmix_boxes(torch.rand(n, generator=g, dtype=torch.float64), (16, 16), g)
+        weight = F.cutmix_weights(lo, hi, (16, 16)).float()
+    reference = F.mix_(x.clone(), partner, weight)  # no buffer: always the gather path
+    monkeypatch.setattr(F, "PAIRWISE_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "_PAIRWISE_CHUNK_BYTES", 3 * 2 * x[0].nbytes)  # 3 pairs a chunk
+    calls = []
+    real = F._mix_pairs_
+    monkeypatch.setattr(F, "_mix_pairs_", lambda *a: calls.append(1) or real(*a))
+    chunked = F.mix_(x.clone(), partner, weight, buffer=torch.empty_like(x))
+    assert calls == [1]
+    assert torch.equal(chunked, reference)
