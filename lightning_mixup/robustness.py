@@ -1,0 +1,555 @@
+"""Adversarial and calibration evaluation: FGSM, PGD and the ``AdversarialEval`` test callback.
+
+**The ε convention.** Datamodules hand the model *normalised* inputs ``(pixel - mean) / std``,
+but an attack budget is meant in pixels. When ``mean`` and ``std`` are given (per channel, in
+[0, 1] pixel units, as the datamodules expose them), an attack works in pixel space: it
+un-normalises the inputs, perturbs the pixels by at most ε per pixel (L∞), clamps them to the
+pixel range (``[lower, upper]``, by default ``[0, 1]``) and normalises again. So ε = 8/255 means
+8 grey levels of an 8-bit image, whatever the normalisation. Without ``mean``/``std`` the raw
+inputs are attacked: ε is in their units and ``lower``/``upper`` (None = no bound) clamp them.
+
+FGSM's step is ``ε·sign(∇ₓ loss)``. Normalisation divides by a positive ``std``, so the sign of
+the gradient is the same in pixel and normalised space; what changes is the size of the step
+(ε pixels are ε/std normalised units) and where the clamp applies.
+
+The attacks use the model as given: call ``model.eval()`` first so batch norm and dropout behave
+as at test time. They take gradients with respect to the inputs only (``torch.autograd.grad``), so
+parameters' ``.grad`` are left alone, and they work inside ``torch.no_grad`` and
+``torch.inference_mode`` (as in Lightning's test loop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_mixup.visual import normalisation_from, reliability_diagram, run_dir
+
+__all__ = ["AdversarialEval", "fgsm", "pgd"]
+
+Stats = float | Sequence[float] | Tensor | None
+
+
+# ---------------------------------------------------------------------------- argument checks
+def _non_negative(name: str, value: Any, hint: str = "") -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    if not ok or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a non-negative number{hint}, got {value!r}.")
+    return float(value)
+
+
+def _positive_int(name: str, value: Any, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+    return value
+
+
+def _bound(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number or None, got {value!r}.")
+    return float(value)
+
+
+def _stats_tensor(name: str, value: Stats) -> Tensor | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}.")
+    try:
+        out = torch.as_tensor(value, dtype=torch.float32).detach().flatten()
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`{name}` must be a number or a sequence of numbers, got {value!r}."
+        ) from err
+    if out.numel() == 0 or not bool(torch.isfinite(out).all()):
+        raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
+    return out
+
+
+def _check_stats(mean: Stats, std: Stats) -> tuple[Tensor | None, Tensor | None]:
+    m, s = _stats_tensor("mean", mean), _stats_tensor("std", std)
+    if (m is None) != (s is None):
+        raise ValueError(
+            "`mean` and `std` must be given together (both None attacks the raw inputs), got "
+            f"mean={mean!r}, std={std!r}."
+        )
+    if s is not None and bool((s <= 0).any()):
+        raise ValueError(f"`std` must be positive, got {std!r}.")
+    if m is not None and m.numel() != s.numel() and 1 not in (m.numel(), s.numel()):
+        raise ValueError(
+            f"`mean` and `std` must have as many entries (or one), got {m.numel()} and {s.numel()}."
+        )
+    return m, s
+
+
+# ---------------------------------------------------------------------------- the attack space
+class _Space:
+    """Maps model inputs to the space the attack works in (pixels, or the raw inputs) and back."""
+
+    def __init__(
+        self, x: Tensor, mean: Stats, std: Stats, lower: float | None, upper: float | None
+    ) -> None:
+        lower, upper = _bound("lower", lower), _bound("upper", upper)
+        m, s = _check_stats(mean, std)
+        if m is not None:
+            channels = max(m.numel(), s.numel())
+            if channels > 1 and (x.ndim < 2 or x.shape[1] != channels):
+                raise ValueError(
+                    f"`mean`/`std` have {channels} entries but the inputs have shape "
+                    f"{tuple(x.shape)}; they must match the channel dimension (dim 1)."
+                )
+            view = (1, -1, *([1] * (x.ndim - 2))) if channels > 1 else ()
+            m, s = (t.to(x.device, torch.float32).reshape(view) for t in (m, s))
+            lower = 0.0 if lower is None else lower
+            upper = 1.0 if upper is None else upper
+        if lower is not None and upper is not None and lower >= upper:
+            raise ValueError(
+                f"`lower` must be below `upper`, got lower={lower!r}, upper={upper!r}."
+            )
+        self.mean, self.std, self.lower, self.upper = m, s, lower, upper
+
+    def to_attack(self, x: Tensor) -> Tensor:
+        x = x.detach().float()
+        return x if self.mean is None else x * self.std + self.mean
+
+    def to_input(self, p: Tensor) -> Tensor:
+        return p if self.mean is None else (p - self.mean) / self.std
+
+    def clamp(self, p: Tensor) -> Tensor:
+        if self.lower is None and self.upper is None:
+            return p
+        return p.clamp(self.lower, self.upper)
+
+
+def _check_inputs(model: Any, x: Any, y: Any, eps: Any, normalised: bool) -> float:
+    if not callable(model):
+        raise TypeError(f"`model` must be a callable module, got {type(model).__name__}.")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"`x` must be a floating-point (B, ...) tensor, got {got}.")
+    if not isinstance(y, Tensor) or y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
+        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(
+            f"`y` must be ({x.shape[0]},) class indices or ({x.shape[0]}, num_classes) "
+            f"probabilities, got {got}."
+        )
+    hint = " (in [0, 1] pixel units)" if normalised else ""
+    return _non_negative("eps", eps, hint)
+
+
+def _usable(t: Tensor) -> Tensor:
+    """A tensor autograd accepts: inference-mode tensors (Lightning's test loop) are copied."""
+    return t.clone() if t.is_inference() else t
+
+
+def _input_gradient(
+    model: nn.Module | Any, p: Tensor, y: Tensor, space: _Space, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Gradient of the summed cross-entropy w.r.t. the attack-space input ``p``, and the logits.
+
+    ``p`` is float32; the model receives its inputs in ``dtype`` (the dtype of the batch).
+    """
+    p = p.detach().requires_grad_(True)
+    logits = model(space.to_input(p).to(dtype))
+    loss = F.cross_entropy(logits.float(), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, p)
+    return grad, logits.detach()
+
+
+def fgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    lower: float | None = None,
+    upper: float | None = None,
+    *,
+    mean: Stats = None,
+    std: Stats = None,
+) -> Tensor:
+    """Fast gradient sign method: one L∞ step of size ε up the loss gradient.
+
+    Implements Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples"
+    (ICLR 2015): ``x_adv = clamp(x + ε·sign(∇ₓ CE(model(x), y)))``. With ``mean``/``std`` the step
+    and the clamp are in pixel space (see the module docstring): ε = 8/255 moves each pixel by 8
+    grey levels; the result is normalised again, ready for ``model``.
+
+    Args:
+        model: Maps inputs to ``(B, num_classes)`` logits; used as given (call ``eval()`` first).
+        x: ``(B, ...)`` floating inputs, normalised with ``mean``/``std`` when they are given.
+        y: ``(B,)`` class indices or ``(B, num_classes)`` probabilities.
+        eps: Step size ε ≥ 0, in pixel units with ``mean``/``std``, else in input units.
+        lower: Lowest value after the step (pixel space: default 0; raw inputs: None = no bound).
+        upper: Highest value after the step (pixel space: default 1; raw inputs: None = no bound).
+        mean: Per-channel (dim 1) mean, or one number, the inputs were normalised with.
+        std: Per-channel std, or one number; must be given with ``mean``.
+
+    Returns:
+        The adversarial inputs, detached, in the same space, dtype and device as ``x``.
+
+    Raises:
+        ValueError: If ``eps`` is negative, ``y`` does not fit ``x``, ``lower >= upper``, or
+            ``mean``/``std`` are incomplete, not positive, or do not match the channels.
+        TypeError: If ``x`` is not a floating-point tensor or ``model`` is not callable.
+
+    Example:
+        >>> model = nn.Linear(4, 2).eval()
+        >>> x_adv = fgsm(model, torch.zeros(3, 4), torch.tensor([0, 1, 0]), eps=0.1)
+        >>> (x_adv.abs() - 0.1).abs().max() < 1e-6
+        tensor(True)
+    """
+    eps = _check_inputs(model, x, y, eps, mean is not None)
+    # Outside inference mode, so that the mean/std tensors and copies of the inputs can enter
+    # autograd even when called from Lightning's test loop.
+    with torch.inference_mode(False), torch.enable_grad():
+        space = _Space(x, mean, std, lower, upper)
+        x, y = _usable(x), _usable(y)
+        p = space.to_attack(x)
+        grad, _ = _input_gradient(model, p, y, space, x.dtype)
+        adv = space.clamp(p + eps * grad.sign())
+        return space.to_input(adv).to(x.dtype).detach()
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    lower: float | None = None,
+    upper: float | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    mean: Stats = None,
+    std: Stats = None,
+) -> Tensor:
+    """Projected gradient descent (L∞): ``steps`` signed-gradient steps kept in the ε-ball.
+
+    Implements Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks"
+    (ICLR 2018). Start: ``x`` plus uniform noise in ``[-ε, ε]`` drawn from ``generator`` (no
+    random start when ``generator`` is None). Each step: ``p ← p + step_size·sign(∇ loss)``, then
+    projection onto ``[x - ε, x + ε]`` and the clamp to ``[lower, upper]``. Space, units and
+    bounds are those of :func:`fgsm`; with one step, ``step_size = ε`` and no random start, PGD
+    *is* FGSM.
+
+    Args:
+        model: Maps inputs to ``(B, num_classes)`` logits; used as given (call ``eval()`` first).
+        x: ``(B, ...)`` floating inputs, normalised with ``mean``/``std`` when they are given.
+        y: ``(B,)`` class indices or ``(B, num_classes)`` probabilities.
+        eps: Radius ε ≥ 0 of the L∞ ball, in pixel units with ``mean``/``std``.
+        steps: Number of gradient steps (≥ 1).
+        step_size: Size of each step; None uses ``2.5·ε / steps`` (Madry et al.).
+        lower: Lowest value (pixel space: default 0; raw inputs: None = no bound).
+        upper: Highest value (pixel space: default 1; raw inputs: None = no bound).
+        generator: Source of the random start (never the global RNG); None starts at ``x``.
+        mean: Per-channel (dim 1) mean, or one number, the inputs were normalised with.
+        std: Per-channel std, or one number; must be given with ``mean``.
+
+    Returns:
+        The adversarial inputs, detached, in the same space, dtype and device as ``x``.
+
+    Raises:
+        ValueError: As :func:`fgsm`; also if ``steps`` < 1 or ``step_size`` is not positive.
+        TypeError: As :func:`fgsm`; also if ``generator`` is not a ``torch.Generator``.
+
+    Example:
+        >>> model = nn.Linear(4, 2).eval()
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x_adv = pgd(model, torch.zeros(3, 4), torch.tensor([0, 1, 0]), 0.1, 5, generator=g)
+        >>> bool(x_adv.abs().max() <= 0.1 + 1e-6)
+        True
+    """
+    eps = _check_inputs(model, x, y, eps, mean is not None)
+    steps = _positive_int("steps", steps)
+    if step_size is None:
+        step_size = 2.5 * eps / steps
+    elif (
+        isinstance(step_size, bool)
+        or not isinstance(step_size, (int, float))
+        or not 0 < step_size < math.inf
+    ):
+        raise ValueError(f"`step_size` must be a positive number or None, got {step_size!r}.")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"`generator` must be a torch.Generator or None, got {type(generator).__name__}."
+        )
+    with torch.inference_mode(False), torch.enable_grad():
+        space = _Space(x, mean, std, lower, upper)
+        x, y = _usable(x), _usable(y)
+        origin = space.to_attack(x)
+        low, high = origin - eps, origin + eps
+        p = origin
+        if generator is not None and eps > 0:
+            noise = torch.rand(origin.shape, generator=generator, device=generator.device)
+            p = space.clamp(origin + (2 * noise.to(origin.device) - 1) * eps)
+        for _ in range(steps):
+            grad, _ = _input_gradient(model, p, y, space, x.dtype)
+            p = space.clamp(torch.minimum(torch.maximum(p + step_size * grad.sign(), low), high))
+        return space.to_input(p).to(x.dtype).detach()
+
+
+# ---------------------------------------------------------------------------- the callback
+def _batch_generator(seed: int, rank: int, batch_idx: int, dataloader_idx: int) -> torch.Generator:
+    key = f"{seed}/{rank}/{dataloader_idx}/{batch_idx}/pgd".encode()
+    derived = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    return torch.Generator().manual_seed(derived)
+
+
+def _hits(logits: Tensor, y: Tensor) -> Tensor:
+    labels = y.argmax(dim=1) if y.ndim == 2 else y
+    return (logits.argmax(dim=1) == labels).float()
+
+
+class AdversarialEval(pl.Callback):
+    """During ``test``, measure FGSM/PGD accuracy and calibration extras on every test batch.
+
+    Adversarial examples: FGSM (Goodfellow et al., ICLR 2015) and, with ``pgd_steps`` > 0, PGD
+    (Madry et al., ICLR 2018), L∞, untargeted, against the cross-entropy of the batch's labels.
+    ε is in [0, 1] **pixel units** of the un-normalised images (ε = 8/255 is 8 grey levels of an
+    8-bit image): see :mod:`lightning_mixup.robustness`. ``mean``/``std`` default to
+    ``trainer.datamodule.mean``/``.std`` (every datamodule of this library has them; digits' are
+    set in ``setup``). If neither is available the inputs are taken to be unnormalised: ε is then in
+    input units, clamped to ``[lower, upper]`` (None = unbounded), and a warning says so once.
+
+    Logged per epoch (weighted by batch size, synced across processes):
+
+    - ``test/fgsm_acc@<ε>`` for each ε (``f"{ε:g}"``, e.g. ``test/fgsm_acc@0.05``);
+    - ``test/pgd_acc@<ε>`` when ``pgd_steps`` > 0;
+    - ``test/conf_gap``: mean max-softmax confidence minus accuracy on clean inputs (positive =
+      over-confident, negative = under-confident).
+
+    At the end of ``test``, the clean confidences and hits of all processes are kept in
+    :attr:`confidences` and :attr:`correct`, and rank 0 writes ``reliability_diagram.png`` (accuracy
+    vs confidence in ``n_bins`` bins with the diagonal, ECE in the title) to the run's log folder
+    (the first TensorBoard/CSV logger's ``log_dir``, else ``default_root_dir``).
+
+    The model stays in eval mode and its weights, buffers and ``.grad`` are untouched: gradients
+    are taken w.r.t. the inputs only, under ``torch.enable_grad()`` with inference mode switched
+    off for the attack. The FGSM gradient is computed once per batch and reused for every ε.
+
+    Args:
+        epsilons: Attack radii ε ≥ 0 (pixel units; see above). 0 gives the clean accuracy.
+        pgd_steps: PGD steps per ε; 0 runs FGSM only.
+        pgd_step_size: PGD step size; None uses ``2.5·ε / pgd_steps``.
+        mean: Per-channel mean (pixel units) the inputs were normalised with; None reads the
+            datamodule's.
+        std: Per-channel std; None reads the datamodule's. Give both or neither.
+        lower: Lowest pixel value (default 0 in pixel space; None = unbounded for raw inputs).
+        upper: Highest pixel value (default 1 in pixel space; None = unbounded for raw inputs).
+        seed: Seed of PGD's random starts; batch ``i`` on rank ``r`` uses a generator derived from
+            ``(seed, r, dataloader_idx, i)``, never the global RNG.
+        n_bins: Bins of the reliability diagram.
+        save_diagram: Write the reliability diagram PNG at the end of ``test``.
+        input_key: Index (list/tuple batch) or key (dict batch) of the inputs.
+        target_key: Index or key of the targets (class indices or probability rows).
+
+    Raises:
+        ValueError: On an out-of-range argument (the message names it and the value received).
+
+    Example:
+        >>> trainer = pl.Trainer(callbacks=[AdversarialEval(epsilons=[2 / 255, 8 / 255])],
+        ...                      logger=False)  # doctest: +SKIP
+        >>> trainer.test(model, datamodule=dm)  # doctest: +SKIP
+
+    From YAML::
+
+        trainer:
+          callbacks:
+            - class_path: lightning_mixup.robustness.AdversarialEval
+              init_args: {epsilons: [0.02, 0.05, 0.1], pgd_steps: 10}
+    """
+
+    def __init__(
+        self,
+        epsilons: Sequence[float] = (0.02, 0.05, 0.1),
+        pgd_steps: int = 0,
+        pgd_step_size: float | None = None,
+        mean: float | list[float] | None = None,
+        std: float | list[float] | None = None,
+        lower: float | None = None,
+        upper: float | None = None,
+        seed: int = 0,
+        n_bins: int = 15,
+        save_diagram: bool = True,
+        input_key: int | str = 0,
+        target_key: int | str = 1,
+    ) -> None:
+        if isinstance(epsilons, (str, bytes)) or not isinstance(epsilons, Sequence) or not epsilons:
+            raise ValueError(f"`epsilons` must be a non-empty list of numbers, got {epsilons!r}.")
+        self.epsilons = [
+            _non_negative("epsilons", e, " (each ε, in [0, 1] pixel units)") for e in epsilons
+        ]
+        names = [f"{e:g}" for e in self.epsilons]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`epsilons` must be distinct, got {list(epsilons)!r}.")
+        self.pgd_steps = _positive_int("pgd_steps", pgd_steps, 0)
+        if pgd_step_size is not None and (
+            isinstance(pgd_step_size, bool)
+            or not isinstance(pgd_step_size, (int, float))
+            or not 0 < pgd_step_size < math.inf
+        ):
+            raise ValueError(
+                f"`pgd_step_size` must be a positive number or None, got {pgd_step_size!r}."
+            )
+        self.pgd_step_size = None if pgd_step_size is None else float(pgd_step_size)
+        _check_stats(mean, std)
+        self.mean, self.std = mean, std
+        self.lower, self.upper = _bound("lower", lower), _bound("upper", upper)
+        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
+            raise ValueError(
+                f"`lower` must be below `upper`, got lower={lower!r}, upper={upper!r}."
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+        self.seed = seed
+        self.n_bins = _positive_int("n_bins", n_bins)
+        self.save_diagram = bool(save_diagram)
+        for name, key in (("input_key", input_key), ("target_key", target_key)):
+            if isinstance(key, bool) or not isinstance(key, (int, str)):
+                raise ValueError(f"`{name}` must be a list index or a dict key, got {key!r}.")
+        self.input_key, self.target_key = input_key, target_key
+        #: Clean max-softmax confidences of the last ``test`` (all processes), on the CPU.
+        self.confidences: Tensor = torch.empty(0)
+        #: Whether each clean top-1 prediction of the last ``test`` was right (1.0/0.0).
+        self.correct: Tensor = torch.empty(0)
+        #: Path of the last reliability diagram written (rank 0), else None.
+        self.diagram_path: Path | None = None
+        self._stats: tuple[Stats, Stats] = (None, None)
+        self._conf: list[Tensor] = []
+        self._hit: list[Tensor] = []
+        self._warned_raw = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check that matplotlib is there when the diagram will be drawn."""
+        if stage == "test" and self.save_diagram:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError as err:
+                raise ImportError(
+                    "AdversarialEval(save_diagram=True) draws a reliability diagram with "
+                    'matplotlib; install it (`pip install "lightning-mixup[plots]"`) or pass '
+                    "`save_diagram=False`."
+                ) from err
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resolve ``mean``/``std`` and clear the calibration buffers."""
+        self._conf, self._hit = [], []
+        if self.mean is not None:
+            self._stats = (self.mean, self.std)
+            return
+        self._stats = normalisation_from(trainer)
+        if self._stats[0] is None and not self._warned_raw:
+            self._warned_raw = True
+            rank_zero_warn(
+                "AdversarialEval: no `mean`/`std` given and the datamodule exposes none, so the "
+                "test inputs are attacked as unnormalised: ε is in input units and only "
+                "`lower`/`upper` bound them. Pass `mean` and `std` to measure ε in pixels."
+            )
+        else:
+            _check_stats(*self._stats)
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Attack the batch at every ε; log adversarial accuracy and the confidence gap."""
+        x, y = self._unpack(batch)
+        mean, std = self._stats
+        lower, upper = self.lower, self.upper
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                x, y = _usable(x), _usable(y)
+                space = _Space(x, mean, std, lower, upper)
+                p = space.to_attack(x)
+                grad, logits = _input_gradient(pl_module, p, y, space, x.dtype)
+                with torch.no_grad():
+                    probs = logits.float().softmax(dim=1)
+                    conf, hit = probs.max(dim=1).values, _hits(logits, y)
+                    fgsm_acc = []
+                    for eps in self.epsilons:
+                        adv = space.to_input(space.clamp(p + eps * grad.sign())).to(x.dtype)
+                        fgsm_acc.append(_hits(pl_module(adv), y).mean())
+                pgd_acc = []
+                if self.pgd_steps > 0:
+                    generator = _batch_generator(
+                        self.seed, trainer.global_rank, batch_idx, dataloader_idx
+                    )
+                    for eps in self.epsilons:
+                        adv = pgd(
+                            pl_module, x, y, eps, self.pgd_steps, self.pgd_step_size,
+                            lower, upper, generator, mean=mean, std=std,
+                        )  # fmt: skip
+                        with torch.no_grad():
+                            pgd_acc.append(_hits(pl_module(adv), y).mean())
+        finally:
+            pl_module.train(was_training)
+        size = x.shape[0]
+        kwargs = {"on_step": False, "on_epoch": True, "sync_dist": True, "batch_size": size}
+        for eps, acc in zip(self.epsilons, fgsm_acc):
+            pl_module.log(f"test/fgsm_acc@{eps:g}", acc, **kwargs)
+        for eps, acc in zip(self.epsilons, pgd_acc):
+            pl_module.log(f"test/pgd_acc@{eps:g}", acc, **kwargs)
+        pl_module.log("test/conf_gap", (conf - hit).mean(), **kwargs)
+        self._conf.append(conf.detach())
+        self._hit.append(hit.detach())
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Gather confidences from all processes; rank 0 writes the reliability diagram."""
+        local_conf = torch.cat(self._conf) if self._conf else torch.empty(0)
+        local_hit = torch.cat(self._hit) if self._hit else torch.empty(0)
+        self.confidences = _gather(pl_module, local_conf.float())
+        self.correct = _gather(pl_module, local_hit.float())
+        self._conf, self._hit = [], []
+        self.diagram_path = None
+        if self.save_diagram and trainer.is_global_zero and self.confidences.numel() > 0:
+            path = run_dir(trainer) / "reliability_diagram.png"
+            reliability_diagram(self.confidences, self.correct, self.n_bins, path)
+            self.diagram_path = path
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        try:
+            x, y = batch[self.input_key], batch[self.target_key]
+        except (KeyError, IndexError, TypeError) as err:
+            raise TypeError(
+                f"AdversarialEval reads the inputs at `batch[{self.input_key!r}]` and the targets at "
+                f"`batch[{self.target_key!r}]`, which this {type(batch).__name__} batch does not "
+                "have; set `input_key`/`target_key`."
+            ) from err
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise TypeError(
+                f"AdversarialEval needs tensor inputs and targets, got {type(x).__name__} and "
+                f"{type(y).__name__}."
+            )
+        return x, y
+
+
+def _gather(pl_module: pl.LightningModule, values: Tensor) -> Tensor:
+    """Concatenate 1-D tensors of possibly different lengths from every process, on the CPU."""
+    trainer = pl_module.trainer
+    if trainer.world_size == 1:
+        return values.cpu()
+    device = pl_module.device
+    sizes = pl_module.all_gather(torch.tensor([values.numel()], device=device)).flatten()
+    padded = torch.zeros(int(sizes.max()), dtype=values.dtype, device=device)
+    padded[: values.numel()] = values.to(device)
+    gathered = pl_module.all_gather(padded).reshape(len(sizes), -1)
+    return torch.cat([gathered[r, : int(n)] for r, n in enumerate(sizes.tolist())]).cpu()

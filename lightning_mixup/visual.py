@@ -1,0 +1,452 @@
+"""Pictures of a run: grids of mixed training images and reliability diagrams.
+
+Everything here draws with matplotlib's object API (``matplotlib.figure.Figure`` on an Agg
+canvas), so importing or calling it never changes the process's pyplot backend. matplotlib is
+an optional dependency (``pip install "lightning-mixup[plots]"``); it is imported when a picture
+is drawn, with a clear error when it is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "CalibrationBins",
+    "calibration_bins",
+    "format_soft_label",
+    "log_mixed_grid",
+    "normalisation_from",
+    "plot_reliability",
+    "reliability_diagram",
+    "run_dir",
+    "save_mixed_grid",
+]
+
+_PANEL_INCHES = 1.6
+_DPI = 100
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A matplotlib ``Figure`` on its own Agg canvas (pyplot and its global backend untouched)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            "Drawing pictures needs matplotlib; install it with "
+            '`pip install "lightning-mixup[plots]"`.'
+        ) from err
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _stats(value: float | Sequence[float] | Tensor | None, name: str) -> Tensor | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}.")
+    try:
+        out = torch.as_tensor(value, dtype=torch.float32).detach().cpu().flatten()
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`{name}` must be a number or a sequence of numbers, got {value!r}."
+        ) from err
+    if out.numel() == 0 or not bool(torch.isfinite(out).all()):
+        raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
+    return out
+
+
+def normalisation_from(trainer: pl.Trainer) -> tuple[Any, Any]:
+    """``(mean, std)`` of ``trainer.datamodule`` when it exposes both (else ``(None, None)``).
+
+    The library's datamodules expose them in [0, 1] pixel units: a float for
+    :class:`~lightning_mixup.DigitsDataModule` (after ``setup``) and per-channel tuples for the
+    CIFAR datamodules.
+    """
+    datamodule = getattr(trainer, "datamodule", None)
+    mean = getattr(datamodule, "mean", None)
+    std = getattr(datamodule, "std", None)
+    if mean is None or std is None:
+        return None, None
+    return mean, std
+
+
+# ---------------------------------------------------------------------------- mixed-image grids
+def format_soft_label(
+    target: Tensor,
+    class_names: Sequence[str] | None = None,
+    top_k: int = 2,
+    min_weight: float = 0.005,
+) -> str:
+    """Title of one mixed sample: its largest soft-label weights, e.g. ``"3:0.62 7:0.38"``.
+
+    Args:
+        target: A ``(num_classes,)`` probability row, or a 0-d integer class index (weight 1).
+        class_names: Names to print instead of class indices.
+        top_k: At most this many classes are shown, the heaviest first (ties: lower index first).
+        min_weight: Weights below this are left out (the heaviest class is always shown).
+
+    Returns:
+        ``"<class>:<weight>"`` pairs with two decimals, separated by spaces.
+
+    Raises:
+        ValueError: If ``target`` is neither a 0-d index nor a 1-D row, or ``top_k`` < 1.
+
+    Example:
+        >>> format_soft_label(torch.tensor([0.0, 0.0, 0.0, 0.62, 0.0, 0.0, 0.0, 0.38]))
+        '3:0.62 7:0.38'
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}.")
+    target = target.detach().cpu()
+    if target.ndim == 0 and not target.is_floating_point():
+        index = int(target)
+        return f"{class_names[index] if class_names else index}:1.00"
+    if target.ndim != 1:
+        raise ValueError(
+            "`target` must be a (num_classes,) probability row or a 0-d class index, got shape "
+            f"{tuple(target.shape)}."
+        )
+    weights = target.float()
+    # Stable sort on -weight keeps lower class indices first among equal weights.
+    order = torch.sort(-weights, stable=True).indices[:top_k].tolist()
+    shown = [i for n, i in enumerate(order) if n == 0 or float(weights[i]) >= min_weight]
+    return " ".join(
+        f"{class_names[i] if class_names else i}:{float(weights[i]):.2f}" for i in shown
+    )
+
+
+def _displayable(images: Tensor, mean: Tensor | None, std: Tensor | None) -> np.ndarray:
+    """``(B, C, H, W)`` tensor → ``(B, H, W)`` or ``(B, H, W, 3)`` floats in [0, 1] for imshow."""
+    x = images.detach().to("cpu", torch.float32)
+    if mean is not None and std is not None:
+        x = x * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+    else:  # unknown normalisation: stretch each image to [0, 1]
+        flat = x.flatten(1)
+        low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+        high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+        x = (x - low) / (high - low).clamp_min(1e-12)
+    x = x.clamp(0, 1)
+    return x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
+
+
+def _grid_figure(
+    images: Tensor,
+    targets: Tensor,
+    mean: float | Sequence[float] | Tensor | None,
+    std: float | Sequence[float] | Tensor | None,
+    max_images: int,
+    class_names: Sequence[str] | None,
+) -> Figure:
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"`max_images` must be a positive integer, got {max_images!r}.")
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(
+            f"`images` must be a (B, C, H, W) tensor with 1 or 3 channels, got {shape}."
+        )
+    if not isinstance(targets, Tensor) or targets.ndim not in (1, 2):
+        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise ValueError(
+            f"`targets` must be (B,) class indices or (B, num_classes) probabilities, got {shape}."
+        )
+    if targets.shape[0] != images.shape[0] or images.shape[0] == 0:
+        raise ValueError(
+            f"`images` and `targets` must hold the same, non-zero number of samples, got "
+            f"{images.shape[0]} and {targets.shape[0]}."
+        )
+    m, s = _stats(mean, "mean"), _stats(std, "std")
+    if (m is None) != (s is None):
+        raise ValueError("`mean` and `std` must be given together (or both left as None).")
+    if s is not None and bool((s <= 0).any()):
+        raise ValueError(f"`std` must be positive, got {std!r}.")
+    if m is not None and m.numel() not in (1, images.shape[1]):
+        raise ValueError(
+            f"`mean`/`std` must have 1 or C = {images.shape[1]} entries, got {m.numel()}."
+        )
+    n = min(max_images, images.shape[0])
+    pictures = _displayable(images[:n], m, s)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = _figure(cols * _PANEL_INCHES, rows * (_PANEL_INCHES + 0.2))
+    for i in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        gray = pictures.ndim == 3
+        ax.imshow(pictures[i], cmap="gray" if gray else None, vmin=0, vmax=1)
+        ax.set_title(format_soft_label(targets[i], class_names), fontsize=8)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def save_mixed_grid(
+    images: Tensor,
+    targets: Tensor,
+    path: str | Path,
+    mean: float | Sequence[float] | Tensor | None = None,
+    std: float | Sequence[float] | Tensor | None = None,
+    max_images: int = 16,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Save a PNG grid of (mixed) images, each titled with its top soft-label weights.
+
+    The first ``min(max_images, B)`` samples are laid out on a ``ceil(sqrt(n))``-column grid
+    (1.6 inches, 160 pixels, per panel). Images are un-normalised with ``mean``/``std`` (in [0, 1]
+    pixel units, per channel or one number) and clipped to [0, 1]; without them, each image is
+    stretched to its own min..max. Titles come from :func:`format_soft_label`.
+
+    Args:
+        images: ``(B, C, H, W)`` floats with C = 1 (shown in grey) or 3, on any device.
+        targets: ``(B, num_classes)`` probability rows (e.g. a mixed batch) or ``(B,)`` indices.
+        path: Where to write the PNG; parent folders are created.
+        mean: Per-channel mean the images were normalised with, or None.
+        std: Per-channel std the images were normalised with, or None.
+        max_images: At most this many panels.
+        class_names: Names to print instead of class indices.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: If the shapes do not fit, ``max_images`` < 1, or ``mean``/``std`` are bad.
+        ImportError: If matplotlib is not installed.
+
+    Example:
+        >>> save_mixed_grid(torch.rand(4, 1, 8, 8), torch.eye(10)[:4], "grid.png")  # doctest: +SKIP
+    """
+    fig = _grid_figure(images, targets, mean, std, max_images, class_names)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The run's log folder, computed locally (no collective call, safe on rank 0 only).
+
+    The first TensorBoard/CSV logger's ``log_dir``, else the first logger's ``save_dir``, else
+    ``trainer.default_root_dir``: what ``trainer.log_dir`` returns, without its DDP broadcast.
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+            return Path(logger.log_dir)
+        if logger.save_dir is not None:
+            return Path(logger.save_dir)
+    return Path(trainer.default_root_dir)
+
+
+def log_mixed_grid(
+    trainer: pl.Trainer,
+    images: Tensor,
+    targets: Tensor,
+    tag: str = "mixup/grid",
+    max_images: int = 16,
+    class_names: Sequence[str] | None = None,
+) -> Path | None:
+    """Send a grid of mixed training images to TensorBoard, or save it as a PNG; rank 0 only.
+
+    Meant to be called from a callback hook with the batch it just mixed. On ranks other than 0
+    it does nothing. With a ``TensorBoardLogger`` among ``trainer.loggers``, the grid goes to
+    ``logger.experiment.add_image(tag, ..., global_step=trainer.global_step)``; otherwise it is
+    written to ``<run dir>/mixed_grid_epoch{N}.png``, ``N`` being the 0-based
+    ``trainer.current_epoch`` and the run dir as in :func:`run_dir`. Images are un-normalised with
+    ``trainer.datamodule.mean``/``.std`` when the datamodule has them.
+
+    Args:
+        trainer: The running Trainer (its rank, epoch, step, loggers and datamodule are read).
+        images: ``(B, C, H, W)`` mixed inputs, C = 1 or 3, on any device.
+        targets: ``(B, num_classes)`` mixed targets or ``(B,)`` indices.
+        tag: TensorBoard tag of the image.
+        max_images: At most this many panels.
+        class_names: Names to print instead of class indices.
+
+    Returns:
+        The PNG path when one was written; None on TensorBoard or on ranks other than 0.
+
+    Raises:
+        ValueError: As :func:`save_mixed_grid`.
+        ImportError: If matplotlib is not installed.
+
+    Example::
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            ...  # mix the batch in place
+            if batch_idx == 0 and trainer.current_epoch % every == 0:
+                log_mixed_grid(trainer, batch[0], batch[1])
+    """
+    if not trainer.is_global_zero:
+        return None
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    mean, std = normalisation_from(trainer)
+    fig = _grid_figure(images, targets, mean, std, max_images, class_names)
+    board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if board is not None:
+        fig.canvas.draw()
+        pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+        board.experiment.add_image(tag, pixels, global_step=trainer.global_step, dataformats="HWC")
+        return None
+    path = run_dir(trainer) / f"mixed_grid_epoch{trainer.current_epoch}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+# ---------------------------------------------------------------------------- reliability diagrams
+@dataclass(frozen=True)
+class CalibrationBins:
+    """Equal-width confidence bins of a classifier's top-1 predictions.
+
+    Attributes:
+        edges: ``(n_bins + 1,)`` bin edges from 0 to 1; bin ``b`` is ``[edges[b], edges[b+1])``,
+            the last one closed (a confidence of exactly 1 falls in the last bin).
+        accuracy: ``(n_bins,)`` fraction correct per bin (0 for an empty bin).
+        confidence: ``(n_bins,)`` mean confidence per bin (0 for an empty bin).
+        count: ``(n_bins,)`` number of predictions per bin.
+        ece: Expected calibration error, ``Σ_b (count_b / N)·|accuracy_b − confidence_b|``.
+    """
+
+    edges: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+    count: np.ndarray
+    ece: float
+
+
+def calibration_bins(confidences: Any, correct: Any, n_bins: int = 15) -> CalibrationBins:
+    """Bin top-1 confidences into ``n_bins`` equal-width bins and compute the L1 ECE.
+
+    The same binning as torchmetrics' ``MulticlassCalibrationError(norm="l1")``, which
+    :class:`~lightning_mixup.SoftLabelClassifier` logs as ``*/ece``.
+
+    Args:
+        confidences: ``(N,)`` max-softmax confidences in [0, 1] (tensor, array or list).
+        correct: ``(N,)`` booleans (or 0/1): whether each top-1 prediction was right.
+        n_bins: Number of bins.
+
+    Returns:
+        The bins and the ECE.
+
+    Raises:
+        ValueError: If the inputs are empty, differ in length, or a confidence is outside [0, 1],
+            or ``n_bins`` < 1.
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"`n_bins` must be a positive integer, got {n_bins!r}.")
+    conf, hit = (_numpy(v).ravel() for v in (confidences, correct))
+    if conf.size == 0 or conf.size != hit.size:
+        raise ValueError(
+            f"`confidences` and `correct` must be non-empty and of the same length, got "
+            f"{conf.size} and {hit.size}."
+        )
+    if not np.all((conf >= 0) & (conf <= 1)):
+        raise ValueError("`confidences` must lie in [0, 1] (max-softmax probabilities).")
+    # Edges in the confidences' own precision, as torchmetrics' bucketize does.
+    dtype = conf.dtype if np.issubdtype(conf.dtype, np.floating) else np.float64
+    edges = np.linspace(0, 1, n_bins + 1, dtype=dtype)
+    index = np.clip(np.searchsorted(edges, conf.astype(dtype), side="right") - 1, 0, n_bins - 1)
+    conf, hit = conf.astype(np.float64), hit.astype(np.float64)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    safe = np.maximum(count, 1)
+    accuracy = np.bincount(index, weights=hit, minlength=n_bins) / safe
+    confidence = np.bincount(index, weights=conf, minlength=n_bins) / safe
+    ece = float(np.sum(count / conf.size * np.abs(accuracy - confidence)))
+    return CalibrationBins(edges.astype(np.float64), accuracy, confidence, count, ece)
+
+
+def _numpy(values: Any) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def plot_reliability(
+    ax: Axes, confidences: Any, correct: Any, n_bins: int = 15, title: str | None = None
+) -> float:
+    """Draw a reliability diagram on ``ax``: accuracy bars per confidence bin and the diagonal.
+
+    Bars are the accuracy of each non-empty bin; the red outline is the gap to the bin's mean
+    confidence; the dashed diagonal is perfect calibration. The title is ``title`` (if given)
+    followed by the ECE.
+
+    Args:
+        ax: A matplotlib ``Axes``.
+        confidences: ``(N,)`` max-softmax confidences in [0, 1].
+        correct: ``(N,)`` booleans: whether each top-1 prediction was right.
+        n_bins: Number of equal-width bins.
+        title: Text before ``"ECE = …"`` in the title.
+
+    Returns:
+        The ECE (as :func:`calibration_bins`).
+
+    Raises:
+        ValueError: As :func:`calibration_bins`.
+    """
+    bins = calibration_bins(confidences, correct, n_bins)
+    width = 1.0 / n_bins
+    left = bins.edges[:-1]
+    filled = bins.count > 0
+    ax.bar(left[filled], bins.accuracy[filled], width=width, align="edge", color="tab:blue",
+           edgecolor="black", linewidth=0.5, label="accuracy")  # fmt: skip
+    gap = bins.confidence[filled] - bins.accuracy[filled]
+    ax.bar(left[filled], gap, bottom=bins.accuracy[filled], width=width, align="edge",
+           color="none", edgecolor="tab:red", linewidth=0.8, hatch="//", label="gap to confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (max softmax)")
+    ax.set_ylabel("accuracy")
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}ECE = {bins.ece:.3f} (n = {int(bins.count.sum())})", fontsize=9)
+    return bins.ece
+
+
+def reliability_diagram(
+    confidences: Any, correct: Any, n_bins: int = 15, path: str | Path = "reliability.png"
+) -> float:
+    """Save a reliability diagram (accuracy vs confidence, ``n_bins`` bins, ECE in the title).
+
+    Args:
+        confidences: ``(N,)`` max-softmax confidences in [0, 1] (tensor, array or list).
+        correct: ``(N,)`` booleans: whether each top-1 prediction was right.
+        n_bins: Number of equal-width bins.
+        path: Where to write the PNG; parent folders are created.
+
+    Returns:
+        The ECE shown in the title.
+
+    Raises:
+        ValueError: As :func:`calibration_bins`.
+        ImportError: If matplotlib is not installed.
+
+    Example:
+        >>> reliability_diagram([0.9, 0.6, 0.8], [True, False, True], 15, "rel.png")  # doctest: +SKIP
+        0.3
+    """
+    fig = _figure(4.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ece = plot_reliability(ax, confidences, correct, n_bins)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return ece
