@@ -37,6 +37,11 @@ def _int(name: str, value: Any, low: int) -> int:
     return value
 
 
+def _reads_back_cheaply(device: torch.device) -> bool:
+    """Whether reading a value of ``device`` on the host costs nothing (no queue to wait for)."""
+    return device.type == "cpu"
+
+
 class MixupCallback(pl.Callback):
     """Mix each training batch with MixUp and/or CutMix, in place, before ``training_step``.
 
@@ -152,6 +157,8 @@ class MixupCallback(pl.Callback):
         self._buffer: Tensor | None = None
         self._warned_soft_smoothing = False
         self._warned_nonfinite = False
+        self._checked_labels = False
+        self._stats: dict[str, Any] = {"batches": 0, "strength": 0.0, "lam": 0.0, "nonfinite": 0}
         self._num_classes = self.num_classes
         self._restored_seed: int | None = None
 
@@ -182,6 +189,7 @@ class MixupCallback(pl.Callback):
         siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
         self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
         self._num_classes = self.num_classes or self._find_num_classes(trainer, pl_module)
+        self._checked_labels = False
 
     def state_dict(self) -> dict[str, Any]:
         """Store the resolved seed so a resumed run draws the same even if the global seed changed."""
@@ -197,42 +205,76 @@ class MixupCallback(pl.Callback):
         if self._restored_seed is not None:
             self._seed, self._restored_seed = self._restored_seed, None
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Reset the epoch's statistics (logged at the epoch's end)."""
+        self._stats = {"batches": 0, "strength": 0.0, "lam": 0.0, "nonfinite": 0}
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Mix ``batch`` in place according to the schedule at this epoch and batch."""
+        """Mix ``batch`` in place according to the schedule at this epoch and batch.
+
+        On the CPU every check reads its answer at once. On an accelerator the batch path never
+        waits for the device: class indices are range-checked on the first batch of each fit
+        only (later, ``scatter_``'s own bounds check still stops a bad index), and a non-finite
+        batch is disabled on the device and counted there, the count being read at epoch end.
+        """
         container, x, target = self._unpack(batch)
+        on_host = _reads_back_cheaply(x.device)
         strength = self.strength(trainer.current_epoch, batch_idx, trainer.num_training_batches)
         p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
-        soft = self._soft_targets(target)
-        lam_mean, nonfinite, self.last_params = 1.0, 0.0, None
+        soft = self._soft_targets(target, check_range=on_host or not self._checked_labels)
+        self._checked_labels = True
+        lam_mean, self.last_params = 1.0, None
         if p > 0 and scale > 0 and x.shape[0] > 1:
-            if self.skip_nonfinite and not bool(torch.isfinite(x.sum(dtype=torch.float32))):
-                nonfinite = 1.0
+            finite = None
+            if self.skip_nonfinite:
+                finite = torch.isfinite(x.sum(dtype=torch.float32))
+                self._stats["nonfinite"] = self._stats["nonfinite"] + (~finite).int()
+            if on_host and finite is not None and not bool(finite):
                 self._warn_nonfinite(trainer.current_epoch, batch_idx)
             else:
                 generator = self._generator(trainer, batch_idx)
                 params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
-                x, soft = self.policy.apply(x, soft, params, buffer=self._reuse_buffer(x))
+                enabled = None if on_host else finite
+                x, soft = self.policy.apply(x, soft, params, self._reuse_buffer(x), enabled)
                 lam_mean, self.last_params = float(params.lam.mean()), params
         container[self.target_key] = soft
         container[self.input_key] = x
-        kwargs = {"on_step": False, "on_epoch": True, "batch_size": x.shape[0], "sync_dist": True}
-        pl_module.log(f"{self._log_prefix}/strength", strength, **kwargs)
-        pl_module.log(f"{self._log_prefix}/lambda_mean", lam_mean, **kwargs)
+        stats = self._stats
+        stats["batches"] += 1
+        stats["strength"] += strength
+        stats["lam"] += lam_mean
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the epoch's mean strength and λ, and the count of non-finite batches."""
+        stats = self._stats
+        n = max(stats["batches"], 1)
+        kwargs = {"on_step": False, "on_epoch": True, "sync_dist": True}
+        pl_module.log(f"{self._log_prefix}/strength", stats["strength"] / n, **kwargs)
+        pl_module.log(f"{self._log_prefix}/lambda_mean", stats["lam"] / n, **kwargs)
         if self.skip_nonfinite:
+            count = torch.as_tensor(
+                stats["nonfinite"], dtype=torch.float32, device=pl_module.device
+            )
+            total = float(trainer.strategy.reduce(count, reduce_op="sum"))
+            if total and not self._warned_nonfinite:
+                self._warn_nonfinite(trainer.current_epoch, None)
             pl_module.log(
-                f"{self._log_prefix}/nonfinite_batches", nonfinite, reduce_fx="sum", **kwargs
+                f"{self._log_prefix}/nonfinite_batches", total, on_step=False, on_epoch=True
             )
 
     # ------------------------------------------------------------------ helpers
-    def _warn_nonfinite(self, epoch: int, batch_idx: int) -> None:
+    def _warn_nonfinite(self, epoch: int, batch_idx: int | None) -> None:
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
+            where = (
+                f"batch {batch_idx} in epoch {epoch}" if batch_idx is not None else f"epoch {epoch}"
+            )
             rank_zero_warn(
-                f"MixupCallback: the inputs of batch {batch_idx} in epoch {epoch} contain NaN or "
-                "Inf; that batch (and any later such batch) is left unmixed so the bad values do "
-                "not spread to other samples. `mixup/nonfinite_batches` counts them."
+                f"MixupCallback: training inputs in {where} contain NaN or Inf; such batches are "
+                "left unmixed so the bad values do not spread to other samples. "
+                "`mixup/nonfinite_batches` counts them per epoch."
             )
 
     @property
@@ -296,14 +338,16 @@ class MixupCallback(pl.Callback):
             raise TypeError(f"`batch[{key!r}]` must be a tensor, got {type(value).__name__}.")
         return value
 
-    def _soft_targets(self, target: Tensor) -> Tensor:
+    def _soft_targets(self, target: Tensor, check_range: bool) -> Tensor:
         if target.ndim == 2 and self.label_smoothing > 0 and not self._warned_soft_smoothing:
             self._warned_soft_smoothing = True
             rank_zero_warn(
                 "MixupCallback: `label_smoothing` applies to class-index targets only; these 2-D "
                 "targets are mixed as given, without smoothing."
             )
-        return F.soft_targets(target, self._num_classes, self.label_smoothing)
+        return F.soft_targets(
+            target, self._num_classes, self.label_smoothing, check_range=check_range
+        )
 
     @staticmethod
     def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:

@@ -31,9 +31,10 @@ class MixupCLI(LightningCLI):
         if not self.config[self.subcommand].get("test_after_fit", True):
             return
         datamodule = self.datamodule
-        has_test = datamodule is not None and pl.LightningDataModule.test_dataloader is not type(
-            datamodule
-        ).test_dataloader
+        has_test = (
+            datamodule is not None
+            and pl.LightningDataModule.test_dataloader is not type(datamodule).test_dataloader
+        )
         if not has_test:
             return
         ckpt = self.trainer.checkpoint_callback

@@ -31,8 +31,10 @@ __all__ = [
     "mix_targets",
     "ramp_strength",
     "sample_beta",
+    "sample_betas",
     "sample_partners",
     "soft_targets",
+    "to_device",
 ]
 
 
@@ -46,6 +48,7 @@ def soft_targets(
     num_classes: int,
     label_smoothing: float = 0.0,
     dtype: torch.dtype = torch.float32,
+    check_range: bool = True,
 ) -> Tensor:
     """Turn class indices into (optionally smoothed) probability rows; pass 2-D targets through.
 
@@ -56,6 +59,9 @@ def soft_targets(
         num_classes: Number of classes ``K``.
         label_smoothing: ε in ``[0, 1]``: the true class gets ``1 - ε + ε/K``, every other ``ε/K``.
         dtype: Floating dtype of the result (float32 by default, whatever the input precision).
+        check_range: Raise a ``ValueError`` for class indices outside ``[0, num_classes)``. The
+            check reads a value back from the device; with False an accelerator's own bounds
+            check in ``scatter_`` still stops the run on a bad index.
 
     Returns:
         A ``(B, num_classes)`` tensor on ``target``'s device.
@@ -94,7 +100,7 @@ def soft_targets(
             f"1-D targets must be integer class indices, got dtype {target.dtype}; "
             "use `.long()` on the labels, or pass (B, num_classes) soft targets."
         )
-    if target.numel() and bool(((target < 0) | (target >= num_classes)).any()):
+    if check_range and target.numel() and bool(((target < 0) | (target >= num_classes)).any()):
         bad = target[(target < 0) | (target >= num_classes)]
         raise ValueError(
             f"Class indices must lie in [0, num_classes) = [0, {num_classes}), got values "
@@ -109,9 +115,9 @@ def soft_targets(
 def sample_beta(alpha: float, n: int, generator: torch.Generator) -> Tensor:
     """Draw ``n`` samples of λ ~ Beta(α, α) from ``generator`` (float64, on the CPU).
 
-    Gamma variates come from Marsaglia and Tsang's method (with the ``U^(1/α)`` boost for
-    α < 1), computed in log space so that very small α (a ramp starting at zero) gives λ
-    close to 0 or 1 instead of 0/0. ``alpha == 0`` returns ones (no mixing).
+    λ = G₁ / (G₁ + G₂) for two Gamma(α) variates. Each Gamma(α) is drawn as
+    Gamma(α + 1)·U^(1/α) and kept in log space, so a very small α (a ramp starting at zero) gives
+    λ close to 0 or 1 instead of 0/0. ``alpha == 0`` returns ones (no mixing).
 
     Args:
         alpha: Concentration α ≥ 0.
@@ -129,33 +135,21 @@ def sample_beta(alpha: float, n: int, generator: torch.Generator) -> Tensor:
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
         raise ValueError(f"`alpha` must be a number >= 0, got {alpha!r}.")
-    if alpha == 0 or n == 0:
-        return torch.ones(n, dtype=torch.float64)
-    log_a = _log_gamma_variates(float(alpha), n, generator)
-    log_b = _log_gamma_variates(float(alpha), n, generator)
-    return torch.sigmoid(log_a - log_b)
+    return sample_betas((float(alpha),), n, generator)[0]
 
 
-def _log_gamma_variates(shape: float, n: int, generator: torch.Generator) -> Tensor:
-    """Logarithms of ``n`` Gamma(shape, 1) variates (Marsaglia & Tsang, 2000)."""
-    boost = shape < 1.0
-    k = shape + 1.0 if boost else shape
-    d = k - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    out = torch.empty(n, dtype=torch.float64)
-    todo = torch.arange(n)
-    while todo.numel():
-        m = todo.numel()
-        z = torch.randn(m, generator=generator, dtype=torch.float64)
-        u = torch.rand(m, generator=generator, dtype=torch.float64)
-        v = (1.0 + c * z) ** 3
-        ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-300)))
-        out[todo[ok]] = math.log(d) + torch.log(v[ok])
-        todo = todo[~ok]
-    if boost:
-        u = torch.rand(n, generator=generator, dtype=torch.float64).clamp_min(1e-300)
-        out += torch.log(u) / shape
-    return out
+def sample_betas(alphas: Sequence[float], n: int, generator: torch.Generator) -> Tensor:
+    """``(len(alphas), n)`` samples of Beta(α, α), one row per α ≥ 0, from one Gamma draw.
+
+    Rows whose α is 0 are ones. See :func:`sample_beta`.
+    """
+    conc = torch.tensor(alphas, dtype=torch.float64).view(-1, 1, 1).expand(-1, 2, n)
+    safe = conc.clamp_min(1e-12)  # rows with α = 0 are replaced by ones below
+    log_gamma = torch._standard_gamma(safe + 1.0, generator=generator).log_()
+    uniform = torch.rand(safe.shape, generator=generator, dtype=torch.float64)
+    log_gamma += uniform.clamp_min_(1e-300).log_() / safe
+    lam = torch.sigmoid(log_gamma[:, 0] - log_gamma[:, 1])
+    return torch.where(conc[:, 0] > 0, lam, torch.ones_like(lam))
 
 
 def sample_partners(batch_size: int, generator: torch.Generator) -> Tensor:
@@ -172,11 +166,9 @@ def sample_partners(batch_size: int, generator: torch.Generator) -> Tensor:
         True
     """
     order = torch.randperm(batch_size, generator=generator)
-    partner = torch.arange(batch_size)
     even = batch_size - batch_size % 2
-    first, second = order[0:even:2], order[1:even:2]
-    partner[first] = second
-    partner[second] = first
+    partner = torch.arange(batch_size)  # an odd batch's last shuffled sample keeps itself
+    partner[order[:even]] = order[:even].view(-1, 2).flip(1).reshape(-1)
     return partner
 
 
@@ -240,9 +232,8 @@ def cutmix_weights(lo: Tensor, hi: Tensor, spatial: Sequence[int]) -> Tensor:
     return mask.unsqueeze(1)
 
 
-# Batches larger than this, on the CPU, are mixed pair by pair in chunks that stay in cache.
-PAIRWISE_MIN_BYTES = 8 << 20
-_PAIRWISE_CHUNK_BYTES = 2 << 20
+# On the CPU, samples at least this large are mixed pair by pair (see `mix_`).
+PAIRWISE_MIN_SAMPLE_BYTES = 128 << 10
 
 
 def mix_(
@@ -253,11 +244,11 @@ def mix_(
     ``w`` is the partner's share, ``1 - λ``. ``torch.lerp`` computes the blend, and it is exact
     at ``w = 0`` and ``w = 1``, so CutMix pixels are copied bit for bit from one of the two samples.
 
-    Two ways, one result: a small batch (or one on an accelerator) gathers all partners into
-    ``buffer`` and blends in one pass; a large CPU batch with a symmetric pairing
-    (``partner[partner[i]] == i``, as :func:`sample_partners` draws) is mixed a few pairs at a
-    time, both members of each pair at once, so the working set stays in cache and the batch is
-    read and written about once.
+    Two ways, one result: small samples (or any on an accelerator) gather all partners into
+    ``buffer`` and blend in one pass. Large samples on the CPU with a symmetric pairing
+    (``partner[partner[i]] == i``, as :func:`sample_partners` draws) are mixed one pair at a time,
+    both members at once through one sample-sized scratch slice of ``buffer`` that stays in
+    cache, so the batch is read and written about once, like a copy.
 
     Args:
         x: ``(B, ...)`` floating batch, modified in place.
@@ -272,7 +263,12 @@ def mix_(
     """
     if isinstance(weight, Tensor) and weight.dtype != x.dtype:
         weight = weight.to(x.dtype)
-    if buffer is not None and x.device.type == "cpu" and x.nbytes >= PAIRWISE_MIN_BYTES:
+    if (
+        buffer is not None
+        and x.device.type == "cpu"
+        and len(x) > 1
+        and x[0].nbytes >= PAIRWISE_MIN_SAMPLE_BYTES
+    ):
         first = (partner > torch.arange(len(partner))).nonzero().flatten()
         second = partner[first]
         if torch.equal(partner[second], first):
@@ -287,21 +283,27 @@ def mix_(
 def _mix_pairs_(
     x: Tensor, first: Tensor, second: Tensor, weight: Tensor | float, buffer: Tensor
 ) -> Tensor:
-    """Mix the pairs ``(first[k], second[k])`` of ``x`` in place, a cache-sized chunk at a time."""
-    per_pair = 2 * x[0].nbytes
-    step = max(1, min(len(first), _PAIRWISE_CHUNK_BYTES // per_pair, len(buffer) // 3))
-    for start in range(0, len(first), step):
-        a, b = first[start : start + step], second[start : start + step]
-        n = len(a)
-        xa = torch.index_select(x, 0, a, out=buffer[:n])
-        xb = torch.index_select(x, 0, b, out=buffer[n : 2 * n])
-        if isinstance(weight, Tensor):
-            wa, wb = weight.index_select(0, a), weight.index_select(0, b)
-        else:
-            wa = wb = weight
-        x.index_copy_(0, a, torch.lerp(xa, xb, wa, out=buffer[2 * n : 3 * n]))
-        x.index_copy_(0, b, xb.lerp_(xa, wb))
+    """Mix each pair ``(first[k], second[k])`` of ``x`` in place through ``buffer[0]``."""
+    scratch = buffer[0]
+    per_sample = isinstance(weight, Tensor)
+    for a, b in zip(first.tolist(), second.tolist()):
+        xa, xb = x[a], x[b]
+        wa, wb = (weight[a], weight[b]) if per_sample else (weight, weight)
+        torch.lerp(xa, xb, wa, out=scratch)
+        xb.lerp_(xa, wb)
+        xa.copy_(scratch)
     return x
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Move a small CPU tensor to ``device`` without making the host wait for the device.
+
+    On CUDA the tensor is staged in pinned memory, so the copy is asynchronous; PyTorch's pinned
+    allocator keeps that memory until the copy has run.
+    """
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def mix_targets(target: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
@@ -312,7 +314,7 @@ def mix_targets(target: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
         partner: ``(B,)`` partner indices.
         lam: ``(B,)`` weights of each sample itself.
     """
-    lam = lam.to(device=target.device, dtype=target.dtype).unsqueeze(1)
+    lam = to_device(lam.to(target.dtype), target.device).unsqueeze(1)
     return torch.lerp(target.index_select(0, partner), target, lam)
 
 

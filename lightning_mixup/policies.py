@@ -1,6 +1,6 @@
 """Mixing policies: ``sample(...)`` draws a batch's parameters, ``apply(...)`` uses them.
 
-Three small objects share one parameter type and one ``apply``:
+Three small objects share one sampler, one parameter type and one ``apply``:
 
 * :class:`MixUp` — λ ~ Beta(α, α), ``x ← λ·x_i + (1-λ)·x_j`` (Zhang et al., 2018, *mixup: Beyond
   Empirical Risk Minimization*).
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lightning_mixup import functional as F
 
-__all__ = ["CutMix", "MixParams", "MixUp", "MixUpOrCutMix", "Mode"]
+__all__ = ["CutMix", "MixParams", "MixUp", "MixUpOrCutMix", "Mode", "apply_mix"]
 
 Mode = Literal["batch", "elem"]
 _MODES = ("batch", "elem")
@@ -42,6 +42,7 @@ class MixParams:
         lo: ``(B, d)`` inclusive box corners, or None when no sample uses CutMix.
         hi: ``(B, d)`` exclusive box corners, or None.
         per_batch: True when one λ (and one box) serves the whole batch.
+        identity: True when applying these parameters changes nothing.
     """
 
     partner: Tensor
@@ -50,13 +51,12 @@ class MixParams:
     lo: Tensor | None = None
     hi: Tensor | None = None
     per_batch: bool = True
+    identity: bool = False
 
     @property
     def is_identity(self) -> bool:
         """True when applying these parameters would change nothing."""
-        return bool((self.lam == 1).all()) or bool(
-            (self.partner == torch.arange(len(self.partner))).all()
-        )
+        return self.identity
 
 
 def _check_mode(mode: str) -> None:
@@ -69,39 +69,68 @@ def _check_alpha(name: str, alpha: float) -> None:
         raise ValueError(f"`{name}` must be a number >= 0, got {alpha!r}.")
 
 
+def _check_cutmix_shape(shape: Sequence[int]) -> None:
+    if not 3 <= len(shape) <= 5:
+        raise ValueError(
+            "CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions "
+            f"(audio, images or volumes), got shape {tuple(shape)}; use MixUp for other inputs."
+        )
+
+
 class _Policy:
-    """Shared ``apply`` and the Bernoulli 'is this mixed at all' draw."""
+    """One sampler for all three policies: they differ in α's and the CutMix probability."""
 
     mode: Mode
+    _mix_alpha: float = 0.0
+    _cut_alpha: float = 0.0
+    _cut_prob: float = 0.0
 
-    def _draw_mixed(self, n: int, p: float, generator: torch.Generator) -> Tensor:
-        """One Bernoulli(p) per batch (``batch`` mode) or per sample (``elem`` mode), as ``(n,)``."""
-        draws = 1 if self.mode == "batch" else n
-        u = torch.rand(draws, generator=generator, dtype=torch.float64)
-        return (u < p).expand(n)
-
-    def _finish(
+    def sample(
         self,
-        partner: Tensor,
-        lam: Tensor,
-        cut: Tensor,
-        mixed: Tensor,
-        spatial: Sequence[int],
+        shape: Sequence[int],
         generator: torch.Generator,
+        p: float = 1.0,
+        alpha_scale: float = 1.0,
     ) -> MixParams:
-        lam = torch.where(mixed, lam, torch.ones_like(lam))
+        """Draw partners, the MixUp/CutMix choice, λ and boxes for a batch of ``shape``.
+
+        Args:
+            shape: Shape of the inputs, ``(B, ...)``; ``(B, C, *spatial)`` when CutMix may be used.
+            generator: CPU generator that supplies every random number.
+            p: Probability that the batch (``batch`` mode) or a sample (``elem`` mode) is mixed.
+            alpha_scale: Factor on every α (the ramp's strength with ``ramp_target="alpha"``).
+
+        Returns:
+            The batch's :class:`MixParams`.
+        """
+        n = int(shape[0])
+        draws = 1 if self.mode == "batch" else n
+        partner = F.sample_partners(n, generator)
+        u = torch.rand(2, draws, generator=generator, dtype=torch.float64)
+        mixed, cut = u[0] < p, u[1] < self._cut_prob
+        alphas = (self._mix_alpha * alpha_scale, self._cut_alpha * alpha_scale)
+        lam_mix, lam_cut = F.sample_betas(alphas, draws, generator)
+        lam = torch.where(mixed, torch.where(cut, lam_cut, lam_mix), 1.0)
+        cut &= mixed
         lo = hi = None
-        if bool(cut.any()):
-            n = 1 if self.mode == "batch" else len(lam)
-            lo, hi, kept = F.cutmix_boxes(lam[:n], spatial, generator)
-            lo, hi, kept = lo.expand(len(lam), -1), hi.expand(len(lam), -1), kept.expand(len(lam))
+        if self._cut_prob > 0 and bool(cut.any()):
+            _check_cutmix_shape(shape)
+            lo, hi, kept = F.cutmix_boxes(lam, shape[2:], generator)
             lam = torch.where(cut, kept, lam)
-        # A sample paired with itself (odd batch) is unchanged: it keeps all of itself.
-        lam = torch.where(partner == torch.arange(len(lam)), torch.ones_like(lam), lam)
-        return MixParams(partner, lam, cut & mixed, lo, hi, per_batch=self.mode == "batch")
+            lo, hi = lo.expand(n, -1), hi.expand(n, -1)
+        lam, cut = lam.expand(n).clone(), cut.expand(n)
+        if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
+            lam[partner == torch.arange(n)] = 1.0
+        identity = n < 2 or bool((lam == 1).all())
+        return MixParams(partner, lam, cut, lo, hi, self.mode == "batch", identity)
 
     def apply(
-        self, x: Tensor, target: Tensor, params: MixParams, buffer: Tensor | None = None
+        self,
+        x: Tensor,
+        target: Tensor,
+        params: MixParams,
+        buffer: Tensor | None = None,
+        enabled: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Mix ``x`` in place and return it with the mixed float targets.
 
@@ -110,46 +139,74 @@ class _Policy:
             target: ``(B, K)`` float targets.
             params: Output of :meth:`sample` for this batch.
             buffer: Optional tensor like ``x`` reused to hold the partners.
+            enabled: Optional 0-d bool tensor on ``x``'s device; where False, every sample is
+                paired with itself, so nothing changes, without reading the flag on the host.
         """
-        return apply_mix(x, target, params, buffer)
+        return apply_mix(x, target, params, buffer, enabled)
 
 
 def apply_mix(
-    x: Tensor, target: Tensor, params: MixParams, buffer: Tensor | None = None
+    x: Tensor,
+    target: Tensor,
+    params: MixParams,
+    buffer: Tensor | None = None,
+    enabled: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Apply drawn parameters: blend or paste partners into ``x`` in place; mix the targets."""
-    if params.is_identity:
+    """Apply drawn parameters: blend or paste partners into ``x`` in place; mix the targets.
+
+    See :meth:`MixUp.apply` for the arguments.
+    """
+    if params.identity:
         return x, target
     device = x.device
-    partner = params.partner.to(device, non_blocking=True)
+    partner = F.to_device(params.partner, device)
+    if enabled is not None:
+        partner = torch.where(enabled, partner, torch.arange(len(partner), device=device))
     if params.per_batch:
         lam = float(params.lam.min())  # the shared λ; a self-paired sample reports 1
-        if bool(params.cut[0]):
+        if params.lo is not None:
             # One box for the whole batch: copy only the box region from the partners.
-            region = (slice(None), slice(None)) + tuple(
-                slice(int(a), int(b)) for a, b in zip(params.lo[0], params.hi[0])
-            )
+            box = tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
+            region = (slice(None), slice(None), *box)
             x[region] = x[region].index_select(0, partner)
         else:
             F.mix_(x, partner, 1.0 - lam, buffer)
     else:
-        lam = params.lam.to(device=device, dtype=torch.float32, non_blocking=True)
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        weight = (1.0 - lam).view(shape)
-        if bool(params.cut.any()):
-            spatial = x.shape[2:]
-            mask = F.cutmix_weights(params.lo.to(device), params.hi.to(device), spatial)
-            cut = params.cut.to(device).view(shape)
-            weight = torch.where(cut, mask.to(weight.dtype), weight)
+        weight = F.to_device(_partner_weights(params, x.shape), device)
         F.mix_(x, partner, weight, buffer)
     return x, F.mix_targets(target, partner, params.lam)
+
+
+def _partner_weights(params: MixParams, shape: Sequence[int]) -> Tensor:
+    """Per-sample partner share ``1 - λ``, or per-pixel where a sample gets a CutMix box.
+
+    The per-pixel weight of a sample is an outer product of one vector per spatial dimension:
+    box indicators for a CutMix sample, and vectors filled with ``1 - λ`` (first dimension) and 1
+    (the others) for a blended one, so a batch of both kinds is built in one broadcast product.
+    """
+    share = (1.0 - params.lam).float()
+    ndim = len(shape)
+    if params.lo is None:
+        return share.view(-1, *([1] * (ndim - 1)))
+    n, d = params.lo.shape
+    cut = params.cut.view(n, 1)
+    weight = share.new_ones(n, 1, *([1] * d))
+    for k, size in enumerate(shape[2:]):
+        pos = torch.arange(size)
+        inside = ((pos >= params.lo[:, k : k + 1]) & (pos < params.hi[:, k : k + 1])).float()
+        fill = share.view(n, 1) if k == 0 else 1.0
+        vector = torch.where(cut, inside, fill)
+        view = [n, 1] + [1] * d
+        view[k + 2] = size
+        weight = weight * vector.view(view)
+    return weight
 
 
 class MixUp(_Policy):
     """MixUp: blend every sample with its partner, λ ~ Beta(α, α).
 
     Args:
-        alpha: Beta concentration α > 0 (the paper uses 0.1-0.4 on ImageNet, 1.0 on CIFAR).
+        alpha: Beta concentration α ≥ 0 (the paper uses 0.1-0.4 on ImageNet, 1.0 on CIFAR).
         mode: ``"batch"`` draws one λ per batch, ``"elem"`` one λ per sample.
 
     Example:
@@ -165,30 +222,14 @@ class MixUp(_Policy):
         _check_alpha("alpha", alpha)
         _check_mode(mode)
         self.alpha, self.mode = float(alpha), mode
-
-    def sample(
-        self,
-        shape: Sequence[int],
-        generator: torch.Generator,
-        p: float = 1.0,
-        alpha_scale: float = 1.0,
-    ) -> MixParams:
-        """Draw partners and λ for a batch of ``shape``, mixing with probability ``p``."""
-        n = int(shape[0])
-        partner = F.sample_partners(n, generator)
-        mixed = self._draw_mixed(n, p, generator)
-        lam = F.sample_beta(self.alpha * alpha_scale, 1 if self.mode == "batch" else n, generator)
-        lam = lam.expand(n)
-        return self._finish(
-            partner, lam, torch.zeros(n, dtype=torch.bool), mixed, shape[2:], generator
-        )
+        self._mix_alpha = self.alpha
 
 
 class CutMix(_Policy):
     """CutMix: paste a random box of the partner; λ is the exact kept area after clipping.
 
     Args:
-        alpha: Beta concentration α > 0 for the requested λ (1.0 in the paper).
+        alpha: Beta concentration α ≥ 0 for the requested λ (1.0 in the paper).
         mode: ``"batch"`` draws one box per batch, ``"elem"`` one box per sample.
     """
 
@@ -196,6 +237,7 @@ class CutMix(_Policy):
         _check_alpha("cutmix_alpha", alpha)
         _check_mode(mode)
         self.alpha, self.mode = float(alpha), mode
+        self._cut_alpha, self._cut_prob = self.alpha, 1.0
 
     def sample(
         self,
@@ -206,14 +248,7 @@ class CutMix(_Policy):
     ) -> MixParams:
         """Draw partners and boxes for a batch of ``shape`` = ``(B, C, *spatial)``."""
         _check_cutmix_shape(shape)
-        n = int(shape[0])
-        partner = F.sample_partners(n, generator)
-        mixed = self._draw_mixed(n, p, generator)
-        lam = F.sample_beta(self.alpha * alpha_scale, 1 if self.mode == "batch" else n, generator)
-        lam = lam.expand(n)
-        return self._finish(
-            partner, lam, torch.ones(n, dtype=torch.bool), mixed, shape[2:], generator
-        )
+        return super().sample(shape, generator, p, alpha_scale)
 
 
 class MixUpOrCutMix(_Policy):
@@ -235,33 +270,8 @@ class MixUpOrCutMix(_Policy):
             )
         self.mixup, self.cutmix, self.switch_prob = mixup, cutmix, float(switch_prob)
         self.mode = mixup.mode
-
-    def sample(
-        self,
-        shape: Sequence[int],
-        generator: torch.Generator,
-        p: float = 1.0,
-        alpha_scale: float = 1.0,
-    ) -> MixParams:
-        """Draw partners, the MixUp/CutMix choice, λ and boxes for a batch of ``shape``."""
-        n = int(shape[0])
-        partner = F.sample_partners(n, generator)
-        mixed = self._draw_mixed(n, p, generator)
-        draws = 1 if self.mode == "batch" else n
-        cut = (
-            torch.rand(draws, generator=generator, dtype=torch.float64) < self.switch_prob
-        ).expand(n)
-        if bool(cut.any()):
-            _check_cutmix_shape(shape)
-        lam_mix = F.sample_beta(self.mixup.alpha * alpha_scale, draws, generator).expand(n)
-        lam_cut = F.sample_beta(self.cutmix.alpha * alpha_scale, draws, generator).expand(n)
-        lam = torch.where(cut, lam_cut, lam_mix)
-        return self._finish(partner, lam, cut.clone(), mixed, shape[2:], generator)
-
-
-def _check_cutmix_shape(shape: Sequence[int]) -> None:
-    if not 3 <= len(shape) <= 5:
-        raise ValueError(
-            "CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions "
-            f"(audio, images or volumes), got shape {tuple(shape)}; use MixUp for other inputs."
+        self._mix_alpha, self._cut_alpha, self._cut_prob = (
+            mixup.alpha,
+            cutmix.alpha,
+            self.switch_prob,
         )

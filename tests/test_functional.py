@@ -297,8 +297,7 @@ def test_pairwise_chunked_path_equals_the_gather_path(monkeypatch, n, weight_kin
         lo, hi, _ = F.cutmix_boxes(torch.rand(n, generator=g, dtype=torch.float64), (16, 16), g)
         weight = F.cutmix_weights(lo, hi, (16, 16)).float()
     reference = F.mix_(x.clone(), partner, weight)  # no buffer: always the gather path
-    monkeypatch.setattr(F, "PAIRWISE_MIN_BYTES", 0)
-    monkeypatch.setattr(F, "_PAIRWISE_CHUNK_BYTES", 3 * 2 * x[0].nbytes)  # 3 pairs a chunk
+    monkeypatch.setattr(F, "PAIRWISE_MIN_SAMPLE_BYTES", 0)
     calls = []
     real = F._mix_pairs_
     monkeypatch.setattr(F, "_mix_pairs_", lambda *a: calls.append(1) or real(*a))

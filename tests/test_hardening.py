@@ -179,3 +179,34 @@ def test_small_cnn_soft_label_classifier_with_callback_learns_digits_like_data()
         tensor_loader(x[:64], labels[:64], batch_size=32),
     )
     assert trainer.callback_metrics["val/acc"].item() > 0.9
+
+
+def test_accelerator_path_disables_nonfinite_batches_without_reading_back(monkeypatch):
+    """The sync-free path used on GPUs, exercised on the CPU by pretending reads are costly."""
+    import lightning_mixup.callback as cbmod
+
+    monkeypatch.setattr(cbmod, "_reads_back_cheaply", lambda device: False)
+    x = torch.randn(16, 2, 4, 4)
+    x[5, 0, 1, 1] = float("nan")
+    module = RecordingModule(num_classes=4)
+    with pytest.warns(UserWarning, match="in epoch 0 contain NaN or Inf") as record:
+        trainer = tiny_trainer(callbacks=[MixupCallback(alpha=1.0, seed=0)])
+        trainer.fit(module, tensor_loader(x, torch.arange(16) % 4))
+    assert sum("NaN or Inf" in str(w.message) for w in record) == 1
+    bad = module.train_records[1]
+    torch.testing.assert_close(bad["x"], x[4:8], equal_nan=True)  # paired with itself: unchanged
+    assert torch.equal(bad["y"], torch.eye(4)[torch.arange(4, 8) % 4])
+    for i in (0, 2, 3):
+        assert (module.train_records[i]["y"].max(1).values < 1).any()
+    assert trainer.callback_metrics["mixup/nonfinite_batches"].item() == 1
+
+
+def test_accelerator_path_checks_labels_on_the_first_batch(monkeypatch):
+    import lightning_mixup.callback as cbmod
+
+    monkeypatch.setattr(cbmod, "_reads_back_cheaply", lambda device: False)
+    x, y = torch.randn(8, 32), torch.tensor([0, 1, 2, 9, 0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"got values \[9\]"):
+        tiny_trainer(callbacks=[MixupCallback(num_classes=4)]).fit(
+            RecordingModule(num_classes=4), tensor_loader(x, y)
+        )
