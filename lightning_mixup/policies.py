@@ -103,6 +103,8 @@ class _Policy:
         Returns:
             The batch's :class:`MixParams`.
         """
+        if self._cut_prob == 1.0:  # CutMix alone: say so before drawing anything
+            _check_cutmix_shape(shape)
         n = int(shape[0])
         draws = 1 if self.mode == "batch" else n
         partner = F.sample_partners(n, generator)
@@ -238,17 +240,6 @@ class CutMix(_Policy):
         _check_mode(mode)
         self.alpha, self.mode = float(alpha), mode
         self._cut_alpha, self._cut_prob = self.alpha, 1.0
-
-    def sample(
-        self,
-        shape: Sequence[int],
-        generator: torch.Generator,
-        p: float = 1.0,
-        alpha_scale: float = 1.0,
-    ) -> MixParams:
-        """Draw partners and boxes for a batch of ``shape`` = ``(B, C, *spatial)``."""
-        _check_cutmix_shape(shape)
-        return super().sample(shape, generator, p, alpha_scale)
 
 
 class MixUpOrCutMix(_Policy):
