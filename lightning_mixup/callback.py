@@ -9,6 +9,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -59,7 +60,7 @@ class MixupCallback(pl.Callback):
     is mixed with probability ``p·s``; with ``"alpha"`` it is mixed with probability ``p`` using
     ``α·s``. ``s`` is recomputed from the Trainer's counters at every batch, so resuming keeps it.
 
-    Randomness: each batch uses its own ``torch.Generator`` seeded from ``(seed, global_rank, epoch,
+    Randomness: each batch uses its own NumPy ``Generator`` (PCG64) seeded from ``(seed, global_rank, epoch,
     batch_idx)``, so ranks draw differently, reruns repeat, and a resumed run draws exactly what
     the uninterrupted one would have, without storing RNG state. The global RNGs are not used.
 
@@ -290,11 +291,11 @@ class MixupCallback(pl.Callback):
             epoch + frac, self.ramp_start_epoch, self.ramp_epochs, self.ramp_shape, self.stop_epoch
         )
 
-    def _generator(self, trainer: pl.Trainer, batch_idx: int) -> torch.Generator:
+    def _generator(self, trainer: pl.Trainer, batch_idx: int) -> np.random.Generator:
         rank = 0 if self.same_on_all_ranks else trainer.global_rank
         key = f"{self._seed}/{rank}/{trainer.current_epoch}/{batch_idx}/{self._salt}".encode()
         derived = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        return torch.Generator().manual_seed(derived)
+        return np.random.Generator(np.random.PCG64(derived))
 
     def _reuse_buffer(self, x: Tensor) -> Tensor:
         buf = self._buffer

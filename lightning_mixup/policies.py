@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -88,7 +89,7 @@ class _Policy:
     def sample(
         self,
         shape: Sequence[int],
-        generator: torch.Generator,
+        generator: np.random.Generator,
         p: float = 1.0,
         alpha_scale: float = 1.0,
     ) -> MixParams:
@@ -96,7 +97,7 @@ class _Policy:
 
         Args:
             shape: Shape of the inputs, ``(B, ...)``; ``(B, C, *spatial)`` when CutMix may be used.
-            generator: CPU generator that supplies every random number.
+            generator: The generator that supplies every random number.
             p: Probability that the batch (``batch`` mode) or a sample (``elem`` mode) is mixed.
             alpha_scale: Factor on every α (the ramp's strength with ``ramp_target="alpha"``).
 
@@ -105,26 +106,34 @@ class _Policy:
         """
         if self._cut_prob == 1.0:  # CutMix alone: say so before drawing anything
             _check_cutmix_shape(shape)
-        n = int(shape[0])
+        rng, n = generator, int(shape[0])
         draws = 1 if self.mode == "batch" else n
-        partner = F.sample_partners(n, generator)
-        u = torch.rand(2, draws, generator=generator, dtype=torch.float64)
+        partner = F._partners(n, rng)
+        u = rng.random((2, draws))
         mixed, cut = u[0] < p, u[1] < self._cut_prob
-        alphas = (self._mix_alpha * alpha_scale, self._cut_alpha * alpha_scale)
-        lam_mix, lam_cut = F.sample_betas(alphas, draws, generator)
-        lam = torch.where(mixed, torch.where(cut, lam_cut, lam_mix), 1.0)
+        lam_mix = F._beta(self._mix_alpha * alpha_scale, draws, rng)
+        lam_cut = F._beta(self._cut_alpha * alpha_scale, draws, rng)
+        lam = np.where(mixed, np.where(cut, lam_cut, lam_mix), 1.0)
         cut &= mixed
         lo = hi = None
-        if self._cut_prob > 0 and bool(cut.any()):
+        if self._cut_prob > 0 and cut.any():
             _check_cutmix_shape(shape)
-            lo, hi, kept = F.cutmix_boxes(lam, shape[2:], generator)
-            lam = torch.where(cut, kept, lam)
-            lo, hi = lo.expand(n, -1), hi.expand(n, -1)
-        lam, cut = lam.expand(n).clone(), cut.expand(n)
+            lo, hi, kept = F._boxes(lam, shape[2:], rng)
+            lam = np.where(cut, kept, lam)
+            lo, hi = (torch.from_numpy(np.repeat(c, n // draws, axis=0)) for c in (lo, hi))
+        lam, cut = np.repeat(lam, n // draws), np.repeat(cut, n // draws)
         if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
-            lam[partner == torch.arange(n)] = 1.0
+            lam[partner == np.arange(n)] = 1.0
         identity = n < 2 or bool((lam == 1).all())
-        return MixParams(partner, lam, cut, lo, hi, self.mode == "batch", identity)
+        return MixParams(
+            torch.from_numpy(partner),
+            torch.from_numpy(lam),
+            torch.from_numpy(cut),
+            lo,
+            hi,
+            self.mode == "batch",
+            identity,
+        )
 
     def apply(
         self,
@@ -213,7 +222,7 @@ class MixUp(_Policy):
 
     Example:
         >>> policy = MixUp(alpha=1.0)
-        >>> g = torch.Generator().manual_seed(0)
+        >>> g = np.random.default_rng(0)
         >>> x, y = torch.rand(4, 3, 8, 8), torch.eye(4)
         >>> x, y = policy.apply(x, y, policy.sample(x.shape, g))
         >>> torch.allclose(y.sum(1), torch.ones(4))

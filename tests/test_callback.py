@@ -1,6 +1,7 @@
 from collections import namedtuple
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -115,10 +116,12 @@ def test_global_rng_is_not_used():
     class Snapshot(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             pl_module.rng_before = torch.get_rng_state()
+            pl_module.np_before = np.random.get_state()[1].copy()
 
     class Checking(RecordingModule):
         def training_step(self, batch, batch_idx):
             assert torch.equal(self.rng_before, torch.get_rng_state())
+            assert np.array_equal(self.np_before, np.random.get_state()[1])
             self.checked = getattr(self, "checked", 0) + 1
             return super().training_step(batch, batch_idx)
 

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,8 +8,12 @@ from lightning_mixup import functional as F
 from lightning_mixup.policies import CutMix, MixUp, MixUpOrCutMix
 
 
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def gen(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def data(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 # ----------------------------------------------------------------------------- soft targets
@@ -78,12 +83,15 @@ def test_sample_beta_zero_alpha_means_no_mix_and_seed_repeats():
         F.sample_beta(-1, 3, gen())
 
 
-def test_sample_beta_uses_only_the_given_generator():
+def test_sampling_uses_only_the_given_generator():
     torch.manual_seed(123)
-    before = torch.get_rng_state()
+    np.random.seed(123)
+    before, np_before = torch.get_rng_state(), np.random.get_state()[1].copy()
     F.sample_beta(0.5, 100, gen())
     F.sample_partners(10, gen())
+    MixUpOrCutMix(MixUp(1.0, "elem"), CutMix(1.0, "elem")).sample((8, 3, 4, 4), gen())
     assert torch.equal(before, torch.get_rng_state())
+    assert np.array_equal(np_before, np.random.get_state()[1])
 
 
 # ----------------------------------------------------------------------------- pairing
@@ -126,7 +134,7 @@ def test_ramp_strength_shapes_and_stop():
 @pytest.mark.parametrize("mode", ["batch", "elem"])
 @pytest.mark.parametrize("n", [2, 5, 8])
 def test_mixup_is_pairwise_convex_combination(mode, n):
-    x = torch.randn(n, 3, 4, 4, generator=gen(10))
+    x = data(n, 3, 4, 4, seed=10)
     y = F.soft_targets(torch.arange(n) % 3, 3)
     policy = MixUp(alpha=1.0, mode=mode)
     params = policy.sample(x.shape, gen(n))
@@ -287,14 +295,14 @@ def test_policy_argument_errors(make, match):
 @pytest.mark.parametrize("weight_kind", ["float", "per_sample", "mask"])
 def test_pairwise_chunked_path_equals_the_gather_path(monkeypatch, n, weight_kind):
     g = gen(n)
-    x = torch.randn(n, 3, 16, 16, generator=g)
+    x = data(n, 3, 16, 16, seed=n)
     partner = F.sample_partners(n, g)
     if weight_kind == "float":
         weight = 0.3
     elif weight_kind == "per_sample":
-        weight = torch.rand(n, 1, 1, 1, generator=g)
+        weight = torch.from_numpy(g.random((n, 1, 1, 1))).float()
     else:
-        lo, hi, _ = F.cutmix_boxes(torch.rand(n, generator=g, dtype=torch.float64), (16, 16), g)
+        lo, hi, _ = F.cutmix_boxes(g.random(n), (16, 16), g)
         weight = F.cutmix_weights(lo, hi, (16, 16)).float()
     reference = F.mix_(x.clone(), partner, weight)  # no buffer: always the gather path
     monkeypatch.setattr(F, "PAIRWISE_MIN_SAMPLE_BYTES", 0)
