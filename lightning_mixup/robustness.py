@@ -530,9 +530,9 @@ class AdversarialEval(pl.Callback):
             x, y = batch[self.input_key], batch[self.target_key]
         except (KeyError, IndexError, TypeError) as err:
             raise TypeError(
-                f"AdversarialEval reads the inputs at `batch[{self.input_key!r}]` and the targets at "
-                f"`batch[{self.target_key!r}]`, which this {type(batch).__name__} batch does not "
-                "have; set `input_key`/`target_key`."
+                f"AdversarialEval reads the inputs at `batch[{self.input_key!r}]` and the targets "
+                f"at `batch[{self.target_key!r}]`, which this {type(batch).__name__} batch does "
+                "not have; set `input_key`/`target_key`."
             ) from err
         if not isinstance(x, Tensor) or not isinstance(y, Tensor):
             raise TypeError(

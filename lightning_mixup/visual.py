@@ -404,11 +404,12 @@ def plot_reliability(
     width = 1.0 / n_bins
     left = bins.edges[:-1]
     filled = bins.count > 0
-    ax.bar(left[filled], bins.accuracy[filled], width=width, align="edge", color="tab:blue",
-           edgecolor="black", linewidth=0.5, label="accuracy")  # fmt: skip
+    bar = {"width": width, "align": "edge"}
+    ax.bar(left[filled], bins.accuracy[filled], color="tab:blue", edgecolor="black",
+           linewidth=0.5, label="accuracy", **bar)  # fmt: skip
     gap = bins.confidence[filled] - bins.accuracy[filled]
-    ax.bar(left[filled], gap, bottom=bins.accuracy[filled], width=width, align="edge",
-           color="none", edgecolor="tab:red", linewidth=0.8, hatch="//", label="gap to confidence")  # fmt: skip
+    ax.bar(left[filled], gap, bottom=bins.accuracy[filled], color="none", edgecolor="tab:red",
+           linewidth=0.8, hatch="//", label="gap to confidence", **bar)  # fmt: skip
     ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -438,8 +439,7 @@ def reliability_diagram(
         ImportError: If matplotlib is not installed.
 
     Example:
-        >>> reliability_diagram([0.9, 0.6, 0.8], [True, False, True], 15, "rel.png")  # doctest: +SKIP
-        0.3
+        >>> ece = reliability_diagram([0.9, 0.6, 0.8], [1, 0, 1], 15, "r.png")  # doctest: +SKIP
     """
     fig = _figure(4.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)

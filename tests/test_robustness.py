@@ -284,9 +284,9 @@ def test_adversarial_eval_needs_matplotlib_for_the_diagram(monkeypatch):
     AdversarialEval(save_diagram=False).setup(None, None, "test")  # no matplotlib needed
 
 
-# ---------------------------------------------------------------------------- the callback in a Trainer
+# ---------------------------------------------------------------------------- callback in a Trainer
 class LogitsAreInputs(pl.LightningModule):
-    """forward(x) = x·scale: the inputs are the logits, so every number can be worked out by hand."""
+    """forward(x) = x·scale: the inputs are the logits, so every number can be worked by hand."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -400,3 +400,37 @@ def test_callback_from_the_command_line(tmp_path):
     assert {"test/fgsm_acc@0.03", "test/fgsm_acc@0.1", "test/conf_gap"} <= set(
         cli.trainer.callback_metrics
     )
+
+
+class SavesGatheredCalibration(LogitsAreInputs):
+    """Saves, per rank, what AdversarialEval gathered (the parent of ddp_spawn cannot see it)."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+
+    def on_test_end(self) -> None:
+        cb = next(c for c in self.trainer.callbacks if isinstance(c, AdversarialEval))
+        path = Path(self.out_dir) / f"rank{self.global_rank}.pt"
+        torch.save({"conf": cb.confidences, "hit": cb.correct}, path)
+
+
+@pytest.mark.slow
+def test_callback_gathers_all_processes_under_ddp(tmp_path):
+    p = torch.tensor([0.55, 0.6, 0.7, 0.8, 0.9, 0.95])
+    x = torch.log(torch.stack([p, 1 - p], dim=1))
+    y = torch.tensor([0, 1, 0, 0, 1, 0])  # hits: 1 0 1 1 0 1 → accuracy 4/6
+    cb = AdversarialEval(epsilons=[0.0])
+    trainer = quiet_trainer(tmp_path, [cb], devices=2, strategy="ddp_spawn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.test(SavesGatheredCalibration(str(tmp_path)), DataLoader(TensorDataset(x, y), 2))
+    expected_gap = p.mean().item() - 4 / 6
+    assert float(trainer.callback_metrics["test/conf_gap"]) == pytest.approx(expected_gap, abs=1e-5)
+    assert float(trainer.callback_metrics["test/fgsm_acc@0"]) == pytest.approx(4 / 6)
+    for rank in (0, 1):
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        order = saved["conf"].argsort()
+        torch.testing.assert_close(saved["conf"][order], p)
+        torch.testing.assert_close(saved["hit"][order], torch.tensor([1.0, 0, 1, 1, 0, 1]))
+    assert (tmp_path / "reliability_diagram.png").exists()
