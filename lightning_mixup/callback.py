@@ -87,6 +87,12 @@ class MixupCallback(pl.Callback):
             batch). A non-finite batch is left unmixed, so the bad values stay in their own
             samples instead of spreading to their partners; the first one warns, and
             ``mixup/nonfinite_batches`` counts them per epoch. False skips the check.
+        save_grid_every_n_epochs: Every this many epochs (0-based epochs 0, N, 2N, ...), rank 0
+            sends a grid of the first mixed batch's images, titled with their soft-label
+            weights, to TensorBoard, or saves it as ``mixed_grid_epoch{N}.png`` in the run's log
+            directory (see :func:`lightning_mixup.visual.log_mixed_grid`). Needs matplotlib
+            (``pip install "lightning-mixup[plots]"``) and image batches ``(B, C, H, W)``.
+            None (the default) saves nothing.
 
     Raises:
         ValueError: On an out-of-range argument (the message names it and the value received).
@@ -116,6 +122,7 @@ class MixupCallback(pl.Callback):
         seed: int | None = None,
         same_on_all_ranks: bool = False,
         skip_nonfinite: bool = True,
+        save_grid_every_n_epochs: int | None = None,
     ) -> None:
         self.alpha = _number("alpha", alpha, 0.0)
         self.cutmix_alpha = _number("cutmix_alpha", cutmix_alpha, 0.0)
@@ -150,6 +157,10 @@ class MixupCallback(pl.Callback):
         self.stop_epoch, self.input_key, self.target_key = stop_epoch, input_key, target_key
         self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
+        if save_grid_every_n_epochs is not None:
+            _int("save_grid_every_n_epochs", save_grid_every_n_epochs, 1)
+        self.save_grid_every_n_epochs = save_grid_every_n_epochs
+        self._grid_epoch: int | None = None
         self.last_params: MixParams | None = None
         """Parameters of the most recent mixed batch (None if it was not mixed), for inspection."""
         self.policy = self._make_policy()
@@ -191,6 +202,14 @@ class MixupCallback(pl.Callback):
         self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
         self._num_classes = self.num_classes or self._find_num_classes(trainer, pl_module)
         self._checked_labels = False
+        if self.save_grid_every_n_epochs is not None and trainer.is_global_zero:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError as err:
+                raise ImportError(
+                    "`save_grid_every_n_epochs` draws with matplotlib, which is not installed; "
+                    'run `pip install "lightning-mixup[plots]"`.'
+                ) from err
 
     def state_dict(self) -> dict[str, Any]:
         """Store the resolved seed so a resumed run draws the same even if the global seed changed."""
@@ -240,6 +259,7 @@ class MixupCallback(pl.Callback):
                 enabled = None if on_host else finite
                 x, soft = self.policy.apply(x, soft, params, self._reuse_buffer(x), enabled)
                 lam_mean, self.last_params = float(params.lam.mean()), params
+                self._maybe_save_grid(trainer, x, soft)
         container[self.target_key] = soft
         container[self.input_key] = x
         stats = self._stats
@@ -266,6 +286,22 @@ class MixupCallback(pl.Callback):
             )
 
     # ------------------------------------------------------------------ helpers
+    def _maybe_save_grid(self, trainer: pl.Trainer, x: Tensor, soft: Tensor) -> None:
+        every, epoch = self.save_grid_every_n_epochs, trainer.current_epoch
+        if every is None or epoch % every or self._grid_epoch == epoch:
+            return
+        self._grid_epoch = epoch  # the first mixed batch of the epoch
+        if x.ndim != 4:
+            rank_zero_warn(
+                f"MixupCallback: `save_grid_every_n_epochs` draws image batches (B, C, H, W); "
+                f"these inputs have shape {tuple(x.shape)}, so no grid is saved."
+            )
+            self.save_grid_every_n_epochs = None
+            return
+        from lightning_mixup.visual import log_mixed_grid
+
+        log_mixed_grid(trainer, x, soft)
+
     def _warn_nonfinite(self, epoch: int, batch_idx: int | None) -> None:
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
