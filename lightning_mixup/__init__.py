@@ -5,8 +5,10 @@ from lightning_mixup.data import CIFAR10DataModule, CIFAR100DataModule, DigitsDa
 from lightning_mixup.models import CifarResNet18, PreActResNet18, SmallCNN
 from lightning_mixup.module import SoftLabelClassifier, cosine_annealing, default_optimizer
 from lightning_mixup.policies import CutMix, MixParams, MixUp, MixUpOrCutMix
+from lightning_mixup.robustness import AdversarialEval, fgsm, pgd
 
 __all__ = [
+    "AdversarialEval",
     "CIFAR100DataModule",
     "CIFAR10DataModule",
     "CifarResNet18",
@@ -21,5 +23,7 @@ __all__ = [
     "SoftLabelClassifier",
     "cosine_annealing",
     "default_optimizer",
+    "fgsm",
+    "pgd",
 ]
 __version__ = "0.1.0"

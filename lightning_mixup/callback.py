@@ -291,10 +291,10 @@ class MixupCallback(pl.Callback):
         if every is None or epoch % every or self._grid_epoch == epoch:
             return
         self._grid_epoch = epoch  # the first mixed batch of the epoch
-        if x.ndim != 4:
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
             rank_zero_warn(
-                f"MixupCallback: `save_grid_every_n_epochs` draws image batches (B, C, H, W); "
-                f"these inputs have shape {tuple(x.shape)}, so no grid is saved."
+                f"MixupCallback: `save_grid_every_n_epochs` draws image batches (B, C, H, W) with "
+                f"1 or 3 channels; these inputs have shape {tuple(x.shape)}, so no grid is saved."
             )
             self.save_grid_every_n_epochs = None
             return
