@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
 from lightning_mixup.policies import CutMix, MixParams, MixUp, MixUpOrCutMix, Mode
 
@@ -22,20 +23,6 @@ __all__ = ["MixupCallback"]
 _DEFAULT_SEED = 0
 _RAMP_SHAPES = ("linear", "cosine")
 _RAMP_TARGETS = ("p", "alpha")
-
-
-def _number(name: str, value: Any, low: float, high: float = math.inf) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-    if not ok:
-        where = f"in [{low:g}, {high:g}]" if high != math.inf else f">= {low:g}"
-        raise ValueError(f"`{name}` must be a number {where}, got {value!r}.")
-    return float(value)
-
-
-def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-    return value
 
 
 def _reads_back_cheaply(device: torch.device) -> bool:
@@ -124,27 +111,27 @@ class MixupCallback(pl.Callback):
         skip_nonfinite: bool = True,
         save_grid_every_n_epochs: int | None = None,
     ) -> None:
-        self.alpha = _number("alpha", alpha, 0.0)
-        self.cutmix_alpha = _number("cutmix_alpha", cutmix_alpha, 0.0)
+        self.alpha = C.number("alpha", alpha, 0.0)
+        self.cutmix_alpha = C.number("cutmix_alpha", cutmix_alpha, 0.0)
         if self.alpha == 0 and self.cutmix_alpha == 0:
             raise ValueError(
                 "`alpha` and `cutmix_alpha` are both 0, so nothing would be mixed; set `alpha` > 0 "
                 f"for MixUp and/or `cutmix_alpha` > 0 for CutMix, got alpha={alpha!r}, "
                 f"cutmix_alpha={cutmix_alpha!r}."
             )
-        self.switch_prob = _number("switch_prob", switch_prob, 0.0, 1.0)
-        self.p = _number("p", p, 0.0, 1.0)
-        self.label_smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
+        self.switch_prob = C.number("switch_prob", switch_prob, 0.0, 1.0)
+        self.p = C.number("p", p, 0.0, 1.0)
+        self.label_smoothing = C.number("label_smoothing", label_smoothing, 0.0, 1.0)
         if mode not in ("batch", "elem"):
             raise ValueError(f"`mode` must be 'batch' or 'elem', got {mode!r}.")
         if ramp_shape not in _RAMP_SHAPES:
             raise ValueError(f"`ramp_shape` must be one of {_RAMP_SHAPES}, got {ramp_shape!r}.")
         if ramp_target not in _RAMP_TARGETS:
             raise ValueError(f"`ramp_target` must be one of {_RAMP_TARGETS}, got {ramp_target!r}.")
-        self.num_classes = None if num_classes is None else _int("num_classes", num_classes, 1)
-        self.ramp_start_epoch = _int("ramp_start_epoch", ramp_start_epoch, 0)
-        self.ramp_epochs = _int("ramp_epochs", ramp_epochs, 0)
-        if stop_epoch is not None and _int("stop_epoch", stop_epoch, 0) <= ramp_start_epoch:
+        self.num_classes = None if num_classes is None else C.integer("num_classes", num_classes, 1)
+        self.ramp_start_epoch = C.integer("ramp_start_epoch", ramp_start_epoch, 0)
+        self.ramp_epochs = C.integer("ramp_epochs", ramp_epochs, 0)
+        if stop_epoch is not None and C.integer("stop_epoch", stop_epoch, 0) <= ramp_start_epoch:
             raise ValueError(
                 f"`stop_epoch` must be after `ramp_start_epoch` = {ramp_start_epoch}, got {stop_epoch!r}."
             )
@@ -158,7 +145,7 @@ class MixupCallback(pl.Callback):
         self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
         if save_grid_every_n_epochs is not None:
-            _int("save_grid_every_n_epochs", save_grid_every_n_epochs, 1)
+            C.integer("save_grid_every_n_epochs", save_grid_every_n_epochs, 1)
         self.save_grid_every_n_epochs = save_grid_every_n_epochs
         self._grid_epoch: int | None = None
         self.last_params: MixParams | None = None

@@ -32,28 +32,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
 
+from lightning_mixup import _checks as C
+
 __all__ = ["CIFAR100DataModule", "CIFAR10DataModule", "DigitsDataModule"]
 
 _CROP_PADDING = 4
 
 
 # ---------------------------------------------------------------------------- argument checks
-def _int_arg(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-    return value
-
-
-def _bool_arg(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
-    return value
-
-
-def _fraction_arg(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------- seeded helpers
@@ -194,11 +180,11 @@ class _ClassificationDataModule(pl.LightningDataModule):
         pin_memory: bool | None,
     ) -> None:
         super().__init__()
-        self.batch_size = _int_arg("batch_size", batch_size, 1)
-        self.num_workers = _int_arg("num_workers", num_workers, 0)
-        self.label_noise = _fraction_arg("label_noise", label_noise)
-        self.seed = _int_arg("seed", seed, 0)
-        self.pin_memory = None if pin_memory is None else _bool_arg("pin_memory", pin_memory)
+        self.batch_size = C.integer("batch_size", batch_size, 1)
+        self.num_workers = C.integer("num_workers", num_workers, 0)
+        self.label_noise = C.number("label_noise", label_noise, 0.0, 1.0, open_high=True)
+        self.seed = C.integer("seed", seed, 0)
+        self.pin_memory = None if pin_memory is None else C.boolean("pin_memory", pin_memory)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -339,9 +325,9 @@ class CIFAR10DataModule(_ClassificationDataModule):
                 f"`{self._dataset_cls.base_folder}`, got {data_dir!r}."
             )
         self.data_dir = os.path.expanduser(os.fspath(data_dir))
-        self.download = _bool_arg("download", download)
-        self.val_size = _int_arg("val_size", val_size, 0)
-        self.fast = _bool_arg("fast", fast)
+        self.download = C.boolean("download", download)
+        self.val_size = C.integer("val_size", val_size, 0)
+        self.fast = C.boolean("fast", fast)
         #: Indices into the official training set of the training / validation images.
         self.train_indices: Tensor = torch.empty(0, dtype=torch.long)
         self.val_indices: Tensor = torch.empty(0, dtype=torch.long)
@@ -571,8 +557,8 @@ class DigitsDataModule(_ClassificationDataModule):
             seed=seed,
             pin_memory=pin_memory,
         )
-        self.val_size = _int_arg("val_size", val_size, 1)
-        self.test_size = _int_arg("test_size", test_size, 1)
+        self.val_size = C.integer("val_size", val_size, 1)
+        self.test_size = C.integer("test_size", test_size, 1)
         #: Indices into the 1,797 digits of each split (set in ``setup``).
         self.train_indices: Tensor = torch.empty(0, dtype=torch.long)
         self.val_indices: Tensor = torch.empty(0, dtype=torch.long)

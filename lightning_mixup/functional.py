@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_mixup import _checks as C
+
 __all__ = [
     "cutmix_boxes",
     "cutmix_weights",
@@ -37,11 +39,6 @@ __all__ = [
     "soft_targets",
     "to_device",
 ]
-
-
-def _check_unit_interval(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
 
 
 def soft_targets(
@@ -78,7 +75,7 @@ def soft_targets(
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"`num_classes` must be a positive integer, got {num_classes!r}.")
-    _check_unit_interval("label_smoothing", label_smoothing)
+    C.number("label_smoothing", label_smoothing, 0.0, 1.0)
     if target.ndim == 2:
         if not target.is_floating_point():
             raise TypeError(

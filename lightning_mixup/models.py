@@ -12,19 +12,13 @@ LightningCLI can build it from YAML::
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from lightning_mixup import _checks as C
+
 __all__ = ["CifarResNet18", "PreActResNet18", "SmallCNN"]
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return value
 
 
 class CifarResNet18(ResNet):
@@ -49,7 +43,7 @@ class CifarResNet18(ResNet):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__(
-            BasicBlock, [2, 2, 2, 2], num_classes=_positive_int("num_classes", num_classes)
+            BasicBlock, [2, 2, 2, 2], num_classes=C.positive_integer("num_classes", num_classes)
         )
         self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -102,7 +96,7 @@ class PreActResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        num_classes = _positive_int("num_classes", num_classes)
+        num_classes = C.positive_integer("num_classes", num_classes)
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         stages: list[nn.Module] = []
         in_planes = 64
@@ -149,9 +143,9 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32) -> None:
         super().__init__()
-        num_classes = _positive_int("num_classes", num_classes)
-        in_channels = _positive_int("in_channels", in_channels)
-        width = _positive_int("width", width)
+        num_classes = C.positive_integer("num_classes", num_classes)
+        in_channels = C.positive_integer("in_channels", in_channels)
+        width = C.positive_integer("width", width)
 
         def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
             return [

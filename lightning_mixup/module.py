@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
+from lightning_mixup import _checks as C
 from lightning_mixup.callback import MixupCallback
 
 __all__ = ["SoftLabelClassifier", "cosine_annealing", "default_optimizer"]
@@ -63,18 +64,6 @@ def cosine_annealing(optimizer: Optimizer, max_epochs: int) -> CosineAnnealingLR
         200
     """
     return CosineAnnealingLR(optimizer, T_max=max_epochs)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return value
-
-
-def _unit_interval(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
-    return float(value)
 
 
 class SoftLabelClassifier(pl.LightningModule):
@@ -132,7 +121,7 @@ class SoftLabelClassifier(pl.LightningModule):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"`backbone` must be a torch.nn.Module, got {type(backbone).__name__}.")
-        num_classes = _positive_int("num_classes", num_classes)
+        num_classes = C.positive_integer("num_classes", num_classes)
         if not callable(optimizer):
             raise TypeError(
                 f"`optimizer` must be a callable that takes the parameters and returns an "
@@ -174,7 +163,7 @@ class SoftLabelClassifier(pl.LightningModule):
 
     @label_smoothing.setter
     def label_smoothing(self, value: float) -> None:
-        self._label_smoothing = _unit_interval("label_smoothing", value)
+        self._label_smoothing = C.number("label_smoothing", value, 0.0, 1.0)
 
     @property
     def train_label_smoothing(self) -> float:

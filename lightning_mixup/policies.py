@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
 
 __all__ = ["CutMix", "MixParams", "MixUp", "MixUpOrCutMix", "Mode", "apply_mix"]
@@ -63,11 +64,6 @@ class MixParams:
 def _check_mode(mode: str) -> None:
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}.")
-
-
-def _check_alpha(name: str, alpha: float) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-        raise ValueError(f"`{name}` must be a number >= 0, got {alpha!r}.")
 
 
 def _check_cutmix_shape(shape: Sequence[int]) -> None:
@@ -230,7 +226,7 @@ class MixUp(_Policy):
     """
 
     def __init__(self, alpha: float = 1.0, mode: Mode = "batch") -> None:
-        _check_alpha("alpha", alpha)
+        C.number("alpha", alpha, 0.0)
         _check_mode(mode)
         self.alpha, self.mode = float(alpha), mode
         self._mix_alpha = self.alpha
@@ -245,7 +241,7 @@ class CutMix(_Policy):
     """
 
     def __init__(self, alpha: float = 1.0, mode: Mode = "batch") -> None:
-        _check_alpha("cutmix_alpha", alpha)
+        C.number("cutmix_alpha", alpha, 0.0)
         _check_mode(mode)
         self.alpha, self.mode = float(alpha), mode
         self._cut_alpha, self._cut_prob = self.alpha, 1.0
@@ -263,7 +259,7 @@ class MixUpOrCutMix(_Policy):
     """
 
     def __init__(self, mixup: MixUp, cutmix: CutMix, switch_prob: float = 0.5) -> None:
-        F._check_unit_interval("switch_prob", switch_prob)
+        C.number("switch_prob", switch_prob, 0.0, 1.0)
         if mixup.mode != cutmix.mode:
             raise ValueError(
                 f"`mode` must be the same for both policies, got {mixup.mode!r} and {cutmix.mode!r}."

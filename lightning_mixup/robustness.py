@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_mixup import _checks as C
 from lightning_mixup.visual import normalisation_from, reliability_diagram, run_dir
 
 __all__ = ["AdversarialEval", "fgsm", "pgd"]
@@ -45,12 +46,6 @@ def _non_negative(name: str, value: Any, hint: str = "") -> float:
     if not ok or not math.isfinite(value):
         raise ValueError(f"`{name}` must be a non-negative number{hint}, got {value!r}.")
     return float(value)
-
-
-def _positive_int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-    return value
 
 
 def _bound(name: str, value: Any) -> float | None:
@@ -272,7 +267,7 @@ def pgd(
         True
     """
     eps = _check_inputs(model, x, y, eps, mean is not None)
-    steps = _positive_int("steps", steps)
+    steps = C.integer("steps", steps, 1)
     if step_size is None:
         step_size = 2.5 * eps / steps
     elif (
@@ -394,7 +389,7 @@ class AdversarialEval(pl.Callback):
         names = [f"{e:g}" for e in self.epsilons]
         if len(set(names)) != len(names):
             raise ValueError(f"`epsilons` must be distinct, got {list(epsilons)!r}.")
-        self.pgd_steps = _positive_int("pgd_steps", pgd_steps, 0)
+        self.pgd_steps = C.integer("pgd_steps", pgd_steps, 0)
         if pgd_step_size is not None and (
             isinstance(pgd_step_size, bool)
             or not isinstance(pgd_step_size, (int, float))
@@ -414,7 +409,7 @@ class AdversarialEval(pl.Callback):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"`seed` must be an integer, got {seed!r}.")
         self.seed = seed
-        self.n_bins = _positive_int("n_bins", n_bins)
+        self.n_bins = C.integer("n_bins", n_bins, 1)
         self.save_diagram = bool(save_diagram)
         for name, key in (("input_key", input_key), ("target_key", target_key)):
             if isinstance(key, bool) or not isinstance(key, (int, str)):

@@ -311,6 +311,8 @@ def test_bad_batches_raise_before_any_training_step(batch, error, match):
         ({"switch_prob": -0.1}, r"`switch_prob` must be a number in \[0, 1\], got -0.1"),
         ({"label_smoothing": 2}, r"`label_smoothing` must be a number in \[0, 1\], got 2"),
         ({"alpha": True}, "`alpha` must be a number >= 0, got True"),
+        ({"alpha": float("inf")}, "`alpha` must be a number >= 0, got inf"),
+        ({"p": float("nan")}, r"`p` must be a number in \[0, 1\], got nan"),
         ({"ramp_epochs": -1}, "`ramp_epochs` must be an integer >= 0, got -1"),
         ({"ramp_start_epoch": -2}, "`ramp_start_epoch` must be an integer >= 0, got -2"),
         (

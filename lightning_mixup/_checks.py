@@ -1,0 +1,53 @@
+"""Argument checks shared by the package: one message form for every bad value.
+
+Each check names the argument in backticks, states the rule and shows the value received, e.g.
+``ValueError: `alpha` must be a number >= 0, got -1.`` Booleans are rejected where numbers are
+meant (``True`` is an ``int`` in Python), and ints are accepted where floats are meant (YAML
+writes ``1`` for ``1.0``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def integer(name: str, value: Any, low: int) -> int:
+    """Return ``value`` if it is an integer ``>= low``; raise ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+    return value
+
+
+def positive_integer(name: str, value: Any) -> int:
+    """Return ``value`` if it is an integer ``>= 1``; raise ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+def number(
+    name: str, value: Any, low: float, high: float = math.inf, *, open_high: bool = False
+) -> float:
+    """Return ``float(value)`` if it is a finite number in ``[low, high]`` (``[low, high)``)."""
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value
+        and (value < high if open_high else value <= high)
+    )
+    if not ok:
+        if high == math.inf:
+            where = f">= {low:g}"
+        else:
+            where = f"in [{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"`{name}` must be a number {where}, got {value!r}.")
+    return float(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``; raise ``ValueError`` otherwise."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    return value
