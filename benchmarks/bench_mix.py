@@ -5,7 +5,7 @@ For each batch size (float32 ``B×C×H×W``) this times, interleaved:
 * ``copy``: ``dst.copy_(x)`` into a preallocated tensor, the baseline (one read, one write);
 * ours, ``apply`` only: :meth:`apply` with parameters drawn beforehand, a preallocated ``buffer``;
 * ours, ``sample+apply``: what :class:`~lightning_mixup.MixupCallback` does per step: a fresh
-  ``torch.Generator().manual_seed(k)``, :func:`~lightning_mixup.functional.soft_targets` of the
+  ``np.random.Generator(np.random.PCG64(k))``, :func:`~lightning_mixup.functional.soft_targets` of the
   integer labels, ``sample`` and ``apply`` (both rows cycle through the same 64 seeds, so their
   difference is the cost of drawing);
 * ``timm.data.Mixup`` (MixUp: ``mixup_alpha=1, cutmix_alpha=0``; CutMix: ``mixup_alpha=0,
@@ -34,6 +34,7 @@ import sys
 from collections.abc import Callable
 
 import _harness as H
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -100,7 +101,9 @@ class Batch:
 
 def ours_apply(policy: MixUp | CutMix, b: Batch) -> Callable[[], object]:
     soft = LF.soft_targets(b.labels, b.num_classes)
-    drawn = [policy.sample(b.x.shape, torch.Generator().manual_seed(k)) for k in range(N_DRAWS)]
+    drawn = [
+        policy.sample(b.x.shape, np.random.Generator(np.random.PCG64(k))) for k in range(N_DRAWS)
+    ]
     params = itertools.cycle(drawn)
     return lambda: policy.apply(b.x, soft, next(params), buffer=b.buffer)
 
@@ -109,7 +112,7 @@ def ours_step(policy: MixUp | CutMix, b: Batch) -> Callable[[], object]:
     seeds = itertools.cycle(range(N_DRAWS))
 
     def step() -> object:
-        generator = torch.Generator().manual_seed(next(seeds))
+        generator = np.random.Generator(np.random.PCG64(next(seeds)))
         soft = LF.soft_targets(b.labels, b.num_classes)
         params = policy.sample(b.x.shape, generator)
         return policy.apply(b.x, soft, params, buffer=b.buffer)
@@ -191,14 +194,16 @@ def substep_contenders(policy: MixUp | CutMix, b: Batch) -> list[H.Contender]:
     shape = tuple(b.x.shape)
     soft = LF.soft_targets(b.labels, b.num_classes)
     seeds = itertools.cycle(range(N_DRAWS))
-    gen = torch.Generator()
     drawn = itertools.cycle(
-        [policy.sample(shape, torch.Generator().manual_seed(k)) for k in range(N_DRAWS)]
+        [policy.sample(shape, np.random.Generator(np.random.PCG64(k))) for k in range(N_DRAWS)]
     )
     return [
-        H.Contender("generator", lambda: torch.Generator().manual_seed(next(seeds))),
+        H.Contender("generator", lambda: np.random.Generator(np.random.PCG64(next(seeds)))),
         H.Contender("soft_targets", lambda: LF.soft_targets(b.labels, b.num_classes)),
-        H.Contender("sample", lambda: policy.sample(shape, gen.manual_seed(next(seeds)))),
+        H.Contender(
+            "sample",
+            lambda: policy.sample(shape, np.random.Generator(np.random.PCG64(next(seeds)))),
+        ),
         H.Contender(
             "apply", lambda: policy.apply(b.x, soft, next(drawn), buffer=b.buffer), b.restore
         ),
@@ -307,11 +312,11 @@ def profile_parts(policy: MixUp | CutMix, b: Batch) -> dict[str, Callable[[], ob
     soft = LF.soft_targets(b.labels, b.num_classes)
     seeds = itertools.cycle(range(N_DRAWS))
     drawn = itertools.cycle(
-        [policy.sample(shape, torch.Generator().manual_seed(k)) for k in range(N_DRAWS)]
+        [policy.sample(shape, np.random.Generator(np.random.PCG64(k))) for k in range(N_DRAWS)]
     )
 
     def sample() -> object:
-        generator = torch.Generator().manual_seed(next(seeds))
+        generator = np.random.Generator(np.random.PCG64(next(seeds)))
         LF.soft_targets(b.labels, b.num_classes)
         return policy.sample(shape, generator)
 
