@@ -66,6 +66,19 @@ def cosine_annealing(optimizer: Optimizer, max_epochs: int) -> CosineAnnealingLR
     return CosineAnnealingLR(optimizer, T_max=max_epochs)
 
 
+def _last_linear(backbone: nn.Module) -> nn.Linear | None:
+    """The backbone's last ``nn.Linear`` when it is also its last module with parameters.
+
+    That layer's width is then the logits' width and can be checked before any data flows; other
+    backbones are checked on the first step.
+    """
+    last = None
+    for module in backbone.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            last = module
+    return last if isinstance(last, nn.Linear) else None
+
+
 class SoftLabelClassifier(pl.LightningModule):
     """Classifier trained with one loss, ``F.cross_entropy``, on index or probability targets.
 
@@ -183,6 +196,13 @@ class SoftLabelClassifier(pl.LightningModule):
             raise ValueError(
                 f"The datamodule has `num_classes` = {dm_classes} but the module has `num_classes` = "
                 f"{self.num_classes}; build the module (and its backbone) with num_classes={dm_classes}."
+            )
+        final = _last_linear(self.backbone)
+        if final is not None and final.out_features != self.num_classes:
+            raise ValueError(
+                f"The backbone's last layer outputs {final.out_features} values per sample but "
+                f"`num_classes` = {self.num_classes}; build the backbone with "
+                f"num_classes={self.num_classes}."
             )
         if stage != "fit":
             return

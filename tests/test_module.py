@@ -391,7 +391,9 @@ def test_eval_metrics_equal_hand_computed_values_without_smoothing(stage):
 
 # ---------------------------------------------------------------------------- compatibility checks
 def test_backbone_width_mismatch_is_reported():
-    model = SoftLabelClassifier(SmallCNN(num_classes=5, width=4), num_classes=K)
+    # A convolutional head: its width is only known once data flows, so the step catches it.
+    head = nn.Sequential(nn.Conv2d(1, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = SoftLabelClassifier(head, num_classes=K)
     match = r"backbone returned logits of shape \(16, 5\).*`num_classes` = 3.*num_classes=3"
     with pytest.raises(ValueError, match=match):
         _trainer().fit(model, _loader())
@@ -545,3 +547,28 @@ def test_lightning_cli_builds_the_module_from_config(monkeypatch):
     optimizer = model.optimizer(model.parameters())
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 0.01
     assert model.lr_scheduler is None
+
+
+def test_backbone_width_mismatch_is_caught_at_setup_before_any_step() -> None:
+    import lightning.pytorch as pl
+    from torch import nn
+
+    from lightning_mixup import SoftLabelClassifier
+
+    class NeverStep(SoftLabelClassifier):
+        def training_step(self, batch, batch_idx):  # pragma: no cover - must not run
+            raise AssertionError("setup should have failed first")
+
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 5))
+    module = NeverStep(backbone, num_classes=3)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)),
+        batch_size=4,
+    )
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False
+    )
+    with pytest.raises(
+        ValueError, match=r"last layer outputs 5 values per sample but `num_classes` = 3"
+    ):
+        trainer.fit(module, data)
