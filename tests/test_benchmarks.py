@@ -1,0 +1,54 @@
+"""The benchmark scripts still run end to end (tiny sizes; their numbers are not checked here)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--threads", "1", "--repeats", "1", "--min-time", "0.001"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench_mix.py", "--sizes", "6x3x8x8", "--profile", *TINY],
+        [
+            "bench_loss.py",
+            "--classes",
+            "10",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "8",
+            "--step-repeats",
+            "1",
+            *TINY,
+        ],
+        [
+            "bench_step.py",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--runs",
+            "1",
+            "--step-repeats",
+            "1",
+            *TINY,
+        ],
+    ],
+    ids=["mix", "loss", "step"],
+)
+def test_benchmark_script_runs_and_prints_its_summary(args):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\nSummary: " in proc.stdout
+    assert "|" in proc.stdout  # a Markdown table was printed
