@@ -1,6 +1,8 @@
 """``python -m lightning_mixup`` runs the ``lightning-mixup`` command."""
 
-from lightning_mixup.cli import main
+import sys
+
+from lightning_mixup.cli import console
 
 if __name__ == "__main__":
-    main()
+    sys.exit(console())

@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-__all__ = ["MixupCLI", "main"]
+__all__ = ["MixupCLI", "console", "main"]
 
 
 class MixupCLI(LightningCLI):
@@ -67,3 +67,13 @@ def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI:
     }
     options.update(kwargs)
     return MixupCLI(pl.LightningModule, pl.LightningDataModule, args=args, run=run, **options)
+
+
+def console() -> int:
+    """Entry point of the ``lightning-mixup`` console script: run :func:`main`, exit status 0.
+
+    (A console script passes its function's return value to ``sys.exit``, so it must not be the
+    CLI object that :func:`main` returns.)
+    """
+    main()
+    return 0

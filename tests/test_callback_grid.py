@@ -33,7 +33,9 @@ def test_grid_waits_for_a_mixed_batch_and_skips_non_images(tmp_path):
     ]
 
     flat = RecordingModule(num_classes=4, in_features=32)
-    with pytest.warns(UserWarning, match=r"draws image batches \(B, C, H, W\) with 1 or 3 channels.*\(8, 32\)"):
+    with pytest.warns(
+        UserWarning, match=r"draws image batches \(B, C, H, W\) with 1 or 3 channels.*\(8, 32\)"
+    ):
         tiny_trainer(
             callbacks=[MixupCallback(save_grid_every_n_epochs=1)],
             default_root_dir=tmp_path / "flat",

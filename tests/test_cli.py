@@ -121,11 +121,22 @@ def run(*args, **kw):
     )
 
 
-def test_console_script_and_module_help():
+def test_console_script_and_module_help(tmp_path):
     script = Path(sys.executable).with_name("lightning-mixup")
     proc = run(str(script), "--help")
     assert proc.returncode == 0, proc.stderr
     assert all(cmd in proc.stdout for cmd in ("fit", "validate", "test", "predict"))
+    # A successful run exits with status 0 (the script must not hand the CLI object to sys.exit).
+    proc = run(
+        str(script),
+        "fit",
+        f"--config={EXAMPLES / 'digits.yaml'}",
+        "--trainer.fast_dev_run=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        *QUIET,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test/acc" in proc.stdout
     proc = run(sys.executable, "-m", "lightning_mixup", "fit", "--help")
     assert proc.returncode == 0, proc.stderr
     assert "--test_after_fit" in proc.stdout and "--trainer.callbacks" in proc.stdout
