@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+from torch import Tensor
+
 
 def integer(name: str, value: Any, low: int) -> int:
     """Return ``value`` if it is an integer ``>= low``; raise ``ValueError`` otherwise."""
@@ -51,3 +54,20 @@ def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` must be True or False, got {value!r}.")
     return value
+
+
+def stats(name: str, value: Any) -> Tensor | None:
+    """Per-channel statistics (``mean``/``std``): None, or a flat finite float32 CPU tensor."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}.")
+    try:
+        out = torch.as_tensor(value, dtype=torch.float32).detach().cpu().flatten()
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`{name}` must be a number or a sequence of numbers, got {value!r}."
+        ) from err
+    if out.numel() == 0 or not bool(torch.isfinite(out).all()):
+        raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
+    return out

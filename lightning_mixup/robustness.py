@@ -56,24 +56,8 @@ def _bound(name: str, value: Any) -> float | None:
     return float(value)
 
 
-def _stats_tensor(name: str, value: Stats) -> Tensor | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}.")
-    try:
-        out = torch.as_tensor(value, dtype=torch.float32).detach().flatten()
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"`{name}` must be a number or a sequence of numbers, got {value!r}."
-        ) from err
-    if out.numel() == 0 or not bool(torch.isfinite(out).all()):
-        raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
-    return out
-
-
 def _check_stats(mean: Stats, std: Stats) -> tuple[Tensor | None, Tensor | None]:
-    m, s = _stats_tensor("mean", mean), _stats_tensor("std", std)
+    m, s = C.stats("mean", mean), C.stats("std", std)
     if (m is None) != (s is None):
         raise ValueError(
             "`mean` and `std` must be given together (both None attacks the raw inputs), got "

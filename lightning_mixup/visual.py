@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_mixup import _checks as C
+
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from matplotlib.axes import Axes
@@ -52,22 +54,6 @@ def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
-
-
-def _stats(value: float | Sequence[float] | Tensor | None, name: str) -> Tensor | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}.")
-    try:
-        out = torch.as_tensor(value, dtype=torch.float32).detach().cpu().flatten()
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"`{name}` must be a number or a sequence of numbers, got {value!r}."
-        ) from err
-    if out.numel() == 0 or not bool(torch.isfinite(out).all()):
-        raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
-    return out
 
 
 def normalisation_from(trainer: pl.Trainer) -> tuple[Any, Any]:
@@ -169,7 +155,7 @@ def _grid_figure(
             f"`images` and `targets` must hold the same, non-zero number of samples, got "
             f"{images.shape[0]} and {targets.shape[0]}."
         )
-    m, s = _stats(mean, "mean"), _stats(std, "std")
+    m, s = C.stats("mean", mean), C.stats("std", std)
     if (m is None) != (s is None):
         raise ValueError("`mean` and `std` must be given together (or both left as None).")
     if s is not None and bool((s <= 0).any()):
