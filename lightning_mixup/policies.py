@@ -179,33 +179,35 @@ def apply_mix(
         else:
             F.mix_(x, partner, 1.0 - lam, buffer)
     else:
-        weight = F.to_device(_partner_weights(params, x.shape), device)
+        weight = _partner_weights(params, x.shape, device)
         F.mix_(x, partner, weight, buffer)
     return x, F.mix_targets(target, partner, params.lam)
 
 
-def _partner_weights(params: MixParams, shape: Sequence[int]) -> Tensor:
+def _partner_weights(params: MixParams, shape: Sequence[int], device: torch.device) -> Tensor:
     """Per-sample partner share ``1 - λ``, or per-pixel where a sample gets a CutMix box.
 
     The per-pixel weight of a sample is an outer product of one vector per spatial dimension:
     box indicators for a CutMix sample, and vectors filled with ``1 - λ`` (first dimension) and 1
     (the others) for a blended one, so a batch of both kinds is built in one broadcast product.
+    The small vectors are built on the CPU and the product on ``device``, so only ``B·(H + W)``
+    numbers cross to an accelerator, not ``B·H·W``.
     """
     share = (1.0 - params.lam).float()
     ndim = len(shape)
     if params.lo is None:
-        return share.view(-1, *([1] * (ndim - 1)))
+        return F.to_device(share, device).view(-1, *([1] * (ndim - 1)))
     n, d = params.lo.shape
     cut = params.cut.view(n, 1)
-    weight = share.new_ones(n, 1, *([1] * d))
+    weight = None
     for k, size in enumerate(shape[2:]):
         pos = torch.arange(size)
         inside = ((pos >= params.lo[:, k : k + 1]) & (pos < params.hi[:, k : k + 1])).float()
         fill = share.view(n, 1) if k == 0 else 1.0
-        vector = torch.where(cut, inside, fill)
         view = [n, 1] + [1] * d
         view[k + 2] = size
-        weight = weight * vector.view(view)
+        vector = F.to_device(torch.where(cut, inside, fill), device).view(view)
+        weight = vector if weight is None else weight * vector
     return weight
 
 
