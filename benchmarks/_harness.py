@@ -174,6 +174,12 @@ def ms(seconds: float) -> str:
     return f"{value:.3f}"
 
 
+def timing_cells(c: Contender) -> list[str]:
+    """A contender's median, p25–p75 and fastest round in ms, and its calls per measurement."""
+    lo, hi = c.quartiles
+    return [ms(c.median), f"{ms(lo)}–{ms(hi)}", ms(c.best), str(c.number)]
+
+
 def ratio(a: float, b: float) -> str:
     """``a / b`` formatted as ``1.23x``."""
     return f"{a / b:.2f}x"

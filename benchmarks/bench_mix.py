@@ -154,14 +154,10 @@ def report_size(shape: tuple[int, ...], results: dict[str, H.Contender]) -> str:
     copy = results["copy"].median
     rows = []
     for name, c in results.items():
-        lo, hi = c.quartiles
         rows.append(
             [
                 name,
-                H.ms(c.median),
-                f"{H.ms(lo)}–{H.ms(hi)}",
-                H.ms(c.best),
-                str(c.number),
+                *H.timing_cells(c),
                 H.ratio(c.median, copy),
             ]
         )

@@ -297,14 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n## Micro: the callback, a model step, and both, inside trainer.fit\n")
     rows = []
     for name, c in micro.items():
-        q1, q3 = c.quartiles
         rows.append(
             [
                 name,
-                H.ms(c.median),
-                f"{H.ms(q1)}–{H.ms(q3)}",
-                H.ms(c.best),
-                str(c.number),
+                *H.timing_cells(c),
                 pct(c.median, step_alone) if name.startswith("callback.") else "",
             ]
         )
