@@ -244,7 +244,8 @@ class MixupCallback(pl.Callback):
                 generator = self._generator(trainer, batch_idx)
                 params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
                 enabled = None if on_host else finite
-                x, soft = self.policy.apply(x, soft, params, self._reuse_buffer(x), enabled)
+                buffer = None if F._kernel_ready(x) else self._reuse_buffer(x)  # kernel: none
+                x, soft = self.policy.apply(x, soft, params, buffer, enabled)
                 lam_mean, self.last_params = float(params.lam.mean()), params
                 self._maybe_save_grid(trainer, x, soft)
         container[self.target_key] = soft

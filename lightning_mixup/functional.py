@@ -28,7 +28,13 @@ from torch import Tensor
 
 from lightning_mixup import _checks as C
 
+try:
+    from lightning_mixup import _kernel
+except ImportError:  # installed without a C compiler: torch ops do the same work
+    _kernel = None
+
 __all__ = [
+    "HAS_KERNEL",
     "cutmix_boxes",
     "cutmix_weights",
     "mix_",
@@ -39,6 +45,9 @@ __all__ = [
     "soft_targets",
     "to_device",
 ]
+
+
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def soft_targets(
@@ -98,13 +107,20 @@ def soft_targets(
             f"1-D targets must be integer class indices, got dtype {target.dtype}; "
             "use `.long()` on the labels, or pass (B, num_classes) soft targets."
         )
-    if check_range and target.numel() and bool(((target < 0) | (target >= num_classes)).any()):
+    on_cpu = target.device.type == "cpu"
+    labels = target.numpy() if on_cpu else target
+    if check_range and target.numel() and not 0 <= labels.min() <= labels.max() < num_classes:
         bad = target[(target < 0) | (target >= num_classes)]
         raise ValueError(
             f"Class indices must lie in [0, num_classes) = [0, {num_classes}), got values "
             f"{bad[:5].tolist()}; check `num_classes` and the dataset's labels."
         )
     off = label_smoothing / num_classes
+    if on_cpu and dtype in _NUMPY_FLOATS:
+        # NumPy's small-array calls cost a fraction of torch's; same values.
+        rows = np.full((target.shape[0], num_classes), off, dtype=_NUMPY_FLOATS[dtype])
+        rows[np.arange(target.shape[0]), labels] = 1.0 - label_smoothing + off
+        return torch.from_numpy(rows)
     out = torch.full((target.shape[0], num_classes), off, dtype=dtype, device=target.device)
     out.scatter_(1, target.long().unsqueeze(1), 1.0 - label_smoothing + off)
     return out
@@ -204,6 +220,20 @@ def _boxes(
     return lo.astype(np.int64), hi.astype(np.int64), kept
 
 
+def _box(lam: float, spatial: Sequence[int], rng: np.random.Generator) -> tuple[list, list, float]:
+    """:func:`_boxes` for one λ with Python numbers: the same draws, a fraction of the calls."""
+    sizes = [int(s) for s in spatial]
+    if not 1 <= len(sizes) <= 3:
+        _boxes(np.array([lam]), sizes, rng)  # raises the shared error
+    ratio = min(max(1.0 - lam, 0.0), 1.0) ** (1.0 / len(sizes))
+    lo, hi = [], []
+    for size, u in zip(sizes, rng.random(len(sizes)).tolist()):
+        half, centre = round(ratio * size / 2.0), math.floor(u * size)
+        lo.append(max(centre - half, 0))
+        hi.append(min(centre + half, size))
+    return lo, hi, 1.0 - math.prod(b - a for a, b in zip(lo, hi)) / math.prod(sizes)
+
+
 def cutmix_weights(lo: Tensor, hi: Tensor, spatial: Sequence[int]) -> Tensor:
     """Partner-weight masks for CutMix: 1 inside each box, 0 outside.
 
@@ -287,6 +317,98 @@ def _mix_pairs_(
         xb.lerp_(xa, wb)
         xa.copy_(scratch)
     return x
+
+
+#: True when the compiled pairwise kernel (``lightning_mixup._kernel``) was built at install time;
+#: without it CPU batches are mixed with torch ops, which give the same result more slowly.
+HAS_KERNEL = _kernel is not None
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _kernel_ready(t: Tensor) -> bool:
+    """Whether the kernel can work on ``t`` in place: a contiguous float32/float64 CPU tensor."""
+    return (
+        _kernel is not None
+        and t.device.type == "cpu"
+        and t.dtype in _KERNEL_DTYPES
+        and t.ndim >= 1
+        and t.is_contiguous()
+    )
+
+
+def _kernel_mix_(
+    x: Tensor,
+    partner: np.ndarray,
+    lam: np.ndarray,
+    cut: np.ndarray | None = None,
+    lo: np.ndarray | None = None,
+    hi: np.ndarray | None = None,
+    target: Tensor | None = None,
+) -> bool:
+    """Mix a CPU batch (and its targets) in place in one pass of the compiled kernel.
+
+    The result is :func:`mix_`'s and :func:`mix_targets`'s for a symmetric pairing: sample ``i``
+    keeps ``lam[i]`` of itself and takes ``1 - lam[i]`` of ``partner[i]``, or, where ``cut[i]``,
+    takes its partner's pixels inside its box ``[lo[i], hi[i])`` and keeps its own outside it.
+    Each pair is read and written once, so the call costs about one copy of the batch.
+
+    Args:
+        x: ``(B, ...)`` contiguous float32/float64 CPU batch (``(B, C, *spatial)`` with 1-3
+            spatial dimensions when boxes are given), mixed in place.
+        partner: ``(B,)`` int64 partner indices; must satisfy ``partner[partner[i]] == i``.
+        lam: ``(B,)`` float64 share each sample keeps of itself.
+        cut: Optional ``(B,)`` bool, True where the sample gets a box; needs ``lo`` and ``hi``.
+        lo: ``(B, d)`` int64 inclusive box corners.
+        hi: ``(B, d)`` int64 exclusive box corners.
+        target: Optional ``(B, K)`` contiguous float32/float64 CPU targets, blended in place with
+            the same partners and ``lam``.
+
+    Returns:
+        True when mixed; False, with nothing changed, when ``partner`` is not a symmetric
+        pairing of the batch (the caller falls back to :func:`mix_`).
+
+    Raises:
+        ValueError: If a tensor or array has the wrong shape, dtype or layout, or a box of a
+            paired sample leaves its sample.
+    """
+    n = x.shape[0]
+    if not _kernel_ready(x) or (target is not None and not _kernel_ready(target)):
+        raise ValueError(
+            "The kernel mixes contiguous float32/float64 CPU tensors; got inputs of dtype "
+            f"{x.dtype} on {x.device}"
+            + ("" if target is None else f" and targets of dtype {target.dtype} on {target.device}")
+            + "."
+        )
+    partner = np.ascontiguousarray(partner, dtype=np.int64)
+    lam = np.ascontiguousarray(lam, dtype=np.float64)
+    if partner.shape != (n,) or lam.shape != (n,):
+        raise ValueError(
+            f"`partner` and `lam` must have shape ({n},), got {partner.shape} and {lam.shape}."
+        )
+    geometry: tuple[int, ...] = (1, 1, 1, x.numel() // n if n else 1)
+    boxes: tuple[int, ...] = (0, 0, 0, 1)
+    if cut is not None:
+        spatial = tuple(x.shape[2:])
+        d = len(spatial)
+        cut = np.ascontiguousarray(cut, dtype=np.uint8)
+        lo, hi = np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64)
+        if not 1 <= d <= 3 or cut.shape != (n,) or lo.shape != (n, d) or hi.shape != (n, d):
+            raise ValueError(
+                "Boxes need inputs (B, C, *spatial) with 1-3 spatial dimensions, `cut` of shape "
+                f"(B,) and `lo`, `hi` of shape (B, d); got inputs {tuple(x.shape)}, `cut` "
+                f"{cut.shape}, `lo` {lo.shape}, `hi` {hi.shape}."
+            )
+        geometry = (x.shape[1], *([1] * (3 - d)), *spatial)
+        boxes = (cut.ctypes.data, lo.ctypes.data, hi.ctypes.data, d)
+    rows: tuple[int, ...] = (0, 0, 1)
+    if target is not None:
+        if target.ndim != 2 or target.shape[0] != n:
+            raise ValueError(f"`target` must have shape ({n}, K), got {tuple(target.shape)}.")
+        rows = (target.data_ptr(), target.dtype == torch.float64, max(target.shape[1], 1))
+    return _kernel.mix_pairs(
+        x.data_ptr(), x.dtype == torch.float64, n, *geometry,
+        partner.ctypes.data, lam.ctypes.data, *boxes, *rows,
+    )  # fmt: skip
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:

@@ -103,21 +103,21 @@ class _Policy:
         if self._cut_prob == 1.0:  # CutMix alone: say so before drawing anything
             _check_cutmix_shape(shape)
         rng, n = generator, int(shape[0])
-        draws = 1 if self.mode == "batch" else n
+        if self.mode == "batch":
+            return self._sample_batch(n, shape, rng, p, alpha_scale)
         partner = F._partners(n, rng)
-        u = rng.random((2, draws))
+        u = rng.random((2, n))
         mixed, cut = u[0] < p, u[1] < self._cut_prob
-        lam_mix = F._beta(self._mix_alpha * alpha_scale, draws, rng)
-        lam_cut = F._beta(self._cut_alpha * alpha_scale, draws, rng)
+        lam_mix = F._beta(self._mix_alpha * alpha_scale, n, rng)
+        lam_cut = F._beta(self._cut_alpha * alpha_scale, n, rng)
         lam = np.where(mixed, np.where(cut, lam_cut, lam_mix), 1.0)
         cut &= mixed
         lo = hi = None
         if self._cut_prob > 0 and cut.any():
             _check_cutmix_shape(shape)
-            lo, hi, kept = F._boxes(lam, shape[2:], rng)
+            corner_lo, corner_hi, kept = F._boxes(lam, shape[2:], rng)
             lam = np.where(cut, kept, lam)
-            lo, hi = (torch.from_numpy(np.repeat(c, n // draws, axis=0)) for c in (lo, hi))
-        lam, cut = np.repeat(lam, n // draws), np.repeat(cut, n // draws)
+            lo, hi = torch.from_numpy(corner_lo), torch.from_numpy(corner_hi)
         if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
             lam[partner == np.arange(n)] = 1.0
         identity = n < 2 or bool((lam == 1).all())
@@ -127,8 +127,38 @@ class _Policy:
             torch.from_numpy(cut),
             lo,
             hi,
-            self.mode == "batch",
+            False,
             identity,
+        )
+
+    def _sample_batch(
+        self, n: int, shape: Sequence[int], rng: np.random.Generator, p: float, alpha_scale: float
+    ) -> MixParams:
+        """:meth:`sample` for one λ per batch: the same draws in the same order, with scalars."""
+        partner = F._partners(n, rng)
+        u_mix, u_cut = rng.random(2)
+        mixed, cut = bool(u_mix < p), bool(u_cut < self._cut_prob)
+        lam_mix = F._beta(self._mix_alpha * alpha_scale, 1, rng)[0]
+        lam_cut = F._beta(self._cut_alpha * alpha_scale, 1, rng)[0]
+        lam = (lam_cut if cut else lam_mix) if mixed else 1.0
+        cut = cut and mixed
+        lo = hi = None
+        if cut:
+            _check_cutmix_shape(shape)
+            corner_lo, corner_hi, lam = F._box(lam, shape[2:], rng)
+            corners = np.repeat(np.array([corner_lo, corner_hi], dtype=np.int64), n, axis=0)
+            lo, hi = torch.from_numpy(corners[:n]), torch.from_numpy(corners[n:])
+        lams = np.full(n, lam, dtype=np.float64)
+        if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
+            lams[partner == np.arange(n)] = 1.0
+        return MixParams(
+            torch.from_numpy(partner),
+            torch.from_numpy(lams),
+            torch.from_numpy(np.full(n, cut)),
+            lo,
+            hi,
+            True,
+            n < 2 or lam == 1.0,
         )
 
     def apply(
@@ -165,6 +195,10 @@ def apply_mix(
     """
     if params.identity:
         return x, target
+    if enabled is None and F._kernel_ready(x):
+        mixed = _apply_kernel(x, target, params)
+        if mixed is not None:
+            return mixed
     device = x.device
     partner = F.to_device(params.partner, device)
     if enabled is not None:
@@ -182,6 +216,17 @@ def apply_mix(
         weight = _partner_weights(params, x.shape, device)
         F.mix_(x, partner, weight, buffer)
     return x, F.mix_targets(target, partner, params.lam)
+
+
+def _apply_kernel(x: Tensor, target: Tensor, params: MixParams) -> tuple[Tensor, Tensor] | None:
+    """The CPU path: one kernel pass over ``x`` and a copy of the targets; None if it cannot run."""
+    rows = target.clone() if F._kernel_ready(target) and target.ndim == 2 else None
+    boxes = () if params.lo is None else (params.cut.numpy(), params.lo.numpy(), params.hi.numpy())
+    if not F._kernel_mix_(x, params.partner.numpy(), params.lam.numpy(), *boxes, target=rows):
+        return None  # not a symmetric pairing: torch ops handle any partner
+    if rows is None:
+        rows = F.mix_targets(target, params.partner, params.lam)
+    return x, rows
 
 
 def _partner_weights(params: MixParams, shape: Sequence[int], device: torch.device) -> Tensor:

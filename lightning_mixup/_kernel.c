@@ -1,0 +1,308 @@
+/*
+ * One-pass, in-place MixUp/CutMix of a contiguous CPU batch, pair by pair.
+ *
+ * partner[] must be a symmetric pairing (partner[partner[i]] == i); sample i and j = partner[i]
+ * swap content, each keeping a share of itself: lam[i] for sample i. A sample's partner share is
+ * either 1 - lam[i] everywhere (a blend) or, where cut[i], 1 inside its box and 0 outside it
+ * (CutMix). Both members of a pair are read once and written once, so the batch costs about one
+ * read and one write of memory, like a copy; torch needs a gather into a second buffer and a
+ * blend pass for the same result. The (B, K) targets, when given, are blended with 1 - lam.
+ *
+ * Blends use torch.lerp's formula (start + w * (end - start) for w < 0.5, end - (end - start) *
+ * (1 - w) otherwise, with w rounded to the tensor's type first), so w = 0 and w = 1 reproduce a
+ * sample exactly; shares of exactly 0 or 1 (CutMix boxes) are plain copies and swaps.
+ *
+ * Layout: x is (B, C, S0, S1, S2) in C order, spatial sizes padded with leading 1s; a box is
+ * lo[i, d] <= position_d < hi[i, d] over the `dims` unpadded dimensions. Called from Python
+ * through mix_pairs() (see its comment) with addresses and sizes as ints; the pairing and the
+ * boxes are checked before any memory is written.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t batch, channels, size[3];
+    const int64_t *partner;
+    const double *lam;  /* the share each sample keeps of itself */
+    const uint8_t *cut; /* 1 where the sample gets a box; NULL: nobody does */
+    const int64_t *lo, *hi;
+    int64_t dims;       /* spatial dimensions of lo and hi: (batch, dims) arrays */
+    void *target;       /* (batch, cols) targets to blend, or NULL */
+    int64_t target_double, cols;
+} Job;
+
+/* Sample i's box over the padded (s0, s1, s2) grid; padded dimensions span their single row. */
+static void box_of(const Job *job, int64_t i, int64_t lo[3], int64_t hi[3]) {
+    int64_t k, pad = 3 - job->dims;
+    for (k = 0; k < 3; k++) {
+        lo[k] = k < pad ? 0 : job->lo[i * job->dims + k - pad];
+        hi[k] = k < pad ? 1 : job->hi[i * job->dims + k - pad];
+    }
+}
+
+/* The three things done to a stretch of n elements of two samples a and b. Elements are float
+ * (wide == 0) or double (wide == 1); the typed loops are simple enough to be vectorised. */
+
+/* a <- lerp(a, b, wa), b <- lerp(b, a, wb), both from the old values; w rounded to the type. */
+#define BLEND_LOOP(T)                                                                             \
+    do {                                                                                          \
+        T *restrict pa = (T *)a, *restrict pb = (T *)b;                                                             \
+        const T ta = (T)wa, tb = (T)wb;                                                           \
+        const int a_high = ta >= (T)0.5, b_high = tb >= (T)0.5;                                   \
+        const T ca = a_high ? -((T)1 - ta) : ta, cb = b_high ? -((T)1 - tb) : tb;                 \
+        for (j = 0; j < n; j++) {                                                                 \
+            const T p = pa[j], q = pb[j], d = q - p;                                              \
+            pa[j] = (a_high ? q : p) + ca * d;                                                    \
+            pb[j] = (b_high ? p : q) - cb * d;                                                    \
+        }                                                                                         \
+    } while (0)
+
+#define SWAP_LOOP(T)                                                                              \
+    do {                                                                                          \
+        T *restrict pa = (T *)a, *restrict pb = (T *)b;                                                             \
+        for (j = 0; j < n; j++) {                                                                 \
+            const T t = pa[j];                                                                    \
+            pa[j] = pb[j];                                                                        \
+            pb[j] = t;                                                                            \
+        }                                                                                         \
+    } while (0)
+
+static inline void blend(int wide, void *a, void *b, int64_t n, double wa, double wb) {
+    int64_t j;
+    if (wa == 0.0 && wb == 0.0) return;
+    if (wide)
+        BLEND_LOOP(double);
+    else
+        BLEND_LOOP(float);
+}
+
+static inline void swap(int wide, void *a, void *b, int64_t n) {
+    int64_t j;
+    if (wide)
+        SWAP_LOOP(double);
+    else
+        SWAP_LOOP(float);
+}
+
+static inline void copy(int wide, void *dst, const void *src, int64_t n) {
+    if (n > 0) memcpy(dst, src, (size_t)n * (wide ? 8 : 4));
+}
+
+/* dst[k] <- src[k] for k in [from, to) but not in [skip_from, skip_to). */
+static void copy_outside(int wide, char *dst, const char *src, int64_t from, int64_t to,
+                         int64_t skip_from, int64_t skip_to) {
+    const int64_t size = wide ? 8 : 4;
+    const int64_t left = to < skip_from ? to : skip_from, right = from > skip_to ? from : skip_to;
+    if (left > from) copy(wide, dst + from * size, src + from * size, left - from);
+    if (to > right) copy(wide, dst + right * size, src + right * size, to - right);
+}
+
+/* Where a box's rows lie: channels, padded sizes and the element size. */
+typedef struct {
+    int64_t channels, s0, s1, s2, size;
+} Grid;
+
+static int64_t row_at(const Grid *g, int64_t c, int64_t z, int64_t y) {
+    return ((c * g->s0 + z) * g->s1 + y) * g->s2 * g->size;
+}
+
+/* Swap the box [lo, hi) of samples a and b. */
+static void swap_box(int wide, const Grid *g, char *a, char *b, const int64_t lo[3],
+                     const int64_t hi[3]) {
+    int64_t c, z, y;
+    for (c = 0; c < g->channels; c++)
+        for (z = lo[0]; z < hi[0]; z++)
+            for (y = lo[1]; y < hi[1]; y++) {
+                const int64_t at = row_at(g, c, z, y) + lo[2] * g->size;
+                swap(wide, a + at, b + at, hi[2] - lo[2]);
+            }
+}
+
+/* Copy the box [lo, hi) of src into dst, except where it meets the box [skip_lo, skip_hi). */
+static void copy_box_outside(int wide, const Grid *g, char *dst, const char *src,
+                             const int64_t lo[3], const int64_t hi[3], const int64_t skip_lo[3],
+                             const int64_t skip_hi[3]) {
+    int64_t c, z, y;
+    for (c = 0; c < g->channels; c++)
+        for (z = lo[0]; z < hi[0]; z++)
+            for (y = lo[1]; y < hi[1]; y++) {
+                const int64_t at = row_at(g, c, z, y);
+                if (z >= skip_lo[0] && z < skip_hi[0] && y >= skip_lo[1] && y < skip_hi[1])
+                    copy_outside(wide, dst + at, src + at, lo[2], hi[2], skip_lo[2], skip_hi[2]);
+                else
+                    copy(wide, dst + at + lo[2] * g->size, src + at + lo[2] * g->size,
+                         hi[2] - lo[2]);
+            }
+}
+
+/* Mix samples a and b. Blends cover whole samples; boxes are walked row by row (a row runs
+ * along the last dimension), visiting only rows that meet a box when both samples have one. */
+static void mix_pair(int wide, char *x, const Job *job, int64_t ia, int64_t ib) {
+    const int64_t size = wide ? 8 : 4, s1 = job->size[1], s2 = job->size[2];
+    const int64_t plane = job->size[0] * s1 * s2, sample = job->channels * plane;
+    const double wa = 1.0 - job->lam[ia], wb = 1.0 - job->lam[ib];
+    const int cut_a = job->cut && job->cut[ia], cut_b = job->cut && job->cut[ib];
+    char *xa = x + ia * sample * size, *xb = x + ib * sample * size;
+    int64_t la[3] = {0}, ha[3] = {0}, lb[3] = {0}, hb[3] = {0};
+    int64_t c, z, y;
+    if (!cut_a && !cut_b) {
+        blend(wide, xa, xb, sample, wa, wb);
+        return;
+    }
+    if (cut_a) box_of(job, ia, la, ha);
+    if (cut_b) box_of(job, ib, lb, hb);
+    if (cut_a && cut_b) {
+        /* Each sample takes its partner's pixels inside its own box. Where the boxes meet, the
+         * two swap; the rest of each box is a copy of the partner, whose pixels there are not
+         * written by either step (the rest of b's box lies outside a's box and vice versa). */
+        const Grid g = {job->channels, job->size[0], s1, s2, size};
+        int64_t ilo[3], ihi[3], d;
+        for (d = 0; d < 3; d++) {
+            ilo[d] = la[d] > lb[d] ? la[d] : lb[d];
+            ihi[d] = ha[d] < hb[d] ? ha[d] : hb[d];
+            if (ihi[d] < ilo[d]) ihi[d] = ilo[d]; /* no overlap: an empty box */
+        }
+        swap_box(wide, &g, xa, xb, ilo, ihi);
+        if (memcmp(la, ilo, sizeof la) || memcmp(ha, ihi, sizeof ha))
+            copy_box_outside(wide, &g, xa, xb, la, ha, ilo, ihi);
+        if (memcmp(lb, ilo, sizeof lb) || memcmp(hb, ihi, sizeof hb))
+            copy_box_outside(wide, &g, xb, xa, lb, hb, ilo, ihi);
+        return;
+    }
+    /* One sample blends, the other has a box: every row of the pair changes. */
+    for (c = 0; c < job->channels; c++)
+        for (z = 0; z < job->size[0]; z++)
+            for (y = 0; y < s1; y++) {
+                const int64_t row = (c * plane + (z * s1 + y) * s2) * size;
+                char *ra = xa + row, *rb = xb + row;
+                const int in_a = cut_a && z >= la[0] && z < ha[0] && y >= la[1] && y < ha[1];
+                const int in_b = cut_b && z >= lb[0] && z < hb[0] && y >= lb[1] && y < hb[1];
+                if (cut_a) { /* b blends with all of a's row; a takes b's box stretch */
+                    if (in_a) {
+                        /* outside the box a keeps itself: blend b alone there, then swap-blend */
+                        blend(wide, ra, rb, la[2], 0.0, wb);
+                        blend(wide, ra + la[2] * size, rb + la[2] * size, ha[2] - la[2], 1.0, wb);
+                        blend(wide, ra + ha[2] * size, rb + ha[2] * size, s2 - ha[2], 0.0, wb);
+                    } else {
+                        blend(wide, ra, rb, s2, 0.0, wb);
+                    }
+                } else if (in_b) {
+                    blend(wide, ra, rb, lb[2], wa, 0.0);
+                    blend(wide, ra + lb[2] * size, rb + lb[2] * size, hb[2] - lb[2], wa, 1.0);
+                    blend(wide, ra + hb[2] * size, rb + hb[2] * size, s2 - hb[2], wa, 0.0);
+                } else {
+                    blend(wide, ra, rb, s2, wa, 0.0);
+                }
+            }
+}
+
+/* 1 when partner[] is a symmetric pairing of the batch, 0 when it is not, -1 (error set) when a
+ * box of a paired sample leaves its sample. */
+static int check(const Job *job) {
+    int64_t i, d, j;
+    for (i = 0; i < job->batch; i++) {
+        j = job->partner[i];
+        if (j < 0 || j >= job->batch || job->partner[j] != i) return 0;
+        if (j != i && job->cut && job->cut[i]) {
+            int64_t lo[3], hi[3];
+            box_of(job, i, lo, hi);
+            for (d = 0; d < 3; d++)
+                if (lo[d] < 0 || hi[d] < lo[d] || hi[d] > job->size[d]) {
+                    PyErr_Format(PyExc_ValueError,
+                                 "the CutMix box of sample %lld spans [%lld, %lld) along padded "
+                                 "dimension %lld of size %lld; boxes need 0 <= lo <= hi <= size",
+                                 (long long)i, (long long)lo[d], (long long)hi[d], (long long)d,
+                                 (long long)job->size[d]);
+                    return -1;
+                }
+        }
+    }
+    return 1;
+}
+
+static void run(void *x, int is_double, const Job *job) {
+    int64_t i, j;
+    for (i = 0; i < job->batch; i++) {
+        j = job->partner[i];
+        if (j <= i) continue; /* each pair once; a sample paired with itself stays */
+        mix_pair(is_double, (char *)x, job, i, j);
+        if (job->target) {
+            const int wide = (int)job->target_double;
+            const int64_t row = job->cols * (wide ? 8 : 4);
+            char *t = (char *)job->target;
+            blend(wide, t + i * row, t + j * row, job->cols, 1.0 - job->lam[i], 1.0 - job->lam[j]);
+        }
+    }
+}
+
+static int read_int(PyObject *o, int64_t *out) {
+    *out = (int64_t)PyLong_AsLongLong(o);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/*
+ * mix_pairs(x, x_is_double, batch, channels, s0, s1, s2, partner, lam, cut, lo, hi, dims,
+ *           target, target_is_double, cols) -> bool
+ *
+ * Addresses as ints: x (batch, channels, s0, s1, s2); partner int64 (batch,); lam float64
+ * (batch,); cut uint8 (batch,), lo and hi int64 (batch, dims), or all three 0 for no boxes;
+ * target (batch, cols) or 0. Returns False, touching nothing, when partner is not a symmetric
+ * pairing of the batch (the caller then uses torch ops); raises ValueError for a bad box.
+ */
+static PyObject *mix_pairs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[16];
+    Py_ssize_t k;
+    int ok;
+    Job job;
+    (void)self;
+    if (nargs != 16) {
+        PyErr_Format(PyExc_TypeError, "mix_pairs takes 16 arguments, got %zd", nargs);
+        return NULL;
+    }
+    for (k = 0; k < 16; k++)
+        if (read_int(args[k], &v[k])) return NULL;
+    job.batch = v[2];
+    job.channels = v[3];
+    job.size[0] = v[4];
+    job.size[1] = v[5];
+    job.size[2] = v[6];
+    job.partner = (const int64_t *)(intptr_t)v[7];
+    job.lam = (const double *)(intptr_t)v[8];
+    job.cut = (const uint8_t *)(intptr_t)v[9];
+    job.lo = (const int64_t *)(intptr_t)v[10];
+    job.hi = (const int64_t *)(intptr_t)v[11];
+    job.dims = v[12];
+    job.target = (void *)(intptr_t)v[13];
+    job.target_double = v[14];
+    job.cols = v[15];
+    if (job.batch < 0 || job.channels < 1 || job.size[0] < 1 || job.size[1] < 1 ||
+        job.size[2] < 1 || (job.batch && (!v[0] || !job.partner || !job.lam)) ||
+        (job.cut && (!job.lo || !job.hi || job.dims < 1 || job.dims > 3)) ||
+        (job.target && job.cols < 1)) {
+        PyErr_SetString(PyExc_ValueError, "mix_pairs: inconsistent sizes or a missing address");
+        return NULL;
+    }
+    ok = check(&job);
+    if (ok < 0) return NULL;
+    if (!ok) Py_RETURN_FALSE;
+    Py_BEGIN_ALLOW_THREADS;
+    run((void *)(intptr_t)v[0], (int)v[1], &job);
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef methods[] = {
+    {"mix_pairs", (PyCFunction)(void (*)(void))mix_pairs, METH_FASTCALL,
+     "Mix a contiguous float32/float64 CPU batch in place through a symmetric pairing."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernel", "In-place pairwise MixUp/CutMix for CPU batches.", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
