@@ -3,7 +3,9 @@
 For each batch size (float32 ``B×C×H×W``) this times, interleaved:
 
 * ``copy``: ``dst.copy_(x)`` into a preallocated tensor, the baseline (one read, one write);
-* ours, ``apply`` only: :meth:`apply` with parameters drawn beforehand, a preallocated ``buffer``;
+* ours, ``apply`` only: :meth:`apply` with parameters drawn beforehand. On the CPU that is the
+  compiled one-pass kernel (``lightning_mixup/_kernel.c``); with ``--no-kernel``, or on a GPU,
+  torch ops with a preallocated ``buffer``;
 * ours, ``sample+apply``: what :class:`~lightning_mixup.MixupCallback` does per step: a fresh
   ``np.random.Generator(np.random.PCG64(k))``, :func:`~lightning_mixup.functional.soft_targets` of the
   integer labels, ``sample`` and ``apply`` (both rows cycle through the same 64 seeds, so their
@@ -22,6 +24,7 @@ heaviest operators under ``torch.profiler``.
 
 Example:
     python benchmarks/bench_mix.py --repeats 15
+    python benchmarks/bench_mix.py --no-kernel       # the torch-ops fallback
     python benchmarks/bench_mix.py --device cuda --sizes 256x3x224x224
 """
 
@@ -55,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num-classes", type=int, default=10, help="classes (default: 10)")
     parser.add_argument("--no-timm", action="store_true", help="skip timm even if installed")
+    parser.add_argument(
+        "--no-kernel",
+        action="store_true",
+        help="time our torch-ops path, as installs without a C compiler run it",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -332,8 +340,12 @@ def main(argv: list[str] | None = None) -> None:
         (None, "timm rows skipped (--no-timm).") if args.no_timm else load_timm()
     )
 
+    if args.no_kernel:
+        LF._kernel = None  # what an install without the compiled kernel runs
     print("# bench_mix: MixUp/CutMix per batch\n")
     print(H.environment(device))
+    kernel = "compiled kernel" if LF._kernel is not None else "torch ops (no compiled kernel)"
+    print(f"- our CPU mixing path: {kernel}")
     print(
         f"- {args.repeats} interleaved rounds, each measurement >= {args.min_time * 1e3:g} ms; "
         f"median per call; ratios are medians over medians"

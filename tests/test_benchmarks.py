@@ -15,6 +15,7 @@ TINY = ["--threads", "1", "--repeats", "1", "--min-time", "0.001"]
     "args",
     [
         ["bench_mix.py", "--sizes", "6x3x8x8", "--profile", *TINY],
+        ["bench_mix.py", "--sizes", "6x3x8x8", "--no-kernel", "--no-timm", *TINY],
         [
             "bench_loss.py",
             "--classes",
@@ -40,7 +41,7 @@ TINY = ["--threads", "1", "--repeats", "1", "--min-time", "0.001"]
             *TINY,
         ],
     ],
-    ids=["mix", "loss", "step"],
+    ids=["mix", "mix-torch-ops", "loss", "step"],
 )
 def test_benchmark_script_runs_and_prints_its_summary(args):
     proc = subprocess.run(
@@ -52,3 +53,6 @@ def test_benchmark_script_runs_and_prints_its_summary(args):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\nSummary: " in proc.stdout
     assert "|" in proc.stdout  # a Markdown table was printed
+    if args[0] == "bench_mix.py":
+        path = "torch ops (no compiled kernel)" if "--no-kernel" in args else "compiled kernel"
+        assert f"our CPU mixing path: {path}\n" in proc.stdout
