@@ -327,22 +327,26 @@ _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 def _kernel_ready(t: Tensor) -> bool:
     """Whether the kernel can work on ``t`` in place: a contiguous float32/float64 CPU tensor."""
-    return (
-        _kernel is not None
-        and t.device.type == "cpu"
-        and t.dtype in _KERNEL_DTYPES
-        and t.ndim >= 1
-        and t.is_contiguous()
-    )
+    return _kernel is not None and t.is_cpu and t.dtype in _KERNEL_DTYPES and t.is_contiguous()
+
+
+def _cpu_array(name: str, t: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    """The address of ``t`` after checking it is a contiguous CPU tensor of ``dtype`` and ``shape``."""
+    if not (t.is_cpu and t.dtype == dtype and t.shape == shape and t.is_contiguous()):
+        raise ValueError(
+            f"`{name}` must be a contiguous CPU tensor of dtype {dtype} and shape {shape}, got "
+            f"dtype {t.dtype}, shape {tuple(t.shape)} on {t.device}."
+        )
+    return t.data_ptr()
 
 
 def _kernel_mix_(
     x: Tensor,
-    partner: np.ndarray,
-    lam: np.ndarray,
-    cut: np.ndarray | None = None,
-    lo: np.ndarray | None = None,
-    hi: np.ndarray | None = None,
+    partner: Tensor,
+    lam: Tensor,
+    cut: Tensor | None = None,
+    lo: Tensor | None = None,
+    hi: Tensor | None = None,
     target: Tensor | None = None,
 ) -> bool:
     """Mix a CPU batch (and its targets) in place in one pass of the compiled kernel.
@@ -363,52 +367,54 @@ def _kernel_mix_(
         target: Optional ``(B, K)`` contiguous float32/float64 CPU targets, blended in place with
             the same partners and ``lam``.
 
+    All of ``partner``, ``lam``, ``cut``, ``lo`` and ``hi`` are contiguous CPU tensors, as
+    :meth:`~lightning_mixup.policies.MixUp.sample` makes them.
+
     Returns:
         True when mixed; False, with nothing changed, when ``partner`` is not a symmetric
         pairing of the batch (the caller falls back to :func:`mix_`).
 
     Raises:
-        ValueError: If a tensor or array has the wrong shape, dtype or layout, or a box of a
+        ValueError: If a tensor has the wrong shape, dtype, device or layout, or a box of a
             paired sample leaves its sample.
     """
     n = x.shape[0]
-    if not _kernel_ready(x) or (target is not None and not _kernel_ready(target)):
+    if not _kernel_ready(x) or x.ndim == 0 or (target is not None and not _kernel_ready(target)):
         raise ValueError(
             "The kernel mixes contiguous float32/float64 CPU tensors; got inputs of dtype "
             f"{x.dtype} on {x.device}"
             + ("" if target is None else f" and targets of dtype {target.dtype} on {target.device}")
             + "."
         )
-    partner = np.ascontiguousarray(partner, dtype=np.int64)
-    lam = np.ascontiguousarray(lam, dtype=np.float64)
-    if partner.shape != (n,) or lam.shape != (n,):
-        raise ValueError(
-            f"`partner` and `lam` must have shape ({n},), got {partner.shape} and {lam.shape}."
-        )
+    addresses = [
+        _cpu_array("partner", partner, torch.int64, (n,)),
+        _cpu_array("lam", lam, torch.float64, (n,)),
+    ]
     geometry: tuple[int, ...] = (1, 1, 1, x.numel() // n if n else 1)
-    boxes: tuple[int, ...] = (0, 0, 0, 1)
-    if cut is not None:
+    if cut is None:
+        addresses += [0, 0, 0, 1]
+    else:
         spatial = tuple(x.shape[2:])
         d = len(spatial)
-        cut = np.ascontiguousarray(cut, dtype=np.uint8)
-        lo, hi = np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64)
-        if not 1 <= d <= 3 or cut.shape != (n,) or lo.shape != (n, d) or hi.shape != (n, d):
+        if not 1 <= d <= 3:
             raise ValueError(
-                "Boxes need inputs (B, C, *spatial) with 1-3 spatial dimensions, `cut` of shape "
-                f"(B,) and `lo`, `hi` of shape (B, d); got inputs {tuple(x.shape)}, `cut` "
-                f"{cut.shape}, `lo` {lo.shape}, `hi` {hi.shape}."
+                "Boxes need inputs (B, C, *spatial) with 1-3 spatial dimensions, got inputs of "
+                f"shape {tuple(x.shape)}."
             )
+        addresses += [
+            _cpu_array("cut", cut, torch.bool, (n,)),
+            _cpu_array("lo", lo, torch.int64, (n, d)),
+            _cpu_array("hi", hi, torch.int64, (n, d)),
+            d,
+        ]
         geometry = (x.shape[1], *([1] * (3 - d)), *spatial)
-        boxes = (cut.ctypes.data, lo.ctypes.data, hi.ctypes.data, d)
-    rows: tuple[int, ...] = (0, 0, 1)
-    if target is not None:
+    if target is None:
+        addresses += [0, 0, 1]
+    else:
         if target.ndim != 2 or target.shape[0] != n:
             raise ValueError(f"`target` must have shape ({n}, K), got {tuple(target.shape)}.")
-        rows = (target.data_ptr(), target.dtype == torch.float64, max(target.shape[1], 1))
-    return _kernel.mix_pairs(
-        x.data_ptr(), x.dtype == torch.float64, n, *geometry,
-        partner.ctypes.data, lam.ctypes.data, *boxes, *rows,
-    )  # fmt: skip
+        addresses += [target.data_ptr(), target.dtype == torch.float64, max(target.shape[1], 1)]
+    return _kernel.mix_pairs(x.data_ptr(), x.dtype == torch.float64, n, *geometry, *addresses)
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:

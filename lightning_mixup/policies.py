@@ -220,9 +220,9 @@ def apply_mix(
 
 def _apply_kernel(x: Tensor, target: Tensor, params: MixParams) -> tuple[Tensor, Tensor] | None:
     """The CPU path: one kernel pass over ``x`` and a copy of the targets; None if it cannot run."""
-    rows = target.clone() if F._kernel_ready(target) and target.ndim == 2 else None
-    boxes = () if params.lo is None else (params.cut.numpy(), params.lo.numpy(), params.hi.numpy())
-    if not F._kernel_mix_(x, params.partner.numpy(), params.lam.numpy(), *boxes, target=rows):
+    rows = target.clone() if target.ndim == 2 and F._kernel_ready(target) else None
+    boxes = () if params.lo is None else (params.cut, params.lo, params.hi)
+    if not F._kernel_mix_(x, params.partner, params.lam, *boxes, target=rows):
         return None  # not a symmetric pairing: torch ops handle any partner
     if rows is None:
         rows = F.mix_targets(target, params.partner, params.lam)

@@ -175,20 +175,34 @@ def test_inputs_the_kernel_cannot_take_use_torch_ops(monkeypatch, counting, make
 
 def test_kernel_errors_name_the_problem():
     x = data((4, 2, 3, 3))
-    partner, lam = np.array([1, 0, 3, 2]), np.full(4, 0.5)
-    cut = np.ones(4, dtype=bool)
-    lo, hi = np.zeros((4, 2), dtype=np.int64), np.full((4, 2), 3)
+    partner, lam = torch.tensor([1, 0, 3, 2]), torch.full((4,), 0.5, dtype=torch.float64)
+    cut = torch.ones(4, dtype=torch.bool)
+    lo, hi = torch.zeros((4, 2), dtype=torch.int64), torch.full((4, 2), 3)
     with pytest.raises(ValueError, match=r"contiguous float32/float64 CPU tensors; got inputs of"):
         F._kernel_mix_(x.half(), partner, lam)
-    with pytest.raises(ValueError, match=r"`partner` and `lam` must have shape \(4,\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"`partner` must be .* shape \(4,\), got dtype torch.int64, shape \(3,\)"
+    ):
         F._kernel_mix_(x, partner[:3], lam)
-    with pytest.raises(ValueError, match=r"`lo` \(4, 3\)"):
-        F._kernel_mix_(x, partner, lam, cut, np.zeros((4, 3), dtype=np.int64), hi)
+    with pytest.raises(
+        ValueError, match=r"`lam` must be .* of dtype torch.float64 .* got dtype torch.float32"
+    ):
+        F._kernel_mix_(x, partner, lam.float())
+    with pytest.raises(
+        ValueError, match=r"`lo` must be .* shape \(4, 2\), got dtype torch.int64, shape \(4, 3\)"
+    ):
+        F._kernel_mix_(x, partner, lam, cut, torch.zeros((4, 3), dtype=torch.int64), hi)
+    with pytest.raises(
+        ValueError, match=r"`cut` must be a contiguous CPU tensor of dtype torch.bool"
+    ):
+        F._kernel_mix_(x, partner, lam, cut.to(torch.uint8), lo, hi)
+    with pytest.raises(ValueError, match=r"1-3 spatial dimensions, got inputs of shape \(4, 18\)"):
+        F._kernel_mix_(x.view(4, 18), partner, lam, cut, lo, hi)
     with pytest.raises(ValueError, match=r"`target` must have shape \(4, K\), got \(3, 2\)"):
         F._kernel_mix_(x, partner, lam, target=torch.zeros(3, 2))
     before = x.clone()
-    bad_hi = hi.copy()
-    bad_hi[2] = [3, 4]  # one column past the edge
+    bad_hi = hi.clone()
+    bad_hi[2] = torch.tensor([3, 4])  # one column past the edge
     with pytest.raises(ValueError, match=r"CutMix box of sample 2 spans \[0, 4\) along padded"):
         F._kernel_mix_(x, partner, lam, cut, lo, bad_hi)
     assert torch.equal(x, before)  # checked before anything was written
@@ -197,8 +211,9 @@ def test_kernel_errors_name_the_problem():
 def test_kernel_declines_out_of_range_partners_without_writing():
     x = data((4, 3))
     before = x.clone()
-    assert F._kernel_mix_(x, np.array([1, 0, 7, 2]), np.full(4, 0.5)) is False
-    assert F._kernel_mix_(x, np.array([1, 0, -1, 2]), np.full(4, 0.5)) is False
+    lam = torch.full((4,), 0.5, dtype=torch.float64)
+    assert F._kernel_mix_(x, torch.tensor([1, 0, 7, 2]), lam) is False
+    assert F._kernel_mix_(x, torch.tensor([1, 0, -1, 2]), lam) is False
     assert torch.equal(x, before)
 
 
