@@ -91,51 +91,42 @@ static inline void copy(int wide, void *dst, const void *src, int64_t n) {
     if (n > 0) memcpy(dst, src, (size_t)n * (wide ? 8 : 4));
 }
 
-/* dst[k] <- src[k] for k in [from, to) but not in [skip_from, skip_to). */
-static void copy_outside(int wide, char *dst, const char *src, int64_t from, int64_t to,
-                         int64_t skip_from, int64_t skip_to) {
-    const int64_t size = wide ? 8 : 4;
-    const int64_t left = to < skip_from ? to : skip_from, right = from > skip_to ? from : skip_to;
-    if (left > from) copy(wide, dst + from * size, src + from * size, left - from);
-    if (to > right) copy(wide, dst + right * size, src + right * size, to - right);
-}
-
-/* Where a box's rows lie: channels, padded sizes and the element size. */
+/* One stretch of a box row: swap a and b, copy b into a, or copy a into b, over [from, to). */
 typedef struct {
-    int64_t channels, s0, s1, s2, size;
-} Grid;
+    int op; /* 0 swap, 1 a <- b, 2 b <- a */
+    int64_t from, to;
+} Stretch;
 
-static int64_t row_at(const Grid *g, int64_t c, int64_t z, int64_t y) {
-    return ((c * g->s0 + z) * g->s1 + y) * g->s2 * g->size;
-}
-
-/* Swap the box [lo, hi) of samples a and b. */
-static void swap_box(int wide, const Grid *g, char *a, char *b, const int64_t lo[3],
-                     const int64_t hi[3]) {
-    int64_t c, z, y;
-    for (c = 0; c < g->channels; c++)
-        for (z = lo[0]; z < hi[0]; z++)
-            for (y = lo[1]; y < hi[1]; y++) {
-                const int64_t at = row_at(g, c, z, y) + lo[2] * g->size;
-                swap(wide, a + at, b + at, hi[2] - lo[2]);
-            }
-}
-
-/* Copy the box [lo, hi) of src into dst, except where it meets the box [skip_lo, skip_hi). */
-static void copy_box_outside(int wide, const Grid *g, char *dst, const char *src,
-                             const int64_t lo[3], const int64_t hi[3], const int64_t skip_lo[3],
-                             const int64_t skip_hi[3]) {
-    int64_t c, z, y;
-    for (c = 0; c < g->channels; c++)
-        for (z = lo[0]; z < hi[0]; z++)
-            for (y = lo[1]; y < hi[1]; y++) {
-                const int64_t at = row_at(g, c, z, y);
-                if (z >= skip_lo[0] && z < skip_hi[0] && y >= skip_lo[1] && y < skip_hi[1])
-                    copy_outside(wide, dst + at, src + at, lo[2], hi[2], skip_lo[2], skip_hi[2]);
-                else
-                    copy(wide, dst + at + lo[2] * g->size, src + at + lo[2] * g->size,
-                         hi[2] - lo[2]);
-            }
+/* The stretches of one row position for two boxes: where both boxes lie the samples swap;
+ * elsewhere in a box the sample copies its partner, whose pixels there neither step writes
+ * (the rest of b's box lies outside a's box, and the other way round). At most 5. */
+static int row_plan(int in_a, int in_b, const int64_t la[3], const int64_t ha[3],
+                    const int64_t lb[3], const int64_t hb[3], Stretch plan[5]) {
+    int m = 0;
+    int64_t from = 0, to = 0;
+    if (in_a && in_b) {
+        from = la[2] > lb[2] ? la[2] : lb[2];
+        to = ha[2] < hb[2] ? ha[2] : hb[2];
+        if (to > from) plan[m++] = (Stretch){0, from, to};
+        else from = to = 0;
+    }
+    if (in_a) {
+        if (to > from) {
+            if (from > la[2]) plan[m++] = (Stretch){1, la[2], from};
+            if (ha[2] > to) plan[m++] = (Stretch){1, to, ha[2]};
+        } else if (ha[2] > la[2]) {
+            plan[m++] = (Stretch){1, la[2], ha[2]};
+        }
+    }
+    if (in_b) {
+        if (to > from) {
+            if (from > lb[2]) plan[m++] = (Stretch){2, lb[2], from};
+            if (hb[2] > to) plan[m++] = (Stretch){2, to, hb[2]};
+        } else if (hb[2] > lb[2]) {
+            plan[m++] = (Stretch){2, lb[2], hb[2]};
+        }
+    }
+    return m;
 }
 
 /* Mix samples a and b. Blends cover whole samples; boxes are walked row by row (a row runs
@@ -154,22 +145,47 @@ static void mix_pair(int wide, char *x, const Job *job, int64_t ia, int64_t ib) 
     }
     if (cut_a) box_of(job, ia, la, ha);
     if (cut_b) box_of(job, ib, lb, hb);
+    if (cut_a && cut_b && !memcmp(la, lb, sizeof la) && !memcmp(ha, hb, sizeof ha)) {
+        /* One box for both (batch-mode CutMix): swap the box's rows, nothing else. */
+        for (c = 0; c < job->channels; c++)
+            for (z = la[0]; z < ha[0]; z++)
+                for (y = la[1]; y < ha[1]; y++) {
+                    const int64_t at = (c * plane + (z * s1 + y) * s2 + la[2]) * size;
+                    swap(wide, xa + at, xb + at, ha[2] - la[2]);
+                }
+        return;
+    }
     if (cut_a && cut_b) {
-        /* Each sample takes its partner's pixels inside its own box. Where the boxes meet, the
-         * two swap; the rest of each box is a copy of the partner, whose pixels there are not
-         * written by either step (the rest of b's box lies outside a's box and vice versa). */
-        const Grid g = {job->channels, job->size[0], s1, s2, size};
-        int64_t ilo[3], ihi[3], d;
-        for (d = 0; d < 3; d++) {
-            ilo[d] = la[d] > lb[d] ? la[d] : lb[d];
-            ihi[d] = ha[d] < hb[d] ? ha[d] : hb[d];
-            if (ihi[d] < ilo[d]) ihi[d] = ilo[d]; /* no overlap: an empty box */
-        }
-        swap_box(wide, &g, xa, xb, ilo, ihi);
-        if (memcmp(la, ilo, sizeof la) || memcmp(ha, ihi, sizeof ha))
-            copy_box_outside(wide, &g, xa, xb, la, ha, ilo, ihi);
-        if (memcmp(lb, ilo, sizeof lb) || memcmp(hb, ihi, sizeof hb))
-            copy_box_outside(wide, &g, xb, xa, lb, hb, ilo, ihi);
+        /* Walk the rows that meet either box; plan each row position once for all channels. */
+        const int64_t z0 = la[0] < lb[0] ? la[0] : lb[0], z1 = ha[0] > hb[0] ? ha[0] : hb[0];
+        const int64_t y0 = la[1] < lb[1] ? la[1] : lb[1], y1 = ha[1] > hb[1] ? ha[1] : hb[1];
+        Stretch plans[3][5]; /* rows in a's box only, in b's box only, in both */
+        int counts[3], k;
+        counts[0] = row_plan(1, 0, la, ha, lb, hb, plans[0]);
+        counts[1] = row_plan(0, 1, la, ha, lb, hb, plans[1]);
+        counts[2] = row_plan(1, 1, la, ha, lb, hb, plans[2]);
+        for (z = z0; z < z1; z++)
+            for (y = y0; y < y1; y++) {
+                const int in_a = z >= la[0] && z < ha[0] && y >= la[1] && y < ha[1];
+                const int in_b = z >= lb[0] && z < hb[0] && y >= lb[1] && y < hb[1];
+                const int kind = in_a && in_b ? 2 : in_a ? 0 : 1;
+                const Stretch *plan = plans[kind];
+                const int m = in_a || in_b ? counts[kind] : 0;
+                for (c = 0; c < job->channels; c++) {
+                    const int64_t row = (c * plane + (z * s1 + y) * s2) * size;
+                    for (k = 0; k < m; k++) {
+                        char *pa = xa + row + plan[k].from * size;
+                        char *pb = xb + row + plan[k].from * size;
+                        const int64_t n = plan[k].to - plan[k].from;
+                        if (plan[k].op == 0)
+                            swap(wide, pa, pb, n);
+                        else if (plan[k].op == 1)
+                            copy(wide, pa, pb, n);
+                        else
+                            copy(wide, pb, pa, n);
+                    }
+                }
+            }
         return;
     }
     /* One sample blends, the other has a box: every row of the pair changes. */
