@@ -23,6 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(_MSC_VER) && !defined(restrict)
+#define restrict __restrict /* MSVC spells C99's restrict this way */
+#endif
+
 typedef struct {
     int64_t batch, channels, size[3];
     const int64_t *partner;
