@@ -15,6 +15,13 @@ Conventions used throughout:
   is uniformly random among the other samples and ``partner[partner[i]] == i``. With an odd batch
   size one uniformly chosen sample is its own partner and is left unchanged; a batch of one is
   never mixed.
+
+Two implementations, one result. On the CPU, :meth:`~lightning_mixup.policies.MixUp.apply` mixes
+contiguous float32/float64 batches with a small compiled kernel (``lightning_mixup/_kernel.c``,
+built by ``pip install`` when a C compiler is present) that reads and writes each pair of samples
+once, like a copy. Everywhere else (GPUs, bf16/fp16, strided tensors, an install without a
+compiler) torch ops give the same mix (:func:`mix_`, :func:`mix_targets`); blends agree to
+rounding and CutMix pixels bit for bit. :data:`HAS_KERNEL` says whether the kernel was built.
 """
 
 from __future__ import annotations
@@ -330,14 +337,19 @@ def _kernel_ready(t: Tensor) -> bool:
     return _kernel is not None and t.is_cpu and t.dtype in _KERNEL_DTYPES and t.is_contiguous()
 
 
-def _cpu_array(name: str, t: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    """The address of ``t`` after checking it is a contiguous CPU tensor of ``dtype`` and ``shape``."""
-    if not (t.is_cpu and t.dtype == dtype and t.shape == shape and t.is_contiguous()):
-        raise ValueError(
-            f"`{name}` must be a contiguous CPU tensor of dtype {dtype} and shape {shape}, got "
-            f"dtype {t.dtype}, shape {tuple(t.shape)} on {t.device}."
-        )
-    return t.data_ptr()
+def _fits(t: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+    return t.is_cpu and t.dtype == dtype and t.shape == shape and t.is_contiguous()
+
+
+def _misfit(arrays: dict[str, tuple[Tensor, torch.dtype, tuple[int, ...]]]) -> ValueError:
+    """The error for the first of ``arrays`` that is not a contiguous CPU tensor as described."""
+    for name, (t, dtype, shape) in arrays.items():
+        if not _fits(t, dtype, shape):
+            return ValueError(
+                f"`{name}` must be a contiguous CPU tensor of dtype {dtype} and shape {shape}, "
+                f"got dtype {t.dtype}, shape {tuple(t.shape)} on {t.device}."
+            )
+    raise AssertionError("every array fits")  # pragma: no cover - callers check first
 
 
 def _kernel_mix_(
@@ -379,42 +391,53 @@ def _kernel_mix_(
             paired sample leaves its sample.
     """
     n = x.shape[0]
-    if not _kernel_ready(x) or x.ndim == 0 or (target is not None and not _kernel_ready(target)):
+    if not (_kernel_ready(x) and x.ndim and (target is None or _kernel_ready(target))):
         raise ValueError(
             "The kernel mixes contiguous float32/float64 CPU tensors; got inputs of dtype "
             f"{x.dtype} on {x.device}"
             + ("" if target is None else f" and targets of dtype {target.dtype} on {target.device}")
             + "."
         )
-    addresses = [
-        _cpu_array("partner", partner, torch.int64, (n,)),
-        _cpu_array("lam", lam, torch.float64, (n,)),
-    ]
-    geometry: tuple[int, ...] = (1, 1, 1, x.numel() // n if n else 1)
-    if cut is None:
-        addresses += [0, 0, 0, 1]
-    else:
-        spatial = tuple(x.shape[2:])
-        d = len(spatial)
-        if not 1 <= d <= 3:
-            raise ValueError(
-                "Boxes need inputs (B, C, *spatial) with 1-3 spatial dimensions, got inputs of "
-                f"shape {tuple(x.shape)}."
-            )
-        addresses += [
-            _cpu_array("cut", cut, torch.bool, (n,)),
-            _cpu_array("lo", lo, torch.int64, (n, d)),
-            _cpu_array("hi", hi, torch.int64, (n, d)),
-            d,
-        ]
-        geometry = (x.shape[1], *([1] * (3 - d)), *spatial)
-    if target is None:
-        addresses += [0, 0, 1]
-    else:
+    vector = (n,)
+    if not (_fits(partner, torch.int64, vector) and _fits(lam, torch.float64, vector)):
+        raise _misfit(
+            {"partner": (partner, torch.int64, vector), "lam": (lam, torch.float64, vector)}
+        )
+    rows = (0, 0, 1)
+    if target is not None:
         if target.ndim != 2 or target.shape[0] != n:
             raise ValueError(f"`target` must have shape ({n}, K), got {tuple(target.shape)}.")
-        addresses += [target.data_ptr(), target.dtype == torch.float64, max(target.shape[1], 1)]
-    return _kernel.mix_pairs(x.data_ptr(), x.dtype == torch.float64, n, *geometry, *addresses)
+        rows = (target.data_ptr(), target.dtype == torch.float64, max(target.shape[1], 1))
+    head = (x.data_ptr(), x.dtype == torch.float64, n)
+    if cut is None:
+        return _kernel.mix_pairs(
+            *head, 1, 1, 1, x.numel() // n if n else 1,
+            partner.data_ptr(), lam.data_ptr(), 0, 0, 0, 1, *rows,
+        )  # fmt: skip
+    spatial = tuple(x.shape[2:])
+    d = len(spatial)
+    if not 1 <= d <= 3:
+        raise ValueError(
+            "Boxes need inputs (B, C, *spatial) with 1-3 spatial dimensions, got inputs of "
+            f"shape {tuple(x.shape)}."
+        )
+    corners = (n, d)
+    if not (
+        _fits(cut, torch.bool, vector)
+        and _fits(lo, torch.int64, corners)
+        and _fits(hi, torch.int64, corners)
+    ):
+        raise _misfit(
+            {
+                "cut": (cut, torch.bool, vector),
+                "lo": (lo, torch.int64, corners),
+                "hi": (hi, torch.int64, corners),
+            }
+        )
+    return _kernel.mix_pairs(
+        *head, x.shape[1], *(1,) * (3 - d), *spatial,
+        partner.data_ptr(), lam.data_ptr(), cut.data_ptr(), lo.data_ptr(), hi.data_ptr(), d, *rows,
+    )  # fmt: skip
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
