@@ -35,6 +35,21 @@ def test_soft_targets_pass_two_d_through_unsmoothed():
     torch.testing.assert_close(out, soft.float())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32, torch.uint8])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_soft_targets_cpu_numpy_path_equals_scatter(dtype, label_dtype, smoothing):
+    # float32/float64 rows are built with NumPy on the CPU; compare with torch's scatter.
+    y = torch.randint(0, 7, (33,), generator=torch.Generator().manual_seed(0)).to(label_dtype)
+    off = smoothing / 7
+    want = torch.full((33, 7), off, dtype=dtype).scatter_(
+        1, y.long().unsqueeze(1), 1 - smoothing + off
+    )
+    got = F.soft_targets(y[::1], 7, smoothing, dtype)
+    assert got.dtype == dtype and torch.equal(got, want)
+    assert torch.equal(F.soft_targets(y[::2], 7, smoothing, dtype), want[::2])  # a strided view
+
+
 @pytest.mark.parametrize(
     ("target", "k", "smoothing", "error", "match"),
     [
