@@ -220,8 +220,8 @@ def apply_mix(
 
 def _apply_kernel(x: Tensor, target: Tensor, params: MixParams) -> tuple[Tensor, Tensor] | None:
     """The CPU path: one kernel pass over ``x`` and a copy of the targets; None if it cannot run."""
-    if not F._kernel_ready(x):
-        return None  # e.g. bf16 or strided inputs: torch ops
+    if not F._kernel_ready(x) or x.numel() == 0:
+        return None  # e.g. bf16, strided or empty inputs: torch ops
     rows = target.clone() if target.ndim == 2 and F._kernel_ready(target) else None
     boxes = () if params.lo is None else (params.cut, params.lo, params.hi)
     if not F._kernel_mix_(x, params.partner, params.lam, *boxes, target=rows):

@@ -173,6 +173,16 @@ def test_inputs_the_kernel_cannot_take_use_torch_ops(monkeypatch, counting, make
     assert torch.equal(got_x, want_x)
 
 
+def test_empty_samples_are_left_to_torch_ops(monkeypatch, counting):
+    x = torch.empty(4, 0, 3)
+    params = MixUp(1.0).sample(x.shape, np.random.default_rng(0))
+    target = soft_rows(4)
+    want_x, want_t = torch_ops(monkeypatch, x.clone(), target, params)
+    got_x, got_t = P.apply_mix(x, target, params)
+    assert counting.calls == 0 and got_x.shape == (4, 0, 3)
+    torch.testing.assert_close(got_t, want_t)
+
+
 def test_kernel_errors_name_the_problem():
     x = data((4, 2, 3, 3))
     partner, lam = torch.tensor([1, 0, 3, 2]), torch.full((4,), 0.5, dtype=torch.float64)
