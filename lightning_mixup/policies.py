@@ -169,13 +169,16 @@ class _Policy:
         buffer: Tensor | None = None,
         enabled: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Mix ``x`` in place and return it with the mixed float targets.
+        """Mix ``x`` in place and return it with the mixed float targets (a new tensor).
+
+        ``target`` itself is left unchanged.
 
         Args:
             x: ``(B, ...)`` floating inputs (``(B, C, *spatial)`` when CutMix is used).
             target: ``(B, K)`` float targets.
             params: Output of :meth:`sample` for this batch.
-            buffer: Optional tensor like ``x`` reused to hold the partners.
+            buffer: Optional tensor like ``x`` reused to hold the partners on the torch-ops path
+                (the compiled CPU kernel needs none; see :mod:`lightning_mixup.functional`).
             enabled: Optional 0-d bool tensor on ``x``'s device; where False, every sample is
                 paired with itself, so nothing changes, without reading the flag on the host.
         """

@@ -71,9 +71,10 @@ def test_kernel_equals_torch_ops(monkeypatch, counting, name, shape, dtype):
         params = policy.sample(shape, np.random.default_rng(seed), p=0.8)
         x, target = data(shape, dtype, seed), soft_rows(shape[0], seed=seed).to(dtype)
         want_x, want_t = torch_ops(monkeypatch, x.clone(), target, params)
-        calls = counting.calls
+        calls, target_before = counting.calls, target.clone()
         got_x, got_t = P.apply_mix(x, target, params)
         assert got_x is x and got_x.dtype == dtype
+        assert torch.equal(target, target_before)  # the targets passed in are not mixed in place
         assert counting.calls == calls + (0 if params.identity else 1)
         boxed = params.cut.view(-1, *[1] * (len(shape) - 1)) & torch.ones(shape, dtype=torch.bool)
         # Box pixels are copies, so they match bit for bit; blends agree to rounding.
