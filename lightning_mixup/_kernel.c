@@ -168,28 +168,42 @@ static void mix_pair(int wide, char *x, const Job *job, int64_t ia, int64_t ib) 
         counts[0] = row_plan(1, 0, la, ha, lb, hb, plans[0]);
         counts[1] = row_plan(0, 1, la, ha, lb, hb, plans[1]);
         counts[2] = row_plan(1, 1, la, ha, lb, hb, plans[2]);
-        for (z = z0; z < z1; z++)
-            for (y = y0; y < y1; y++) {
-                const int in_a = z >= la[0] && z < ha[0] && y >= la[1] && y < ha[1];
-                const int in_b = z >= lb[0] && z < hb[0] && y >= lb[1] && y < hb[1];
+        for (z = z0; z < z1; z++) {
+            /* Along y the row kind changes only at the boxes' edges: cut [y0, y1) there and run
+             * each stretch of equal kind as tight loops over channels and rows. */
+            const int za = z >= la[0] && z < ha[0], zb = z >= lb[0] && z < hb[0];
+            int64_t edges[6] = {y0, la[1], ha[1], lb[1], hb[1], y1}, e, t;
+            int i, q;
+            for (i = 1; i < 6; i++) /* insertion sort of six numbers */
+                for (q = i; q > 0 && edges[q - 1] > edges[q]; q--) {
+                    t = edges[q];
+                    edges[q] = edges[q - 1];
+                    edges[q - 1] = t;
+                }
+            for (i = 0; i < 5; i++) {
+                const int64_t from = edges[i] < y0 ? y0 : edges[i];
+                const int64_t to = edges[i + 1] > y1 ? y1 : edges[i + 1];
+                const int in_a = za && from >= la[1] && from < ha[1];
+                const int in_b = zb && from >= lb[1] && from < hb[1];
                 const int kind = in_a && in_b ? 2 : in_a ? 0 : 1;
                 const Stretch *plan = plans[kind];
                 const int m = in_a || in_b ? counts[kind] : 0;
-                for (c = 0; c < job->channels; c++) {
-                    const int64_t row = (c * plane + (z * s1 + y) * s2) * size;
-                    for (k = 0; k < m; k++) {
-                        char *pa = xa + row + plan[k].from * size;
-                        char *pb = xb + row + plan[k].from * size;
-                        const int64_t n = plan[k].to - plan[k].from;
+                if (to <= from || !m) continue;
+                for (k = 0; k < m; k++) {
+                    const int64_t n = plan[k].to - plan[k].from, step = s2 * size;
+                    for (c = 0; c < job->channels; c++) {
+                        const int64_t at = (c * plane + (z * s1 + from) * s2 + plan[k].from) * size;
+                        char *pa = xa + at, *pb = xb + at;
                         if (plan[k].op == 0)
-                            swap(wide, pa, pb, n);
+                            for (e = from; e < to; e++, pa += step, pb += step) swap(wide, pa, pb, n);
                         else if (plan[k].op == 1)
-                            copy(wide, pa, pb, n);
+                            for (e = from; e < to; e++, pa += step, pb += step) copy(wide, pa, pb, n);
                         else
-                            copy(wide, pb, pa, n);
+                            for (e = from; e < to; e++, pa += step, pb += step) copy(wide, pb, pa, n);
                     }
                 }
             }
+        }
         return;
     }
     /* One sample blends, the other has a box: every row of the pair changes. */
