@@ -53,7 +53,7 @@ static void box_of(const Job *job, int64_t i, int64_t lo[3], int64_t hi[3]) {
 /* a <- lerp(a, b, wa), b <- lerp(b, a, wb), both from the old values; w rounded to the type. */
 #define BLEND_LOOP(T)                                                                             \
     do {                                                                                          \
-        T *restrict pa = (T *)a, *restrict pb = (T *)b;                                                             \
+        T *restrict pa = (T *)a, *restrict pb = (T *)b;                                           \
         const T ta = (T)wa, tb = (T)wb;                                                           \
         const int a_high = ta >= (T)0.5, b_high = tb >= (T)0.5;                                   \
         const T ca = a_high ? -((T)1 - ta) : ta, cb = b_high ? -((T)1 - tb) : tb;                 \
@@ -66,7 +66,7 @@ static void box_of(const Job *job, int64_t i, int64_t lo[3], int64_t hi[3]) {
 
 #define SWAP_LOOP(T)                                                                              \
     do {                                                                                          \
-        T *restrict pa = (T *)a, *restrict pb = (T *)b;                                                             \
+        T *restrict pa = (T *)a, *restrict pb = (T *)b;                                           \
         for (j = 0; j < n; j++) {                                                                 \
             const T t = pa[j];                                                                    \
             pa[j] = pb[j];                                                                        \
@@ -101,6 +101,18 @@ typedef struct {
     int64_t from, to;
 } Stretch;
 
+/* Append copy `op` over [lo, hi) without [from, to) (the swapped stretch, if any) to plan[m..]. */
+static int add_copy(Stretch *plan, int m, int op, int64_t lo, int64_t hi, int64_t from,
+                    int64_t to) {
+    if (to > from) {
+        if (from > lo) plan[m++] = (Stretch){op, lo, from};
+        if (hi > to) plan[m++] = (Stretch){op, to, hi};
+    } else if (hi > lo) {
+        plan[m++] = (Stretch){op, lo, hi};
+    }
+    return m;
+}
+
 /* The stretches of one row position for two boxes: where both boxes lie the samples swap;
  * elsewhere in a box the sample copies its partner, whose pixels there neither step writes
  * (the rest of b's box lies outside a's box, and the other way round). At most 5. */
@@ -114,22 +126,8 @@ static int row_plan(int in_a, int in_b, const int64_t la[3], const int64_t ha[3]
         if (to > from) plan[m++] = (Stretch){0, from, to};
         else from = to = 0;
     }
-    if (in_a) {
-        if (to > from) {
-            if (from > la[2]) plan[m++] = (Stretch){1, la[2], from};
-            if (ha[2] > to) plan[m++] = (Stretch){1, to, ha[2]};
-        } else if (ha[2] > la[2]) {
-            plan[m++] = (Stretch){1, la[2], ha[2]};
-        }
-    }
-    if (in_b) {
-        if (to > from) {
-            if (from > lb[2]) plan[m++] = (Stretch){2, lb[2], from};
-            if (hb[2] > to) plan[m++] = (Stretch){2, to, hb[2]};
-        } else if (hb[2] > lb[2]) {
-            plan[m++] = (Stretch){2, lb[2], hb[2]};
-        }
-    }
+    if (in_a) m = add_copy(plan, m, 1, la[2], ha[2], from, to);
+    if (in_b) m = add_copy(plan, m, 2, lb[2], hb[2], from, to);
     return m;
 }
 
@@ -160,7 +158,7 @@ static void mix_pair(int wide, char *x, const Job *job, int64_t ia, int64_t ib) 
         return;
     }
     if (cut_a && cut_b) {
-        /* Walk the rows that meet either box; plan each row position once for all channels. */
+        /* Walk the rows that meet either box, with the three kinds of row planned once. */
         const int64_t z0 = la[0] < lb[0] ? la[0] : lb[0], z1 = ha[0] > hb[0] ? ha[0] : hb[0];
         const int64_t y0 = la[1] < lb[1] ? la[1] : lb[1], y1 = ha[1] > hb[1] ? ha[1] : hb[1];
         Stretch plans[3][5]; /* rows in a's box only, in b's box only, in both */
@@ -195,11 +193,14 @@ static void mix_pair(int wide, char *x, const Job *job, int64_t ia, int64_t ib) 
                         const int64_t at = (c * plane + (z * s1 + from) * s2 + plan[k].from) * size;
                         char *pa = xa + at, *pb = xb + at;
                         if (plan[k].op == 0)
-                            for (e = from; e < to; e++, pa += step, pb += step) swap(wide, pa, pb, n);
+                            for (e = from; e < to; e++, pa += step, pb += step)
+                                swap(wide, pa, pb, n);
                         else if (plan[k].op == 1)
-                            for (e = from; e < to; e++, pa += step, pb += step) copy(wide, pa, pb, n);
+                            for (e = from; e < to; e++, pa += step, pb += step)
+                                copy(wide, pa, pb, n);
                         else
-                            for (e = from; e < to; e++, pa += step, pb += step) copy(wide, pb, pa, n);
+                            for (e = from; e < to; e++, pa += step, pb += step)
+                                copy(wide, pb, pa, n);
                     }
                 }
             }
