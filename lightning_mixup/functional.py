@@ -27,6 +27,7 @@ rounding and CutMix pixels bit for bit. :data:`HAS_KERNEL` says whether the kern
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,6 +39,8 @@ from lightning_mixup import _checks as C
 try:
     from lightning_mixup import _kernel
 except ImportError:  # installed without a C compiler: torch ops do the same work
+    _kernel = None
+if os.environ.get("LIGHTNING_MIXUP_KERNEL", "1") == "0":  # run the torch-ops path on purpose
     _kernel = None
 
 __all__ = [
@@ -326,8 +329,9 @@ def _mix_pairs_(
     return x
 
 
-#: True when the compiled pairwise kernel (``lightning_mixup._kernel``) was built at install time;
-#: without it CPU batches are mixed with torch ops, which give the same result more slowly.
+#: True when the compiled pairwise kernel (``lightning_mixup._kernel``) was built at install time
+#: and not switched off with the environment variable ``LIGHTNING_MIXUP_KERNEL=0``; without it CPU
+#: batches are mixed with torch ops, which give the same result more slowly.
 HAS_KERNEL = _kernel is not None
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 

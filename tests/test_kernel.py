@@ -1,5 +1,9 @@
 """The compiled CPU kernel (lightning_mixup/_kernel.c) against the torch-ops path it replaces."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -44,12 +48,23 @@ def soft_rows(n, k=5, seed=1):
     return torch.softmax(data((n, k), seed=seed), 1)
 
 
+@pytest.mark.skipif(
+    os.environ.get("LIGHTNING_MIXUP_KERNEL") == "0", reason="kernel switched off on purpose"
+)
 def test_kernel_is_built():
     # CI installs with a C compiler, so the fast path must exist there; a user without one still
     # gets a working package (optional extension), which the torch-ops tests below cover.
     assert F.HAS_KERNEL, (
         "lightning_mixup._kernel was not built: `pip install -e .` needs a C compiler"
     )
+
+
+def test_environment_variable_switches_the_kernel_off():
+    code = "from lightning_mixup import functional as F; print(F.HAS_KERNEL, F._kernel is None)"
+    env = {**os.environ, "LIGHTNING_MIXUP_KERNEL": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
 
 
 POLICIES = {
