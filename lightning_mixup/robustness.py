@@ -527,8 +527,24 @@ def _gather(pl_module: pl.LightningModule, values: Tensor) -> Tensor:
     if trainer.world_size == 1:
         return values.cpu()
     device = pl_module.device
-    sizes = pl_module.all_gather(torch.tensor([values.numel()], device=device)).flatten()
+    sizes = _all_gather(pl_module, torch.tensor([values.numel()], device=device)).flatten()
     padded = torch.zeros(int(sizes.max()), dtype=values.dtype, device=device)
     padded[: values.numel()] = values.to(device)
-    gathered = pl_module.all_gather(padded).reshape(len(sizes), -1)
+    gathered = _all_gather(pl_module, padded).reshape(len(sizes), -1)
     return torch.cat([gathered[r, : int(n)] for r, n in enumerate(sizes.tolist())]).cpu()
+
+
+def _all_gather(pl_module: pl.LightningModule, t: Tensor) -> Tensor:
+    """``(world_size, *t.shape)``: a plain collective where torch.distributed runs.
+
+    Lightning's ``all_gather`` goes through ``torch.distributed.nn.functional.all_gather`` (an
+    autograd function, deprecated in recent torch); these tensors need no gradients, and that
+    path once aborted a 2-process gloo test at exit (``terminate called without an active
+    exception``), so the plain collective is used; other strategies keep Lightning's.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return pl_module.all_gather(t)
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.stack(parts)
