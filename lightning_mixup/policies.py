@@ -105,11 +105,24 @@ class _Policy:
         rng, n = generator, int(shape[0])
         if self.mode == "batch":
             return self._sample_batch(n, shape, rng, p, alpha_scale)
+        return self._sample_arrays(n, shape, rng, p, alpha_scale, per_batch=False)
+
+    def _sample_arrays(
+        self,
+        n: int,
+        shape: Sequence[int],
+        rng: np.random.Generator,
+        p: float,
+        alpha_scale: float,
+        per_batch: bool,
+    ) -> MixParams:
+        """The reference sampler, with NumPy arrays: one λ per batch or one per sample."""
+        draws = 1 if per_batch else n
         partner = F._partners(n, rng)
-        u = rng.random((2, n))
+        u = rng.random((2, draws))
         mixed, cut = u[0] < p, u[1] < self._cut_prob
-        lam_mix = F._beta(self._mix_alpha * alpha_scale, n, rng)
-        lam_cut = F._beta(self._cut_alpha * alpha_scale, n, rng)
+        lam_mix = F._beta(self._mix_alpha * alpha_scale, draws, rng)
+        lam_cut = F._beta(self._cut_alpha * alpha_scale, draws, rng)
         lam = np.where(mixed, np.where(cut, lam_cut, lam_mix), 1.0)
         cut &= mixed
         lo = hi = None
@@ -117,7 +130,10 @@ class _Policy:
             _check_cutmix_shape(shape)
             corner_lo, corner_hi, kept = F._boxes(lam, shape[2:], rng)
             lam = np.where(cut, kept, lam)
-            lo, hi = torch.from_numpy(corner_lo), torch.from_numpy(corner_hi)
+            lo, hi = (
+                torch.from_numpy(np.repeat(c, n // draws, axis=0)) for c in (corner_lo, corner_hi)
+            )
+        lam, cut = np.repeat(lam, n // draws), np.repeat(cut, n // draws)
         if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
             lam[partner == np.arange(n)] = 1.0
         identity = n < 2 or bool((lam == 1).all())
@@ -127,14 +143,17 @@ class _Policy:
             torch.from_numpy(cut),
             lo,
             hi,
-            False,
+            per_batch,
             identity,
         )
 
     def _sample_batch(
         self, n: int, shape: Sequence[int], rng: np.random.Generator, p: float, alpha_scale: float
     ) -> MixParams:
-        """:meth:`sample` for one λ per batch: the same draws in the same order, with scalars."""
+        """:meth:`_sample_arrays` with ``per_batch=True`` in scalars: the same draws, fewer calls.
+
+        Kept equal to the reference by ``tests/test_kernel.py``; change both together.
+        """
         partner = F._partners(n, rng)
         u_mix, u_cut = rng.random(2)
         mixed, cut = bool(u_mix < p), bool(u_cut < self._cut_prob)

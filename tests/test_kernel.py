@@ -274,3 +274,21 @@ def test_trainer_run_mixes_the_same_with_and_without_the_kernel(monkeypatch, cou
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a["x"], b["x"], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(a["y"], b["y"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["mixup-batch", "cutmix-batch", "switch-batch"])
+def test_batch_mode_fast_sampler_equals_the_reference(name):
+    policy = POLICIES[name]()
+    for shape in [(8, 3, 6, 5), (7, 2, 9), (1, 3, 4, 4), (2, 1, 3, 3, 3)]:
+        for p, scale in [(1.0, 1.0), (0.5, 1.0), (1.0, 0.3), (0.0, 1.0)]:
+            for seed in range(25):
+                n = shape[0]
+                got = policy._sample_batch(n, shape, np.random.default_rng(seed), p, scale)
+                want = policy._sample_arrays(
+                    n, shape, np.random.default_rng(seed), p, scale, per_batch=True
+                )
+                for field in ("partner", "lam", "cut", "lo", "hi"):
+                    a, b = getattr(got, field), getattr(want, field)
+                    assert (a is None) == (b is None), (field, shape, p, seed)
+                    assert a is None or (a.dtype == b.dtype and torch.equal(a, b)), field
+                assert (got.per_batch, got.identity) == (want.per_batch, want.identity)
