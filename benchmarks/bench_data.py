@@ -48,7 +48,7 @@ import torchvision
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, default_collate
 
-from lightning_mixup.data import CIFAR10DataModule
+from lightning_mixup.classification.data import CIFAR10DataModule
 
 GOAL = 10.0  # fast path ÷ classic path, training images per second
 PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready

@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mixup import MixupCallback, SoftLabelClassifier
-from lightning_mixup.models import CifarResNet18
+from lightning_mixup.classification.models import CifarResNet18
 
 GOAL = 2.0  # percent of a training step
 SPEEDUP = 100  # a GPU step is roughly this many times shorter than this CPU one

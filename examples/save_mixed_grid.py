@@ -10,17 +10,23 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from lightning_mixup import DigitsDataModule, MixupCallback, SmallCNN, SoftLabelClassifier
+from lightning_mixup import (
+    DigitsDataModule,
+    MixedGridLogger,
+    MixupCallback,
+    SmallCNN,
+    SoftLabelClassifier,
+)
 
 
 def main(out: str) -> None:
-    """Train one short epoch with the grid option on and copy the grid it wrote to ``out``."""
+    """Train one short epoch with a grid logger and copy the grid it wrote to ``out``."""
     pl.seed_everything(0)
-    mix = MixupCallback(alpha=1.0, cutmix_alpha=1.0, mode="elem", save_grid_every_n_epochs=1)
+    mix = MixupCallback(alpha=1.0, cutmix_alpha=1.0, mode="elem")
     model = SoftLabelClassifier(SmallCNN(num_classes=10, in_channels=1), num_classes=10)
     with tempfile.TemporaryDirectory() as run:
         trainer = pl.Trainer(
-            max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[mix], logger=False,
+            max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[mix, MixedGridLogger()], logger=False,
             enable_checkpointing=False, enable_progress_bar=False, default_root_dir=run,
         )  # fmt: skip
         trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))

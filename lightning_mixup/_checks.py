@@ -49,6 +49,13 @@ def number(
     return float(value)
 
 
+def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``options``; raise ``ValueError`` otherwise."""
+    if value not in options:
+        raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
+    return value
+
+
 def boolean(name: str, value: Any) -> bool:
     """Return ``value`` if it is ``True`` or ``False``; raise ``ValueError`` otherwise."""
     if not isinstance(value, bool):

@@ -2,40 +2,36 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
+from lightning_mixup._seed import numpy_generator
 from lightning_mixup.policies import CutMix, MixParams, MixUp, MixUpOrCutMix, Mode
 
 __all__ = ["MixupCallback"]
 
 _DEFAULT_SEED = 0
-_RAMP_SHAPES = ("linear", "cosine")
 _RAMP_TARGETS = ("p", "alpha")
-
-
-def _reads_back_cheaply(device: torch.device) -> bool:
-    """Whether reading a value of ``device`` on the host costs nothing (no queue to wait for)."""
-    return device.type == "cpu"
 
 
 class MixupCallback(pl.Callback):
     """Mix each training batch with MixUp and/or CutMix, in place, before ``training_step``.
 
     Implements mixup (Zhang et al., ICLR 2018) and CutMix (Yun et al., ICCV 2019). The batch must
-    be a list or a dict; its inputs (``batch[input_key]``) are blended in place and its targets
-    (``batch[target_key]``) are replaced by float32 ``(B, num_classes)`` probabilities. A mixed sample
+    be a list or a dict; its inputs (``batch[input_key]``) are replaced by the mixed inputs and its
+    targets (``batch[target_key]``) by float32 ``(B, num_classes)`` probabilities. The inputs are
+    mixed in place when the batch owns their memory (a fresh tensor from the collate or the
+    device transfer); a view of longer-lived data (e.g. slices of a dataset kept as one tensor)
+    is copied first, so that data is never changed. A mixed sample
     is ``λ·x_i + (1-λ)·x_j`` with target ``λ·y_i + (1-λ)·y_j``: λ is the sample's own share (for
     CutMix, its exact kept area) and partners form a random perfect matching of the batch, so every
     sample's partner is uniformly random among the others (an odd batch leaves one sample as is).
@@ -74,12 +70,8 @@ class MixupCallback(pl.Callback):
             batch). A non-finite batch is left unmixed, so the bad values stay in their own
             samples instead of spreading to their partners; the first one warns, and
             ``mixup/nonfinite_batches`` counts them per epoch. False skips the check.
-        save_grid_every_n_epochs: Every this many epochs (0-based epochs 0, N, 2N, ...), rank 0
-            sends a grid of the first mixed batch's images, titled with their soft-label
-            weights, to TensorBoard, or saves it as ``mixed_grid_epoch{N}.png`` in the run's log
-            directory (see :func:`lightning_mixup.visual.log_mixed_grid`). Needs matplotlib
-            (``pip install "lightning-mixup[plots]"``) and image batches ``(B, C, H, W)``.
-            None (the default) saves nothing.
+
+    To look at the mixed images, add :class:`~lightning_mixup.evaluation.MixedGridLogger`.
 
     Raises:
         ValueError: On an out-of-range argument (the message names it and the value received).
@@ -109,25 +101,15 @@ class MixupCallback(pl.Callback):
         seed: int | None = None,
         same_on_all_ranks: bool = False,
         skip_nonfinite: bool = True,
-        save_grid_every_n_epochs: int | None = None,
     ) -> None:
-        self.alpha = C.number("alpha", alpha, 0.0)
-        self.cutmix_alpha = C.number("cutmix_alpha", cutmix_alpha, 0.0)
-        if self.alpha == 0 and self.cutmix_alpha == 0:
-            raise ValueError(
-                "`alpha` and `cutmix_alpha` are both 0, so nothing would be mixed; set `alpha` > 0 "
-                f"for MixUp and/or `cutmix_alpha` > 0 for CutMix, got alpha={alpha!r}, "
-                f"cutmix_alpha={cutmix_alpha!r}."
-            )
-        self.switch_prob = C.number("switch_prob", switch_prob, 0.0, 1.0)
+        # The policy checks alpha, cutmix_alpha, switch_prob and mode; the rest is checked here.
+        self.policy = _make_policy(alpha, cutmix_alpha, switch_prob, mode)
+        self.alpha, self.cutmix_alpha = float(alpha), float(cutmix_alpha)
+        self.switch_prob, self.mode = float(switch_prob), mode
         self.p = C.number("p", p, 0.0, 1.0)
         self.label_smoothing = C.number("label_smoothing", label_smoothing, 0.0, 1.0)
-        if mode not in ("batch", "elem"):
-            raise ValueError(f"`mode` must be 'batch' or 'elem', got {mode!r}.")
-        if ramp_shape not in _RAMP_SHAPES:
-            raise ValueError(f"`ramp_shape` must be one of {_RAMP_SHAPES}, got {ramp_shape!r}.")
-        if ramp_target not in _RAMP_TARGETS:
-            raise ValueError(f"`ramp_target` must be one of {_RAMP_TARGETS}, got {ramp_target!r}.")
+        self.ramp_shape = C.choice("ramp_shape", ramp_shape, F.RAMP_SHAPES)
+        self.ramp_target = C.choice("ramp_target", ramp_target, _RAMP_TARGETS)
         self.num_classes = None if num_classes is None else C.integer("num_classes", num_classes, 1)
         self.ramp_start_epoch = C.integer("ramp_start_epoch", ramp_start_epoch, 0)
         self.ramp_epochs = C.integer("ramp_epochs", ramp_epochs, 0)
@@ -140,35 +122,19 @@ class MixupCallback(pl.Callback):
         for name, key in (("input_key", input_key), ("target_key", target_key)):
             if isinstance(key, bool) or not isinstance(key, (int, str)):
                 raise ValueError(f"`{name}` must be a list index or a dict key, got {key!r}.")
-        self.mode, self.ramp_shape, self.ramp_target = mode, ramp_shape, ramp_target
         self.stop_epoch, self.input_key, self.target_key = stop_epoch, input_key, target_key
         self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
-        if save_grid_every_n_epochs is not None:
-            C.integer("save_grid_every_n_epochs", save_grid_every_n_epochs, 1)
-        self.save_grid_every_n_epochs = save_grid_every_n_epochs
-        self._grid_epoch: int | None = None
         self.last_params: MixParams | None = None
         """Parameters of the most recent mixed batch (None if it was not mixed), for inspection."""
-        self.policy = self._make_policy()
         self._seed = seed if seed is not None else _DEFAULT_SEED
-        self._salt = 0
-        self._buffer: Tensor | None = None
-        self._warned_soft_smoothing = False
-        self._warned_nonfinite = False
-        self._checked_labels = False
-        self._stats: dict[str, Any] = {"batches": 0, "strength": 0.0, "lam": 0.0, "nonfinite": 0}
-        self._num_classes = self.num_classes
         self._restored_seed: int | None = None
-
-    def _make_policy(self) -> MixUp | CutMix | MixUpOrCutMix:
-        if self.cutmix_alpha == 0:
-            return MixUp(self.alpha, self.mode)
-        if self.alpha == 0:
-            return CutMix(self.cutmix_alpha, self.mode)
-        return MixUpOrCutMix(
-            MixUp(self.alpha, self.mode), CutMix(self.cutmix_alpha, self.mode), self.switch_prob
-        )
+        self._salt = 0
+        self._num_classes = self.num_classes
+        self._checked_labels = False
+        self._warned_soft_smoothing = self._warned_nonfinite = False
+        self._buffer: Tensor | None = None
+        self._stats = _EpochStats()
 
     @property
     def state_key(self) -> str:
@@ -187,16 +153,8 @@ class MixupCallback(pl.Callback):
             self._seed = int(env) if env is not None else _DEFAULT_SEED
         siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
         self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
-        self._num_classes = self.num_classes or self._find_num_classes(trainer, pl_module)
+        self._num_classes = self.num_classes or _find_num_classes(trainer, pl_module)
         self._checked_labels = False
-        if self.save_grid_every_n_epochs is not None and trainer.is_global_zero:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError as err:
-                raise ImportError(
-                    "`save_grid_every_n_epochs` draws with matplotlib, which is not installed; "
-                    'run `pip install "lightning-mixup[plots]"`.'
-                ) from err
 
     def state_dict(self) -> dict[str, Any]:
         """Store the resolved seed so a resumed run draws the same even if the global seed changed."""
@@ -214,12 +172,12 @@ class MixupCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Reset the epoch's statistics (logged at the epoch's end)."""
-        self._stats = {"batches": 0, "strength": 0.0, "lam": 0.0, "nonfinite": 0}
+        self._stats = _EpochStats()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Mix ``batch`` in place according to the schedule at this epoch and batch.
+        """Mix ``batch`` according to the schedule at this epoch and batch; write it back.
 
         On the CPU every check reads its answer at once. On an accelerator the batch path never
         waits for the device: class indices are range-checked on the first batch of each fit
@@ -232,80 +190,38 @@ class MixupCallback(pl.Callback):
         p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
         soft = self._soft_targets(target, check_range=on_host or not self._checked_labels)
         self._checked_labels = True
-        lam_mean, self.last_params = 1.0, None
+        params = None
         if p > 0 and scale > 0 and x.shape[0] > 1:
-            finite = None
-            if self.skip_nonfinite:
-                finite = torch.isfinite(x.sum(dtype=torch.float32))
-                self._stats["nonfinite"] = self._stats["nonfinite"] + (~finite).int()
+            finite = F.all_finite(x) if self.skip_nonfinite else None
+            if finite is not None:
+                self._stats.nonfinite += ~finite
             if on_host and finite is not None and not bool(finite):
-                self._warn_nonfinite(trainer.current_epoch, batch_idx)
+                self._warn_nonfinite(f"batch {batch_idx} in epoch {trainer.current_epoch}")
             else:
-                generator = self._generator(trainer, batch_idx)
+                generator = numpy_generator(*self._draw_key(trainer, batch_idx))
                 params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
                 enabled = None if on_host else finite
-                buffer = None if F._kernel_ready(x) else self._reuse_buffer(x)  # kernel: none
-                x, soft = self.policy.apply(x, soft, params, buffer, enabled)
-                lam_mean, self.last_params = float(params.lam.mean()), params
-                self._maybe_save_grid(trainer, x, soft)
+                x, soft = self.policy.apply(x, soft, params, self._reuse_buffer(x), enabled)
         container[self.target_key] = soft
         container[self.input_key] = x
-        stats = self._stats
-        stats["batches"] += 1
-        stats["strength"] += strength
-        stats["lam"] += lam_mean
+        self.last_params = params
+        self._stats.add(strength, params)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the epoch's mean strength and λ, and the count of non-finite batches."""
-        stats = self._stats
-        n = max(stats["batches"], 1)
+        stats, prefix = self._stats, self._log_prefix
+        n = max(stats.batches, 1)
         kwargs = {"on_step": False, "on_epoch": True, "sync_dist": True}
-        pl_module.log(f"{self._log_prefix}/strength", stats["strength"] / n, **kwargs)
-        pl_module.log(f"{self._log_prefix}/lambda_mean", stats["lam"] / n, **kwargs)
+        pl_module.log(f"{prefix}/strength", stats.strength / n, **kwargs)
+        pl_module.log(f"{prefix}/lambda_mean", stats.lam / n, **kwargs)
         if self.skip_nonfinite:
-            count = torch.as_tensor(
-                stats["nonfinite"], dtype=torch.float32, device=pl_module.device
-            )
+            count = torch.as_tensor(stats.nonfinite, dtype=torch.float32, device=pl_module.device)
             total = float(trainer.strategy.reduce(count, reduce_op="sum"))
-            if total and not self._warned_nonfinite:
-                self._warn_nonfinite(trainer.current_epoch, None)
-            pl_module.log(
-                f"{self._log_prefix}/nonfinite_batches", total, on_step=False, on_epoch=True
-            )
+            if total:
+                self._warn_nonfinite(f"epoch {trainer.current_epoch}")
+            pl_module.log(f"{prefix}/nonfinite_batches", total, on_step=False, on_epoch=True)
 
     # ------------------------------------------------------------------ helpers
-    def _maybe_save_grid(self, trainer: pl.Trainer, x: Tensor, soft: Tensor) -> None:
-        every, epoch = self.save_grid_every_n_epochs, trainer.current_epoch
-        if every is None or epoch % every or self._grid_epoch == epoch:
-            return
-        self._grid_epoch = epoch  # the first mixed batch of the epoch
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            rank_zero_warn(
-                f"MixupCallback: `save_grid_every_n_epochs` draws image batches (B, C, H, W) with "
-                f"1 or 3 channels; these inputs have shape {tuple(x.shape)}, so no grid is saved."
-            )
-            self.save_grid_every_n_epochs = None
-            return
-        from lightning_mixup.visual import log_mixed_grid
-
-        log_mixed_grid(trainer, x, soft)
-
-    def _warn_nonfinite(self, epoch: int, batch_idx: int | None) -> None:
-        if not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            where = (
-                f"batch {batch_idx} in epoch {epoch}" if batch_idx is not None else f"epoch {epoch}"
-            )
-            rank_zero_warn(
-                f"MixupCallback: training inputs in {where} contain NaN or Inf; such batches are "
-                "left unmixed so the bad values do not spread to other samples. "
-                "`mixup/nonfinite_batches` counts them per epoch."
-            )
-
-    @property
-    def _log_prefix(self) -> str:
-        return "mixup" if self._salt == 0 else f"mixup_{self._salt}"
-
     def strength(
         self, epoch: int, batch_idx: int = 0, batches_per_epoch: float = math.inf
     ) -> float:
@@ -315,31 +231,38 @@ class MixupCallback(pl.Callback):
             epoch + frac, self.ramp_start_epoch, self.ramp_epochs, self.ramp_shape, self.stop_epoch
         )
 
-    def _generator(self, trainer: pl.Trainer, batch_idx: int) -> np.random.Generator:
+    @property
+    def _log_prefix(self) -> str:
+        return "mixup" if self._salt == 0 else f"mixup_{self._salt}"
+
+    def _draw_key(self, trainer: pl.Trainer, batch_idx: int) -> tuple[int, ...]:
         rank = 0 if self.same_on_all_ranks else trainer.global_rank
-        key = f"{self._seed}/{rank}/{trainer.current_epoch}/{batch_idx}/{self._salt}".encode()
-        derived = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        return np.random.Generator(np.random.PCG64(derived))
+        return self._seed, rank, trainer.current_epoch, batch_idx, self._salt
+
+    def _warn_nonfinite(self, where: str) -> None:
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"MixupCallback: training inputs in {where} contain NaN or Inf; such batches are "
+                "left unmixed so the bad values do not spread to other samples. "
+                "`mixup/nonfinite_batches` counts them per epoch."
+            )
 
     def _reuse_buffer(self, x: Tensor) -> Tensor:
         buf = self._buffer
         if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
-            buf = self._buffer = torch.empty_like(x)
+            buf = self._buffer = torch.empty_like(x, memory_format=torch.contiguous_format)
         return buf
 
     def _unpack(self, batch: Any) -> tuple[MutableMapping | list, Tensor, Tensor]:
-        if (
-            isinstance(batch, tuple)
-            or isinstance(batch, Tensor)
-            or not isinstance(batch, (list, MutableMapping))
-        ):
+        if not isinstance(batch, (list, MutableMapping)):
             raise TypeError(
-                f"MixupCallback rewrites the batch in place, so it must be a list or a dict, got "
-                f"{type(batch).__name__}. Return a list (e.g. `[x, y]`; the default collate does this "
-                "for tuple samples) or a dict from your dataset/collate_fn."
+                f"MixupCallback writes the mixed batch back into it, so it must be a list or a "
+                f"dict, got {type(batch).__name__}. Return a list (e.g. `[x, y]`; the default "
+                "collate does this for tuple samples) or a dict from your dataset/collate_fn."
             )
-        x, target = (self._lookup(batch, name, key) for name, key in
-                     (("input_key", self.input_key), ("target_key", self.target_key)))  # fmt: skip
+        x = _lookup(batch, "input_key", self.input_key)
+        target = _lookup(batch, "target_key", self.target_key)
         if not x.is_floating_point():
             raise TypeError(
                 f"Inputs `batch[{self.input_key!r}]` must be floating point to be mixed, got dtype "
@@ -352,17 +275,6 @@ class MixupCallback(pl.Callback):
             )
         return batch, x, target
 
-    @staticmethod
-    def _lookup(batch: Any, name: str, key: int | str) -> Tensor:
-        try:
-            value = batch[key]
-        except (KeyError, IndexError, TypeError):
-            have = list(batch.keys()) if isinstance(batch, Mapping) else f"{len(batch)} elements"
-            raise ValueError(f"`{name}` = {key!r} is not in the batch (it has {have}).") from None
-        if not isinstance(value, Tensor):
-            raise TypeError(f"`batch[{key!r}]` must be a tensor, got {type(value).__name__}.")
-        return value
-
     def _soft_targets(self, target: Tensor, check_range: bool) -> Tensor:
         if target.ndim == 2 and self.label_smoothing > 0 and not self._warned_soft_smoothing:
             self._warned_soft_smoothing = True
@@ -374,21 +286,68 @@ class MixupCallback(pl.Callback):
             target, self._num_classes, self.label_smoothing, check_range=check_range
         )
 
-    @staticmethod
-    def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-        hparams = getattr(pl_module, "hparams", {})
-        candidates = (
-            getattr(pl_module, "num_classes", None),
-            hparams.get("num_classes") if isinstance(hparams, Mapping) else None,
-            getattr(trainer.datamodule, "num_classes", None)
-            if trainer.datamodule is not None
-            else None,
-        )
-        for value in candidates:
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
+
+def _reads_back_cheaply(device: torch.device) -> bool:
+    """Whether reading a value of ``device`` on the host costs nothing (no queue to wait for)."""
+    return device.type == "cpu"
+
+
+class _EpochStats:
+    """What one epoch of one callback logs: batches seen, summed strength and λ, bad batches."""
+
+    def __init__(self) -> None:
+        self.batches, self.strength, self.lam = 0, 0.0, 0.0
+        self.nonfinite: int | Tensor = 0  # a device tensor on accelerators: never read per batch
+
+    def add(self, strength: float, params: MixParams | None) -> None:
+        self.batches += 1
+        self.strength += strength
+        self.lam += 1.0 if params is None else float(params.lam.mean())
+
+
+def _make_policy(
+    alpha: float, cutmix_alpha: float, switch_prob: float, mode: Mode
+) -> MixUp | CutMix | MixUpOrCutMix:
+    """The policy for the callback's arguments (each policy checks its own)."""
+    mixup, cutmix = MixUp(alpha, mode), CutMix(cutmix_alpha, mode)
+    either = MixUpOrCutMix(mixup, cutmix, switch_prob)
+    if mixup.alpha == 0 and cutmix.alpha == 0:
         raise ValueError(
-            "MixupCallback could not find `num_classes`: it looked at `pl_module.num_classes`, "
-            "`pl_module.hparams.num_classes` and `trainer.datamodule.num_classes`. Pass "
-            "`MixupCallback(num_classes=...)` or set one of those attributes."
+            "`alpha` and `cutmix_alpha` are both 0, so nothing would be mixed; set `alpha` > 0 "
+            f"for MixUp and/or `cutmix_alpha` > 0 for CutMix, got alpha={alpha!r}, "
+            f"cutmix_alpha={cutmix_alpha!r}."
         )
+    if cutmix.alpha == 0:
+        return mixup
+    if mixup.alpha == 0:
+        return cutmix
+    return either
+
+
+def _lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:
+    try:
+        value = batch[key]
+    except (KeyError, IndexError, TypeError):
+        have = list(batch.keys()) if isinstance(batch, Mapping) else f"{len(batch)} elements"
+        raise ValueError(f"`{name}` = {key!r} is not in the batch (it has {have}).") from None
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`batch[{key!r}]` must be a tensor, got {type(value).__name__}.")
+    return value
+
+
+def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    hparams = getattr(pl_module, "hparams", {})
+    datamodule = trainer.datamodule
+    candidates = (
+        getattr(pl_module, "num_classes", None),
+        hparams.get("num_classes") if isinstance(hparams, Mapping) else None,
+        getattr(datamodule, "num_classes", None) if datamodule is not None else None,
+    )
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    raise ValueError(
+        "MixupCallback could not find `num_classes`: it looked at `pl_module.num_classes`, "
+        "`pl_module.hparams.num_classes` and `trainer.datamodule.num_classes`. Pass "
+        "`MixupCallback(num_classes=...)` or set one of those attributes."
+    )

@@ -4,6 +4,7 @@ Every random function takes an explicit :class:`numpy.random.Generator`. The few
 a batch needs (partners, λ, boxes) are drawn on the CPU — with NumPy, whose one call per draw
 costs a microsecond where the same draws from ``torch`` ops cost about a hundred — and then
 moved to the batch's device as tensors, so a run repeats itself exactly whatever the device.
+The mix itself is torch ops on the batch's device: one code path on every device.
 
 Conventions used throughout:
 
@@ -15,19 +16,13 @@ Conventions used throughout:
   is uniformly random among the other samples and ``partner[partner[i]] == i``. With an odd batch
   size one uniformly chosen sample is its own partner and is left unchanged; a batch of one is
   never mixed.
-
-Two implementations, one result. On the CPU, :meth:`~lightning_mixup.policies.MixUp.apply` mixes
-contiguous float32/float64 batches with a small compiled kernel (``lightning_mixup/_kernel.c``,
-built by ``pip install`` when a C compiler is present) that reads and writes each pair of samples
-once, like a copy. Everywhere else (GPUs, bf16/fp16, strided tensors, an install without a
-compiler) torch ops give the same mix (:func:`mix_`, :func:`mix_targets`); blends agree to
-rounding and CutMix pixels bit for bit. :data:`HAS_KERNEL` says whether the kernel was built.
+* **Memory.** Functions whose name ends in ``_`` write into their argument. Callers write only
+  into tensors that own their memory (:func:`owns_memory`); anything else is copied first.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,19 +31,13 @@ from torch import Tensor
 
 from lightning_mixup import _checks as C
 
-try:
-    from lightning_mixup import _kernel
-except ImportError:  # installed without a C compiler: torch ops do the same work
-    _kernel = None
-if os.environ.get("LIGHTNING_MIXUP_KERNEL", "1") == "0":  # run the torch-ops path on purpose
-    _kernel = None
-
 __all__ = [
-    "HAS_KERNEL",
+    "RAMP_SHAPES",
+    "all_finite",
     "cutmix_boxes",
-    "cutmix_weights",
     "mix_",
     "mix_targets",
+    "owns_memory",
     "ramp_strength",
     "sample_beta",
     "sample_partners",
@@ -56,8 +45,7 @@ __all__ = [
     "to_device",
 ]
 
-
-_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+RAMP_SHAPES = ("linear", "cosine")
 
 
 def soft_targets(
@@ -92,8 +80,7 @@ def soft_targets(
         tensor([[0.8000, 0.1000, 0.1000],
                 [0.1000, 0.1000, 0.8000]])
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive integer, got {num_classes!r}.")
+    C.positive_integer("num_classes", num_classes)
     C.number("label_smoothing", label_smoothing, 0.0, 1.0)
     if target.ndim == 2:
         if not target.is_floating_point():
@@ -117,23 +104,17 @@ def soft_targets(
             f"1-D targets must be integer class indices, got dtype {target.dtype}; "
             "use `.long()` on the labels, or pass (B, num_classes) soft targets."
         )
-    on_cpu = target.device.type == "cpu"
-    labels = target.numpy() if on_cpu else target
-    if check_range and target.numel() and not 0 <= labels.min() <= labels.max() < num_classes:
-        bad = target[(target < 0) | (target >= num_classes)]
-        raise ValueError(
-            f"Class indices must lie in [0, num_classes) = [0, {num_classes}), got values "
-            f"{bad[:5].tolist()}; check `num_classes` and the dataset's labels."
-        )
+    if check_range and target.numel():
+        low, high = torch.aminmax(target)
+        if not 0 <= int(low) <= int(high) < num_classes:
+            bad = target[(target < 0) | (target >= num_classes)]
+            raise ValueError(
+                f"Class indices must lie in [0, num_classes) = [0, {num_classes}), got values "
+                f"{bad[:5].tolist()}; check `num_classes` and the dataset's labels."
+            )
     off = label_smoothing / num_classes
-    if on_cpu and dtype in _NUMPY_FLOATS:
-        # NumPy's small-array calls cost a fraction of torch's; same values.
-        rows = np.full((target.shape[0], num_classes), off, dtype=_NUMPY_FLOATS[dtype])
-        rows[np.arange(target.shape[0]), labels] = 1.0 - label_smoothing + off
-        return torch.from_numpy(rows)
     out = torch.full((target.shape[0], num_classes), off, dtype=dtype, device=target.device)
-    out.scatter_(1, target.long().unsqueeze(1), 1.0 - label_smoothing + off)
-    return out
+    return out.scatter_(1, target.long().unsqueeze(1), 1.0 - label_smoothing + off)
 
 
 def sample_beta(alpha: float, n: int, generator: np.random.Generator) -> Tensor:
@@ -154,9 +135,7 @@ def sample_beta(alpha: float, n: int, generator: np.random.Generator) -> Tensor:
         >>> bool(((lam >= 0) & (lam <= 1)).all())
         True
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-        raise ValueError(f"`alpha` must be a number >= 0, got {alpha!r}.")
-    return torch.from_numpy(_beta(float(alpha), n, generator))
+    return torch.from_numpy(_beta(C.number("alpha", alpha, 0.0), n, generator))
 
 
 def _beta(alpha: float, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -230,42 +209,6 @@ def _boxes(
     return lo.astype(np.int64), hi.astype(np.int64), kept
 
 
-def _box(lam: float, spatial: Sequence[int], rng: np.random.Generator) -> tuple[list, list, float]:
-    """:func:`_boxes` for one λ with Python numbers: the same draws, a fraction of the calls."""
-    sizes = [int(s) for s in spatial]
-    if not 1 <= len(sizes) <= 3:
-        _boxes(np.array([lam]), sizes, rng)  # raises the shared error
-    ratio = min(max(1.0 - lam, 0.0), 1.0) ** (1.0 / len(sizes))
-    lo, hi = [], []
-    for size, u in zip(sizes, rng.random(len(sizes)).tolist()):
-        half, centre = round(ratio * size / 2.0), math.floor(u * size)
-        lo.append(max(centre - half, 0))
-        hi.append(min(centre + half, size))
-    return lo, hi, 1.0 - math.prod(b - a for a, b in zip(lo, hi)) / math.prod(sizes)
-
-
-def cutmix_weights(lo: Tensor, hi: Tensor, spatial: Sequence[int]) -> Tensor:
-    """Partner-weight masks for CutMix: 1 inside each box, 0 outside.
-
-    Args:
-        lo: ``(n, d)`` lower corners (inclusive) on the target device.
-        hi: ``(n, d)`` upper corners (exclusive) on the target device.
-        spatial: Spatial sizes ``(S_1, ..., S_d)``.
-
-    Returns:
-        A boolean tensor of shape ``(n, 1, *spatial)`` that broadcasts over channels.
-    """
-    n, d = lo.shape
-    mask = torch.ones((n, *spatial), dtype=torch.bool, device=lo.device)
-    for k, size in enumerate(spatial):
-        pos = torch.arange(size, device=lo.device)
-        inside = (pos >= lo[:, k : k + 1]) & (pos < hi[:, k : k + 1])
-        shape = [n] + [1] * d
-        shape[k + 1] = size
-        mask &= inside.view(shape)
-    return mask.unsqueeze(1)
-
-
 # On the CPU, samples at least this large are mixed pair by pair (see `mix_`).
 PAIRWISE_MIN_SAMPLE_BYTES = 128 << 10
 
@@ -329,119 +272,36 @@ def _mix_pairs_(
     return x
 
 
-#: True when the compiled pairwise kernel (``lightning_mixup._kernel``) was built at install time
-#: and not switched off with the environment variable ``LIGHTNING_MIXUP_KERNEL=0``; without it CPU
-#: batches are mixed with torch ops, which give the same result more slowly.
-HAS_KERNEL = _kernel is not None
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+def owns_memory(t: Tensor) -> bool:
+    """Whether ``t`` provably owns all the memory it sees, so writing into it harms nobody.
 
+    True for a tensor that is not a view and whose storage holds exactly its elements, as the
+    default collate, ``pin_memory`` and a transfer to another device make them. False for a view
+    (a slice of a dataset kept as one tensor, on any device) and for a tensor whose storage is
+    larger than itself: writing into those would change data that lives on after the batch.
 
-def _kernel_ready(t: Tensor) -> bool:
-    """Whether the kernel can work on ``t`` in place: a contiguous float32/float64 CPU tensor."""
-    return _kernel is not None and t.is_cpu and t.dtype in _KERNEL_DTYPES and t.is_contiguous()
-
-
-def _fits(t: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
-    return t.is_cpu and t.dtype == dtype and t.shape == shape and t.is_contiguous()
-
-
-def _misfit(arrays: dict[str, tuple[Tensor, torch.dtype, tuple[int, ...]]]) -> ValueError:
-    """The error for the first of ``arrays`` that is not a contiguous CPU tensor as described."""
-    for name, (t, dtype, shape) in arrays.items():
-        if not _fits(t, dtype, shape):
-            return ValueError(
-                f"`{name}` must be a contiguous CPU tensor of dtype {dtype} and shape {shape}, "
-                f"got dtype {t.dtype}, shape {tuple(t.shape)} on {t.device}."
-            )
-    raise AssertionError("every array fits")  # pragma: no cover - callers check first
-
-
-def _kernel_mix_(
-    x: Tensor,
-    partner: Tensor,
-    lam: Tensor,
-    cut: Tensor | None = None,
-    lo: Tensor | None = None,
-    hi: Tensor | None = None,
-    target: Tensor | None = None,
-) -> bool:
-    """Mix a CPU batch (and its targets) in place in one pass of the compiled kernel.
-
-    The result is :func:`mix_`'s and :func:`mix_targets`'s for a symmetric pairing: sample ``i``
-    keeps ``lam[i]`` of itself and takes ``1 - lam[i]`` of ``partner[i]``, or, where ``cut[i]``,
-    takes its partner's pixels inside its box ``[lo[i], hi[i])`` and keeps its own outside it.
-    Each pair is read and written once, so the call costs about one copy of the batch.
-
-    Args:
-        x: ``(B, ...)`` contiguous float32/float64 CPU batch (``(B, C, *spatial)`` with 1-3
-            spatial dimensions when boxes are given), mixed in place.
-        partner: ``(B,)`` int64 partner indices; must satisfy ``partner[partner[i]] == i``.
-        lam: ``(B,)`` float64 share each sample keeps of itself.
-        cut: Optional ``(B,)`` bool, True where the sample gets a box; needs ``lo`` and ``hi``.
-        lo: ``(B, d)`` int64 inclusive box corners.
-        hi: ``(B, d)`` int64 exclusive box corners.
-        target: Optional ``(B, K)`` contiguous float32/float64 CPU targets, blended in place with
-            the same partners and ``lam``.
-
-    All of ``partner``, ``lam``, ``cut``, ``lo`` and ``hi`` are contiguous CPU tensors, as
-    :meth:`~lightning_mixup.policies.MixUp.sample` makes them.
-
-    Returns:
-        True when mixed; False, with nothing changed, when ``partner`` is not a symmetric
-        pairing of the batch (the caller falls back to :func:`mix_`).
-
-    Raises:
-        ValueError: If a tensor has the wrong shape, dtype, device or layout, or a box of a
-            paired sample leaves its sample.
+    Example:
+        >>> stored = torch.zeros(4, 3)
+        >>> owns_memory(stored.clone()), owns_memory(stored[:2])
+        (True, False)
     """
-    n = x.shape[0]
-    if not (_kernel_ready(x) and x.ndim and (target is None or _kernel_ready(target))):
-        raise ValueError(
-            "The kernel mixes contiguous float32/float64 CPU tensors; got inputs of dtype "
-            f"{x.dtype} on {x.device}"
-            + ("" if target is None else f" and targets of dtype {target.dtype} on {target.device}")
-            + "."
-        )
-    vector = (n,)
-    if not (_fits(partner, torch.int64, vector) and _fits(lam, torch.float64, vector)):
-        raise _misfit(
-            {"partner": (partner, torch.int64, vector), "lam": (lam, torch.float64, vector)}
-        )
-    rows = (0, 0, 1)
-    if target is not None:
-        if target.ndim != 2 or target.shape[0] != n:
-            raise ValueError(f"`target` must have shape ({n}, K), got {tuple(target.shape)}.")
-        rows = (target.data_ptr(), target.dtype == torch.float64, max(target.shape[1], 1))
-    head = (x.data_ptr(), x.dtype == torch.float64, n)
-    if cut is None:
-        return _kernel.mix_pairs(
-            *head, 1, 1, 1, x.numel() // n if n else 1,
-            partner.data_ptr(), lam.data_ptr(), 0, 0, 0, 1, *rows,
-        )  # fmt: skip
-    spatial = tuple(x.shape[2:])
-    d = len(spatial)
-    if not 1 <= d <= 3:
-        raise ValueError(
-            "Boxes need inputs (B, C, *spatial) with 1-3 spatial dimensions, got inputs of "
-            f"shape {tuple(x.shape)}."
-        )
-    corners = (n, d)
-    if not (
-        _fits(cut, torch.bool, vector)
-        and _fits(lo, torch.int64, corners)
-        and _fits(hi, torch.int64, corners)
-    ):
-        raise _misfit(
-            {
-                "cut": (cut, torch.bool, vector),
-                "lo": (lo, torch.int64, corners),
-                "hi": (hi, torch.int64, corners),
-            }
-        )
-    return _kernel.mix_pairs(
-        *head, x.shape[1], *(1,) * (3 - d), *spatial,
-        partner.data_ptr(), lam.data_ptr(), cut.data_ptr(), lo.data_ptr(), hi.data_ptr(), d, *rows,
-    )  # fmt: skip
+    return (
+        t._base is None
+        and t.storage_offset() == 0
+        and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    )
+
+
+def all_finite(x: Tensor) -> Tensor:
+    """A 0-d bool tensor on ``x``'s device: True when ``x`` holds no NaN and no ±Inf.
+
+    Reads the smallest and largest element (NaN propagates into both), so large finite values
+    never overflow into a false alarm as a sum would, and no batch-sized mask is allocated.
+    """
+    if x.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=x.device)
+    low, high = torch.aminmax(x)
+    return torch.isfinite(low) & torch.isfinite(high)
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
@@ -484,6 +344,7 @@ def ramp_strength(
         >>> ramp_strength(1.5, ramp_start_epoch=1, ramp_epochs=2)
         0.25
     """
+    C.choice("ramp_shape", ramp_shape, RAMP_SHAPES)
     if stop_epoch is not None and math.floor(progress) >= stop_epoch:
         return 0.0
     t = progress - ramp_start_epoch
@@ -492,8 +353,4 @@ def ramp_strength(
     if ramp_epochs == 0:
         return 1.0
     r = min(t / ramp_epochs, 1.0)
-    if ramp_shape == "cosine":
-        return 0.5 - 0.5 * math.cos(math.pi * r)
-    if ramp_shape == "linear":
-        return r
-    raise ValueError(f"`ramp_shape` must be 'linear' or 'cosine', got {ramp_shape!r}.")
+    return 0.5 - 0.5 * math.cos(math.pi * r) if ramp_shape == "cosine" else r

@@ -25,7 +25,7 @@ from torch import Tensor
 from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
 
-__all__ = ["CutMix", "MixParams", "MixUp", "MixUpOrCutMix", "Mode", "apply_mix"]
+__all__ = ["CutMix", "MixParams", "MixUp", "MixUpOrCutMix", "Mode"]
 
 Mode = Literal["batch", "elem"]
 _MODES = ("batch", "elem")
@@ -61,11 +61,6 @@ class MixParams:
         return self.identity
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}.")
-
-
 def _check_cutmix_shape(shape: Sequence[int]) -> None:
     if not 3 <= len(shape) <= 5:
         raise ValueError(
@@ -91,6 +86,10 @@ class _Policy:
     ) -> MixParams:
         """Draw partners, the MixUp/CutMix choice, λ and boxes for a batch of ``shape``.
 
+        In ``batch`` mode one choice, one λ and one box serve every sample; in ``elem`` mode
+        each sample draws its own. Both modes make the same calls on ``generator``, in this
+        order: partners, the mix and CutMix coin flips, MixUp λ, CutMix λ, then box centres.
+
         Args:
             shape: Shape of the inputs, ``(B, ...)``; ``(B, C, *spatial)`` when CutMix may be used.
             generator: The generator that supplies every random number.
@@ -103,20 +102,7 @@ class _Policy:
         if self._cut_prob == 1.0:  # CutMix alone: say so before drawing anything
             _check_cutmix_shape(shape)
         rng, n = generator, int(shape[0])
-        if self.mode == "batch":
-            return self._sample_batch(n, shape, rng, p, alpha_scale)
-        return self._sample_arrays(n, shape, rng, p, alpha_scale, per_batch=False)
-
-    def _sample_arrays(
-        self,
-        n: int,
-        shape: Sequence[int],
-        rng: np.random.Generator,
-        p: float,
-        alpha_scale: float,
-        per_batch: bool,
-    ) -> MixParams:
-        """The reference sampler, with NumPy arrays: one λ per batch or one per sample."""
+        per_batch = self.mode == "batch"
         draws = 1 if per_batch else n
         partner = F._partners(n, rng)
         u = rng.random((2, draws))
@@ -126,14 +112,14 @@ class _Policy:
         lam = np.where(mixed, np.where(cut, lam_cut, lam_mix), 1.0)
         cut &= mixed
         lo = hi = None
-        if self._cut_prob > 0 and cut.any():
+        if cut.any():
             _check_cutmix_shape(shape)
             corner_lo, corner_hi, kept = F._boxes(lam, shape[2:], rng)
             lam = np.where(cut, kept, lam)
             lo, hi = (
-                torch.from_numpy(np.repeat(c, n // draws, axis=0)) for c in (corner_lo, corner_hi)
+                torch.from_numpy(c.repeat(n // draws, axis=0)) for c in (corner_lo, corner_hi)
             )
-        lam, cut = np.repeat(lam, n // draws), np.repeat(cut, n // draws)
+        lam, cut = lam.repeat(n // draws), cut.repeat(n // draws)
         if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
             lam[partner == np.arange(n)] = 1.0
         identity = n < 2 or bool((lam == 1).all())
@@ -147,39 +133,6 @@ class _Policy:
             identity,
         )
 
-    def _sample_batch(
-        self, n: int, shape: Sequence[int], rng: np.random.Generator, p: float, alpha_scale: float
-    ) -> MixParams:
-        """:meth:`_sample_arrays` with ``per_batch=True`` in scalars: the same draws, fewer calls.
-
-        Kept equal to the reference by ``tests/test_kernel.py``; change both together.
-        """
-        partner = F._partners(n, rng)
-        u_mix, u_cut = rng.random(2)
-        mixed, cut = bool(u_mix < p), bool(u_cut < self._cut_prob)
-        lam_mix = F._beta(self._mix_alpha * alpha_scale, 1, rng)[0]
-        lam_cut = F._beta(self._cut_alpha * alpha_scale, 1, rng)[0]
-        lam = (lam_cut if cut else lam_mix) if mixed else 1.0
-        cut = cut and mixed
-        lo = hi = None
-        if cut:
-            _check_cutmix_shape(shape)
-            corner_lo, corner_hi, lam = F._box(lam, shape[2:], rng)
-            corners = np.repeat(np.array([corner_lo, corner_hi], dtype=np.int64), n, axis=0)
-            lo, hi = torch.from_numpy(corners[:n]), torch.from_numpy(corners[n:])
-        lams = np.full(n, lam, dtype=np.float64)
-        if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
-            lams[partner == np.arange(n)] = 1.0
-        return MixParams(
-            torch.from_numpy(partner),
-            torch.from_numpy(lams),
-            torch.from_numpy(np.full(n, cut)),
-            lo,
-            hi,
-            True,
-            n < 2 or lam == 1.0,
-        )
-
     def apply(
         self,
         x: Tensor,
@@ -188,69 +141,44 @@ class _Policy:
         buffer: Tensor | None = None,
         enabled: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Mix ``x`` in place and return it with the mixed float targets (a new tensor).
+        """Mix ``x`` and its targets with drawn parameters; return both (use what is returned).
 
-        ``target`` itself is left unchanged.
+        ``x`` is mixed in place when it owns its memory (:func:`~lightning_mixup.functional.
+        owns_memory`: a fresh batch from a collate or a device transfer). A view, or a tensor
+        whose storage is larger than itself (e.g. a slice of a dataset kept as one tensor), is
+        copied first and the copy is mixed and returned, so data that outlives the batch is
+        never changed. ``target`` is never written; the mixed targets are a new tensor.
 
         Args:
             x: ``(B, ...)`` floating inputs (``(B, C, *spatial)`` when CutMix is used).
             target: ``(B, K)`` float targets.
             params: Output of :meth:`sample` for this batch.
-            buffer: Optional tensor like ``x`` reused to hold the partners on the torch-ops path
-                (the compiled CPU kernel needs none; see :mod:`lightning_mixup.functional`).
+            buffer: Optional tensor like ``x`` that holds the gathered partners, so a training
+                loop allocates no batch-sized tensor per step.
             enabled: Optional 0-d bool tensor on ``x``'s device; where False, every sample is
                 paired with itself, so nothing changes, without reading the flag on the host.
+
+        Returns:
+            ``(mixed inputs, mixed targets)``.
         """
-        return apply_mix(x, target, params, buffer, enabled)
-
-
-def apply_mix(
-    x: Tensor,
-    target: Tensor,
-    params: MixParams,
-    buffer: Tensor | None = None,
-    enabled: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Apply drawn parameters: blend or paste partners into ``x`` in place; mix the targets.
-
-    See :meth:`MixUp.apply` for the arguments.
-    """
-    if params.identity:
-        return x, target
-    if enabled is None and x.is_cpu and F._kernel is not None:
-        mixed = _apply_kernel(x, target, params)
-        if mixed is not None:
-            return mixed
-    device = x.device
-    partner = F.to_device(params.partner, device)
-    if enabled is not None:
-        partner = torch.where(enabled, partner, torch.arange(len(partner), device=device))
-    if params.per_batch:
-        lam = float(params.lam.min())  # the shared λ; a self-paired sample reports 1
-        if params.lo is not None:
+        if params.identity:
+            return x, target
+        if not F.owns_memory(x):
+            x = x.clone(memory_format=torch.contiguous_format)
+        device = x.device
+        partner = F.to_device(params.partner, device)
+        if enabled is not None:
+            partner = torch.where(enabled, partner, torch.arange(len(partner), device=device))
+        if params.per_batch and params.lo is not None:
             # One box for the whole batch: copy only the box region from the partners.
             box = tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
             region = (slice(None), slice(None), *box)
             x[region] = x[region].index_select(0, partner)
+        elif params.per_batch:
+            F.mix_(x, partner, 1.0 - float(params.lam.min()), buffer)  # a self-paired sample: 1
         else:
-            F.mix_(x, partner, 1.0 - lam, buffer)
-    else:
-        weight = _partner_weights(params, x.shape, device)
-        F.mix_(x, partner, weight, buffer)
-    return x, F.mix_targets(target, partner, params.lam)
-
-
-def _apply_kernel(x: Tensor, target: Tensor, params: MixParams) -> tuple[Tensor, Tensor] | None:
-    """The CPU path: one kernel pass over ``x`` and a copy of the targets; None if it cannot run."""
-    if not F._kernel_ready(x) or x.numel() == 0:
-        return None  # e.g. bf16, strided or empty inputs: torch ops
-    rows = target.clone() if target.ndim == 2 and F._kernel_ready(target) else None
-    boxes = () if params.lo is None else (params.cut, params.lo, params.hi)
-    if not F._kernel_mix_(x, params.partner, params.lam, *boxes, target=rows):
-        return None  # not a symmetric pairing: torch ops handle any partner
-    if rows is None:
-        rows = F.mix_targets(target, params.partner, params.lam)
-    return x, rows
+            F.mix_(x, partner, _partner_weights(params, x.shape, device), buffer)
+        return x, F.mix_targets(target, partner, params.lam)
 
 
 def _partner_weights(params: MixParams, shape: Sequence[int], device: torch.device) -> Tensor:
@@ -297,9 +225,8 @@ class MixUp(_Policy):
     """
 
     def __init__(self, alpha: float = 1.0, mode: Mode = "batch") -> None:
-        C.number("alpha", alpha, 0.0)
-        _check_mode(mode)
-        self.alpha, self.mode = float(alpha), mode
+        self.alpha = C.number("alpha", alpha, 0.0)
+        self.mode = C.choice("mode", mode, _MODES)
         self._mix_alpha = self.alpha
 
 
@@ -312,9 +239,8 @@ class CutMix(_Policy):
     """
 
     def __init__(self, alpha: float = 1.0, mode: Mode = "batch") -> None:
-        C.number("cutmix_alpha", alpha, 0.0)
-        _check_mode(mode)
-        self.alpha, self.mode = float(alpha), mode
+        self.alpha = C.number("cutmix_alpha", alpha, 0.0)
+        self.mode = C.choice("mode", mode, _MODES)
         self._cut_alpha, self._cut_prob = self.alpha, 1.0
 
 

@@ -320,7 +320,7 @@ def test_bad_batches_raise_before_any_training_step(batch, error, match):
             "`stop_epoch` must be after `ramp_start_epoch` = 3, got 3",
         ),
         ({"stop_epoch": -1}, "`stop_epoch` must be an integer >= 0, got -1"),
-        ({"mode": "pixel"}, "`mode` must be 'batch' or 'elem', got 'pixel'"),
+        ({"mode": "pixel"}, r"`mode` must be one of \('batch', 'elem'\), got 'pixel'"),
         ({"ramp_shape": "step"}, r"`ramp_shape` must be one of \('linear', 'cosine'\), got 'step'"),
         ({"ramp_target": "lam"}, r"`ramp_target` must be one of \('p', 'alpha'\), got 'lam'"),
         ({"num_classes": 0}, "`num_classes` must be an integer >= 1, got 0"),

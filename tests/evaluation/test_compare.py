@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from lightning_mixup import MixupCallback
-from lightning_mixup.compare import (
+from lightning_mixup.evaluation.compare import (
     ARMS,
     CompareConfig,
     build_config,
@@ -201,13 +201,15 @@ def test_summary_cells_are_mean_and_sample_std_over_seeds():
     assert lines[3] == "| `mixup1.0` | 0% | 95.0 | 90.0 | 0.500 | 0.100 | -0.100 | 50.0 |"
 
 
-@pytest.mark.filterwarnings("ignore:'lightning_mixup.compare' found in sys.modules:RuntimeWarning")
+@pytest.mark.filterwarnings(
+    "ignore:'lightning_mixup.evaluation.compare' found in sys.modules:RuntimeWarning"
+)
 def test_module_runs_as_a_script(monkeypatch, capsys):
     import runpy
 
     monkeypatch.setattr(sys, "argv", ["lightning-mixup-compare", "--help"])
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_module("lightning_mixup.compare", run_name="__main__", alter_sys=False)
+        runpy.run_module("lightning_mixup.evaluation.compare", run_name="__main__", alter_sys=False)
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--max-minutes" in out and "mixup_ramp" in out

@@ -3,7 +3,7 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import nn
 
-from lightning_mixup.models import CifarResNet18, PreActResNet18, SmallCNN
+from lightning_mixup.classification.models import CifarResNet18, PreActResNet18, SmallCNN
 
 
 def _n_params(model: nn.Module) -> int:
@@ -118,7 +118,10 @@ def test_small_cnn_sizes_must_be_positive_integers(name, bad):
 def test_models_build_from_a_class_path_config(class_name):
     parser = ArgumentParser()
     parser.add_argument("--backbone", type=nn.Module)
-    config = {"class_path": f"lightning_mixup.models.{class_name}", "init_args": {"num_classes": 4}}
+    config = {
+        "class_path": f"lightning_mixup.classification.models.{class_name}",
+        "init_args": {"num_classes": 4},
+    }
     cfg = parser.parse_object({"backbone": config})
     # `instantiate` replaced `instantiate_classes` in jsonargparse 4.49; the floor is older.
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes

@@ -14,19 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_mixup import _checks as C
+from lightning_mixup.callback import MixupCallback
 
 if TYPE_CHECKING:
-    import lightning.pytorch as pl
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
     "CalibrationBins",
+    "MixedGridLogger",
     "calibration_bins",
     "format_soft_label",
     "log_mixed_grid",
@@ -294,6 +297,82 @@ def log_mixed_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+class MixedGridLogger(pl.Callback):
+    """Every ``every_n_epochs`` epochs, log a grid of the first mixed training batch (rank 0).
+
+    It looks at what the network is fed: the inputs and soft targets of the first batch a
+    :class:`~lightning_mixup.MixupCallback` mixed in the epoch, read from the batch after the
+    training step, titled with their soft-label weights. The grid goes to TensorBoard when a
+    ``TensorBoardLogger`` is attached, else to ``mixed_grid_epoch{N}.png`` in the run's log
+    folder (see :func:`log_mixed_grid`). Epochs are 0-based: grids are drawn in epochs 0, N, 2N...
+    Needs matplotlib (``pip install "lightning-mixup[plots]"``) and image batches
+    ``(B, C, H, W)`` with 1 or 3 channels; other inputs warn once and are not drawn.
+
+    Args:
+        every_n_epochs: Draw in every this many epochs.
+        max_images: At most this many panels.
+        tag: TensorBoard tag of the image.
+
+    Raises:
+        ValueError: If an argument is out of range, or at ``setup`` when the Trainer has no
+            ``MixupCallback``.
+        ImportError: At ``setup`` (rank 0), if matplotlib is not installed.
+
+    Example:
+        >>> from lightning_mixup import MixupCallback
+        >>> callbacks = [MixupCallback(alpha=1.0), MixedGridLogger(every_n_epochs=5)]
+    """
+
+    def __init__(self, every_n_epochs: int = 1, max_images: int = 16, tag: str = "mixup/grid"):
+        self.every_n_epochs = C.positive_integer("every_n_epochs", every_n_epochs)
+        self.max_images = C.positive_integer("max_images", max_images)
+        self.tag = tag
+        self._mixer: MixupCallback | None = None
+        self._drawn_epoch: int | None = None
+        self._enabled = True
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Find the Trainer's ``MixupCallback`` and check that matplotlib can draw."""
+        mixers = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
+        if not mixers:
+            raise ValueError(
+                "MixedGridLogger draws batches mixed by a MixupCallback, but the Trainer has "
+                "none; add `MixupCallback(...)` to `callbacks`."
+            )
+        self._mixer, self._drawn_epoch, self._enabled = mixers[0], None, True
+        if trainer.is_global_zero:
+            _figure(1.0, 1.0)  # raises the install hint when matplotlib is missing
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Draw the batch when it is the epoch's first mixed one in a drawing epoch."""
+        mixer, epoch = self._mixer, trainer.current_epoch
+        if (
+            not self._enabled
+            or mixer is None
+            or mixer.last_params is None  # this batch was not mixed
+            or epoch % self.every_n_epochs
+            or self._drawn_epoch == epoch
+        ):
+            return
+        images, targets = batch[mixer.input_key], batch[mixer.target_key]
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            self._enabled = False
+            rank_zero_warn(
+                "MixedGridLogger draws image batches (B, C, H, W) with 1 or 3 channels; these "
+                f"inputs have shape {tuple(images.shape)}, so no grid is drawn."
+            )
+            return
+        self._drawn_epoch = epoch
+        log_mixed_grid(trainer, images, targets, self.tag, self.max_images)
 
 
 # ---------------------------------------------------------------------------- reliability diagrams

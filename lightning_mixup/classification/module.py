@@ -29,7 +29,7 @@ def default_optimizer(params: Iterable[Any]) -> Optimizer:
     """SGD with Nesterov momentum 0.9, learning rate 0.1 and weight decay 5e-4.
 
     The usual CIFAR ResNet recipe at batch size 128. A module-level function, so it pickles (DDP
-    spawn) and LightningCLI can name it: ``optimizer: lightning_mixup.module.default_optimizer``.
+    spawn) and LightningCLI can name it: ``optimizer: lightning_mixup.classification.module.default_optimizer``.
 
     Args:
         params: Parameters or parameter groups, as ``torch.optim`` optimizers accept them.
@@ -100,7 +100,7 @@ class SoftLabelClassifier(pl.LightningModule):
 
     Args:
         backbone: Network mapping inputs to ``(B, num_classes)`` logits (see
-            ``lightning_mixup.models``).
+            ``lightning_mixup.classification.models``).
         num_classes: Number of classes ``K``; also read by ``MixupCallback`` when it is not given one.
         optimizer: Callable that builds the optimizer from the parameters (LightningCLI's
             dependency-injection convention); defaults to :func:`default_optimizer`.
@@ -117,7 +117,7 @@ class SoftLabelClassifier(pl.LightningModule):
         TypeError: If ``backbone`` is not an ``nn.Module`` or a callable argument is not callable.
 
     Example:
-        >>> from lightning_mixup.models import SmallCNN
+        >>> from lightning_mixup.classification.models import SmallCNN
         >>> model = SoftLabelClassifier(SmallCNN(num_classes=10), num_classes=10)
         >>> trainer = pl.Trainer(max_epochs=30, callbacks=[MixupCallback(alpha=0.2)],
         ...                      logger=False, enable_checkpointing=False)

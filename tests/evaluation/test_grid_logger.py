@@ -1,18 +1,18 @@
-"""`MixupCallback(save_grid_every_n_epochs=N)`: grids of mixed training images."""
+"""`MixedGridLogger`: grids of the mixed training images a `MixupCallback` produced."""
 
 import matplotlib.image
 import pytest
 import torch
 
-from lightning_mixup import MixupCallback
+from lightning_mixup import MixedGridLogger, MixupCallback
 from tests.probes import RecordingModule, tensor_loader, tiny_trainer
 
 
 def test_grid_saved_on_every_nth_epoch_from_the_first_mixed_batch(tmp_path):
     x, y = torch.rand(32, 3, 8, 8), torch.arange(32) % 4
     module = RecordingModule(num_classes=4, in_features=3 * 8 * 8)
-    cb = MixupCallback(alpha=1.0, save_grid_every_n_epochs=2, seed=0)
-    tiny_trainer(max_epochs=3, callbacks=[cb], default_root_dir=tmp_path).fit(
+    callbacks = [MixupCallback(alpha=1.0, seed=0), MixedGridLogger(every_n_epochs=2)]
+    tiny_trainer(max_epochs=3, callbacks=callbacks, default_root_dir=tmp_path).fit(
         module, tensor_loader(x, y, 8)
     )
     saved = sorted(p.name for p in tmp_path.rglob("mixed_grid_epoch*.png"))
@@ -24,8 +24,8 @@ def test_grid_saved_on_every_nth_epoch_from_the_first_mixed_batch(tmp_path):
 def test_grid_waits_for_a_mixed_batch_and_skips_non_images(tmp_path):
     x, y = torch.rand(32, 3, 8, 8), torch.arange(32) % 4
     module = RecordingModule(num_classes=4, in_features=3 * 8 * 8)
-    cb = MixupCallback(alpha=1.0, ramp_start_epoch=1, save_grid_every_n_epochs=1)
-    tiny_trainer(max_epochs=2, callbacks=[cb], default_root_dir=tmp_path).fit(
+    callbacks = [MixedGridLogger(), MixupCallback(alpha=1.0, ramp_start_epoch=1)]  # any order
+    tiny_trainer(max_epochs=2, callbacks=callbacks, default_root_dir=tmp_path).fit(
         module, tensor_loader(x, y, 8)
     )
     assert sorted(p.name for p in tmp_path.rglob("mixed_grid_epoch*.png")) == [
@@ -37,14 +37,21 @@ def test_grid_waits_for_a_mixed_batch_and_skips_non_images(tmp_path):
         UserWarning, match=r"draws image batches \(B, C, H, W\) with 1 or 3 channels.*\(8, 32\)"
     ):
         tiny_trainer(
-            callbacks=[MixupCallback(save_grid_every_n_epochs=1)],
+            callbacks=[MixupCallback(), MixedGridLogger()],
             default_root_dir=tmp_path / "flat",
         ).fit(flat, tensor_loader(torch.rand(16, 32), torch.arange(16) % 4, 8))
     assert not list((tmp_path / "flat").rglob("*.png"))
 
 
-def test_grid_argument_is_checked():
-    with pytest.raises(
-        ValueError, match="`save_grid_every_n_epochs` must be an integer >= 1, got 0"
-    ):
-        MixupCallback(save_grid_every_n_epochs=0)
+def test_grid_logger_needs_a_mixup_callback(tmp_path):
+    module = RecordingModule(num_classes=4, in_features=3 * 8 * 8)
+    loader = tensor_loader(torch.rand(16, 3, 8, 8), torch.arange(16) % 4, 8)
+    with pytest.raises(ValueError, match="the Trainer has none; add `MixupCallback"):
+        tiny_trainer(callbacks=[MixedGridLogger()], default_root_dir=tmp_path).fit(module, loader)
+
+
+def test_grid_arguments_are_checked():
+    with pytest.raises(ValueError, match="`every_n_epochs` must be a positive integer, got 0"):
+        MixedGridLogger(every_n_epochs=0)
+    with pytest.raises(ValueError, match="`max_images` must be a positive integer, got -1"):
+        MixedGridLogger(max_images=-1)

@@ -5,7 +5,7 @@ digits by default, ``PreActResNet18`` on CIFAR) with one *arm*, a ``MixupCallbac
 configuration or none, on training labels with a given fraction of symmetric noise. The Trainer
 keeps the checkpoint with the best ``val/acc`` (validation labels are clean). Both the last-epoch
 weights and the best checkpoint are then tested with
-:class:`~lightning_mixup.robustness.AdversarialEval` (FGSM, ε in [0, 1] pixel units).
+:class:`~lightning_mixup.evaluation.robustness.AdversarialEval` (FGSM, ε in [0, 1] pixel units).
 
 Output folder (``--out``):
 
@@ -50,10 +50,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lightning_mixup.callback import MixupCallback
-from lightning_mixup.models import PreActResNet18, SmallCNN
-from lightning_mixup.module import SoftLabelClassifier
-from lightning_mixup.robustness import AdversarialEval
-from lightning_mixup.visual import _figure, plot_reliability
+from lightning_mixup.classification.models import PreActResNet18, SmallCNN
+from lightning_mixup.classification.module import SoftLabelClassifier
+from lightning_mixup.evaluation.robustness import AdversarialEval
+from lightning_mixup.evaluation.visual import _figure, plot_reliability
 
 __all__ = ["ARMS", "CompareConfig", "build_config", "main", "run_grid"]
 
@@ -319,13 +319,13 @@ def _limit_arg(text: str) -> float | int:
 def _datamodule(cfg: CompareConfig, noise: float, seed: int) -> pl.LightningDataModule:
     batch_size = cfg.resolved_batch_size
     if cfg.digits:
-        from lightning_mixup.data import DigitsDataModule
+        from lightning_mixup.classification.data import DigitsDataModule
 
         workers = 0 if cfg.num_workers is None else cfg.num_workers
         return DigitsDataModule(
             batch_size=batch_size, num_workers=workers, label_noise=noise, seed=seed
         )
-    from lightning_mixup.data import CIFAR10DataModule, CIFAR100DataModule
+    from lightning_mixup.classification.data import CIFAR10DataModule, CIFAR100DataModule
 
     cls = CIFAR10DataModule if cfg.dataset == "cifar10" else CIFAR100DataModule
     workers = 2 if cfg.num_workers is None else cfg.num_workers
@@ -697,7 +697,7 @@ def plot_reliability_grid(
 
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    """Run ``lightning-mixup-compare`` (also ``python -m lightning_mixup.compare``).
+    """Run ``lightning-mixup-compare`` (also ``python -m lightning_mixup.evaluation.compare``).
 
     Args:
         argv: Arguments without the program name; None reads ``sys.argv[1:]``.

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from PIL import Image
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
-from lightning_mixup.data import (
+from lightning_mixup.classification.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     DigitsDataModule,

@@ -16,7 +16,6 @@ stay clean.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,23 +32,14 @@ from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
 
 from lightning_mixup import _checks as C
+from lightning_mixup._seed import torch_generator
 
 __all__ = ["CIFAR100DataModule", "CIFAR10DataModule", "DigitsDataModule"]
 
 _CROP_PADDING = 4
 
 
-# ---------------------------------------------------------------------------- argument checks
-
-
 # ---------------------------------------------------------------------------- seeded helpers
-def _generator(*key: object) -> torch.Generator:
-    """A CPU generator seeded by hashing ``key`` (e.g. ``(seed, "split")``): one stream per use."""
-    text = "/".join(str(k) for k in key).encode()
-    derived = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-    return torch.Generator().manual_seed(derived)
-
-
 def _split(n: int, sizes: Sequence[int], generator: torch.Generator) -> list[Tensor]:
     """Randomly cut ``range(n)`` into pieces of ``sizes`` plus the rest; each piece sorted."""
     perm = torch.randperm(n, generator=generator)
@@ -201,7 +191,7 @@ class _ClassificationDataModule(pl.LightningDataModule):
 
     def _noisy(self, labels: Tensor) -> Tensor:
         """Apply ``label_noise`` to training labels and record ``noisy_indices``."""
-        generator = _generator(self.seed, "label_noise")
+        generator = torch_generator(self.seed, "label_noise")
         noisy, self.noisy_indices = _symmetric_label_noise(
             labels, self.num_classes, self.label_noise, generator
         )
@@ -394,7 +384,7 @@ class CIFAR10DataModule(_ClassificationDataModule):
                 f"{self.val_size!r}."
             )
         self.val_indices, self.train_indices = _split(
-            n, [self.val_size], _generator(self.seed, "split")
+            n, [self.val_size], torch_generator(self.seed, "split")
         )
         noisy_labels = self._noisy(train_labels[self.train_indices])
         self.test_dataset = self._dataset(test_images, test_labels, train=False)
@@ -413,7 +403,7 @@ class CIFAR10DataModule(_ClassificationDataModule):
         """One stream per ``(epoch, rank)``, continued from batch to batch within the epoch."""
         if self._augment_generator is None or self._augment_key != (epoch, rank):
             self._augment_key = (epoch, rank)
-            self._augment_generator = _generator(self.seed, "augment", epoch, rank)
+            self._augment_generator = torch_generator(self.seed, "augment", epoch, rank)
         return self._augment_generator
 
     def teardown(self, stage: str) -> None:
@@ -575,7 +565,7 @@ class DigitsDataModule(_ClassificationDataModule):
                 f"got {self.val_size!r} + {self.test_size!r}."
             )
         self.test_indices, self.val_indices, self.train_indices = _split(
-            n, [self.test_size, self.val_size], _generator(self.seed, "split")
+            n, [self.test_size, self.val_size], torch_generator(self.seed, "split")
         )
         images = torch.from_numpy(raw_images).to(torch.float32).div_(16).unsqueeze(1)
         labels = torch.from_numpy(raw_labels).long()

@@ -13,8 +13,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mixup.callback import MixupCallback
-from lightning_mixup.models import SmallCNN
-from lightning_mixup.module import SoftLabelClassifier, cosine_annealing, default_optimizer
+from lightning_mixup.classification.models import SmallCNN
+from lightning_mixup.classification.module import (
+    SoftLabelClassifier,
+    cosine_annealing,
+    default_optimizer,
+)
 
 K = 3
 DOUBLE_SMOOTHING = "Label smoothing is set twice"
@@ -525,7 +529,7 @@ def test_module_pickles_with_its_default_callables():
 def test_lightning_cli_builds_the_module_from_config(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lightning-mixup"])
     args = [
-        "--model.backbone=lightning_mixup.models.SmallCNN",
+        "--model.backbone=lightning_mixup.classification.models.SmallCNN",
         "--model.backbone.init_args.num_classes=3",
         "--model.backbone.init_args.width=4",
         "--model.num_classes=3",

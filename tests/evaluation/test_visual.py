@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torchmetrics.classification import MulticlassCalibrationError
 
 from lightning_mixup import DigitsDataModule
-from lightning_mixup.visual import (
+from lightning_mixup.evaluation.visual import (
     _grid_figure,
     calibration_bins,
     format_soft_label,

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mixup import DigitsDataModule, SmallCNN, SoftLabelClassifier
-from lightning_mixup.robustness import AdversarialEval, fgsm, pgd
+from lightning_mixup.evaluation.robustness import AdversarialEval, fgsm, pgd
 
 # Two classes, logits = W·x with hand-set W. For label 0 the cross-entropy gradient is
 # p1·(W1 - W0), whose sign is sign(W1 - W0) = (-1, +1, -1) for every x; for label 1 it flips.
@@ -378,7 +378,7 @@ def test_callback_on_digits_logs_every_key_keeps_weights_and_uses_pixel_units(tm
 def test_callback_from_the_command_line(tmp_path):
     from lightning_mixup.cli import main
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cli = main(
@@ -390,7 +390,7 @@ def test_callback_from_the_command_line(tmp_path):
                 "--trainer.enable_progress_bar=false",
                 "--trainer.enable_model_summary=false",
                 "--model.backbone.init_args.width=4",
-                "--trainer.callbacks+=lightning_mixup.robustness.AdversarialEval",
+                "--trainer.callbacks+=lightning_mixup.evaluation.robustness.AdversarialEval",
                 "--trainer.callbacks.epsilons=[0.03,0.1]",
                 "--trainer.callbacks.save_diagram=false",
             ]

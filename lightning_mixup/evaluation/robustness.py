@@ -20,7 +20,6 @@ parameters' ``.grad`` are left alone, and they work inside ``torch.no_grad`` and
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_mixup import _checks as C
-from lightning_mixup.visual import normalisation_from, reliability_diagram, run_dir
+from lightning_mixup._seed import torch_generator
+from lightning_mixup.evaluation.visual import normalisation_from, reliability_diagram, run_dir
 
 __all__ = ["AdversarialEval", "fgsm", "pgd"]
 
@@ -280,12 +280,6 @@ def pgd(
 
 
 # ---------------------------------------------------------------------------- the callback
-def _batch_generator(seed: int, rank: int, batch_idx: int, dataloader_idx: int) -> torch.Generator:
-    key = f"{seed}/{rank}/{dataloader_idx}/{batch_idx}/pgd".encode()
-    derived = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-    return torch.Generator().manual_seed(derived)
-
-
 def _hits(logits: Tensor, y: Tensor) -> Tensor:
     labels = y.argmax(dim=1) if y.ndim == 2 else y
     return (logits.argmax(dim=1) == labels).float()
@@ -297,7 +291,7 @@ class AdversarialEval(pl.Callback):
     Adversarial examples: FGSM (Goodfellow et al., ICLR 2015) and, with ``pgd_steps`` > 0, PGD
     (Madry et al., ICLR 2018), L∞, untargeted, against the cross-entropy of the batch's labels.
     ε is in [0, 1] **pixel units** of the un-normalised images (ε = 8/255 is 8 grey levels of an
-    8-bit image): see :mod:`lightning_mixup.robustness`. ``mean``/``std`` default to
+    8-bit image): see :mod:`lightning_mixup.evaluation.robustness`. ``mean``/``std`` default to
     ``trainer.datamodule.mean``/``.std`` (every datamodule of this library has them; digits' are
     set in ``setup``). If neither is available the inputs are taken to be unnormalised: ε is then in
     input units, clamped to ``[lower, upper]`` (None = unbounded), and a warning says so once.
@@ -346,7 +340,7 @@ class AdversarialEval(pl.Callback):
 
         trainer:
           callbacks:
-            - class_path: lightning_mixup.robustness.AdversarialEval
+            - class_path: lightning_mixup.evaluation.robustness.AdversarialEval
               init_args: {epsilons: [0.02, 0.05, 0.1], pgd_steps: 10}
     """
 
@@ -469,8 +463,8 @@ class AdversarialEval(pl.Callback):
                         fgsm_acc.append(_hits(pl_module(adv), y).mean())
                 pgd_acc = []
                 if self.pgd_steps > 0:
-                    generator = _batch_generator(
-                        self.seed, trainer.global_rank, batch_idx, dataloader_idx
+                    generator = torch_generator(
+                        self.seed, trainer.global_rank, dataloader_idx, batch_idx, "pgd"
                     )
                     for eps in self.epsilons:
                         adv = pgd(

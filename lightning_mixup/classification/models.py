@@ -5,7 +5,7 @@ LightningCLI can build it from YAML::
 
     model:
       backbone:
-        class_path: lightning_mixup.models.PreActResNet18
+        class_path: lightning_mixup.classification.models.PreActResNet18
         init_args:
           num_classes: 10
 """
