@@ -121,6 +121,41 @@ def test_nonfinite_batches_are_left_unmixed_with_one_warning():
     assert trainer.callback_metrics["mixup/nonfinite_batches"].item() == 2
 
 
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [(torch.float32, 1e38), (torch.float64, 1e300)],  # sums overflow; every value is finite
+    ids=["float32-near-max", "float64-beyond-float32"],
+)
+def test_large_finite_batches_are_mixed_beside_a_true_nan_batch(dtype, scale):
+    x = (torch.rand(16, 2, 4, 4, dtype=dtype) + 1) * scale
+    assert torch.isfinite(x).all() and not torch.isfinite(x.sum(dtype=torch.float32))
+    x[13, 0, 0, 0] = float("nan")  # batch 3 (samples 12-15) is truly bad
+    module = RecordingModule(num_classes=4)
+    with pytest.warns(UserWarning, match="batch 3 in epoch 0 contain NaN or Inf") as record:
+        trainer = tiny_trainer(callbacks=[MixupCallback(alpha=1.0, seed=0)])
+        trainer.fit(module, tensor_loader(x, torch.arange(16) % 4))
+    assert sum("NaN or Inf" in str(w.message) for w in record) == 1
+    for i, rec in enumerate(module.train_records):
+        mixed = bool((rec["y"].max(1).values < 1).any())
+        assert mixed == (i != 3) and rec["x"].dtype == dtype
+        if mixed:  # a blend of two large finite values stays finite
+            assert torch.isfinite(rec["x"]).all()
+    assert trainer.callback_metrics["mixup/nonfinite_batches"].item() == 1
+
+
+def test_all_finite_reads_no_sum():
+    from lightning_mixup import functional as F
+
+    assert bool(F.all_finite(torch.full((4, 3), 3e38)))
+    assert bool(F.all_finite(torch.full((4, 3), 1e300, dtype=torch.float64)))
+    assert bool(F.all_finite(torch.empty(0, 3)))
+    assert bool(F.all_finite(torch.ones(2, 2, dtype=torch.bfloat16)))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(4, 3)
+        x[2, 1] = bad
+        assert not bool(F.all_finite(x))
+
+
 def test_nonfinite_check_can_be_turned_off():
     x = torch.randn(8, 2, 4, 4)
     x[0, 0, 0, 0] = float("nan")
