@@ -3,11 +3,10 @@
 For each batch size (float32 ``B×C×H×W``) this times, interleaved:
 
 * ``copy``: ``dst.copy_(x)`` into a preallocated tensor, the baseline (one read, one write);
-* ours, ``apply`` only: :meth:`apply` with parameters drawn beforehand. On the CPU that is the
-  compiled one-pass kernel (``lightning_mixup/_kernel.c``); with ``--no-kernel``, or on a GPU,
-  torch ops with a preallocated ``buffer``;
-* ours, ``sample+apply``: what :class:`~lightning_mixup.MixupCallback` does per step: a fresh
-  ``np.random.Generator(np.random.PCG64(k))``, :func:`~lightning_mixup.functional.soft_targets` of the
+* ours, ``apply`` only: :meth:`apply` with parameters drawn beforehand (torch ops, with a
+  preallocated ``buffer``, as the callback runs it);
+* ours, ``sample+apply``: what :class:`~lightning_mixup.MixupCallback` does per step: the batch's
+  generator from the package's seed derivation, :func:`~lightning_mixup.functional.soft_targets` of the
   integer labels, ``sample`` and ``apply`` (both rows cycle through the same 64 seeds, so their
   difference is the cost of drawing);
 * ``timm.data.Mixup`` (MixUp: ``mixup_alpha=1, cutmix_alpha=0``; CutMix: ``mixup_alpha=0,
@@ -24,7 +23,6 @@ heaviest operators under ``torch.profiler``.
 
 Example:
     python benchmarks/bench_mix.py --repeats 15
-    python benchmarks/bench_mix.py --no-kernel       # the torch-ops fallback
     python benchmarks/bench_mix.py --device cuda --sizes 256x3x224x224
 """
 
@@ -42,6 +40,7 @@ import torch
 from torchvision.transforms import v2
 
 from lightning_mixup import functional as LF
+from lightning_mixup._seed import numpy_generator
 from lightning_mixup.policies import CutMix, MixUp
 
 OPS = (("MixUp", "batch"), ("MixUp", "elem"), ("CutMix", "batch"), ("CutMix", "elem"))
@@ -58,11 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num-classes", type=int, default=10, help="classes (default: 10)")
     parser.add_argument("--no-timm", action="store_true", help="skip timm even if installed")
-    parser.add_argument(
-        "--no-kernel",
-        action="store_true",
-        help="time our torch-ops path, as installs without a C compiler run it",
-    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -120,7 +114,7 @@ def ours_step(policy: MixUp | CutMix, b: Batch) -> Callable[[], object]:
     seeds = itertools.cycle(range(N_DRAWS))
 
     def step() -> object:
-        generator = np.random.Generator(np.random.PCG64(next(seeds)))
+        generator = numpy_generator(0, 0, 0, next(seeds), 0)  # (seed, rank, epoch, batch, salt)
         soft = LF.soft_targets(b.labels, b.num_classes)
         params = policy.sample(b.x.shape, generator)
         return policy.apply(b.x, soft, params, buffer=b.buffer)
@@ -202,11 +196,11 @@ def substep_contenders(policy: MixUp | CutMix, b: Batch) -> list[H.Contender]:
         [policy.sample(shape, np.random.Generator(np.random.PCG64(k))) for k in range(N_DRAWS)]
     )
     return [
-        H.Contender("generator", lambda: np.random.Generator(np.random.PCG64(next(seeds)))),
+        H.Contender("generator", lambda: numpy_generator(0, 0, 0, next(seeds), 0)),
         H.Contender("soft_targets", lambda: LF.soft_targets(b.labels, b.num_classes)),
         H.Contender(
             "sample",
-            lambda: policy.sample(shape, np.random.Generator(np.random.PCG64(next(seeds)))),
+            lambda: policy.sample(shape, numpy_generator(0, 0, 0, next(seeds), 0)),
         ),
         H.Contender(
             "apply", lambda: policy.apply(b.x, soft, next(drawn), buffer=b.buffer), b.restore
@@ -320,7 +314,7 @@ def profile_parts(policy: MixUp | CutMix, b: Batch) -> dict[str, Callable[[], ob
     )
 
     def sample() -> object:
-        generator = np.random.Generator(np.random.PCG64(next(seeds)))
+        generator = numpy_generator(0, 0, 0, next(seeds), 0)
         LF.soft_targets(b.labels, b.num_classes)
         return policy.sample(shape, generator)
 
@@ -340,12 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         (None, "timm rows skipped (--no-timm).") if args.no_timm else load_timm()
     )
 
-    if args.no_kernel:
-        LF._kernel = None  # what an install without the compiled kernel runs
     print("# bench_mix: MixUp/CutMix per batch\n")
     print(H.environment(device))
-    kernel = "compiled kernel" if LF._kernel is not None else "torch ops (no compiled kernel)"
-    print(f"- our CPU mixing path: {kernel}")
     print(
         f"- {args.repeats} interleaved rounds, each measurement >= {args.min_time * 1e3:g} ms; "
         f"median per call; ratios are medians over medians"

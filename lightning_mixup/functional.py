@@ -36,6 +36,7 @@ __all__ = [
     "all_finite",
     "cutmix_boxes",
     "mix_",
+    "mix_pairs_",
     "mix_targets",
     "owns_memory",
     "ramp_strength",
@@ -209,23 +210,14 @@ def _boxes(
     return lo.astype(np.int64), hi.astype(np.int64), kept
 
 
-# On the CPU, samples at least this large are mixed pair by pair (see `mix_`).
-PAIRWISE_MIN_SAMPLE_BYTES = 128 << 10
-
-
 def mix_(
     x: Tensor, partner: Tensor, weight: Tensor | float, buffer: Tensor | None = None
 ) -> Tensor:
     """Mix a batch in place: ``x[i] ← (1 - w_i)·x[i] + w_i·x[partner[i]]``.
 
-    ``w`` is the partner's share, ``1 - λ``. ``torch.lerp`` computes the blend, and it is exact
-    at ``w = 0`` and ``w = 1``, so CutMix pixels are copied bit for bit from one of the two samples.
-
-    Two ways, one result: small samples (or any on an accelerator) gather all partners into
-    ``buffer`` and blend in one pass. Large samples on the CPU with a symmetric pairing
-    (``partner[partner[i]] == i``, as :func:`sample_partners` draws) are mixed one pair at a time,
-    both members at once through one sample-sized scratch slice of ``buffer`` that stays in
-    cache, so the batch is read and written about once, like a copy.
+    ``w`` is the partner's share, ``1 - λ``. The partners are gathered (into ``buffer`` when
+    given) and ``torch.lerp`` blends them in; it is exact at ``w = 0`` and ``w = 1``, so CutMix
+    pixels are copied bit for bit from one of the two samples.
 
     Args:
         x: ``(B, ...)`` floating batch, modified in place.
@@ -240,16 +232,6 @@ def mix_(
     """
     if isinstance(weight, Tensor) and weight.dtype != x.dtype:
         weight = weight.to(x.dtype)
-    if (
-        buffer is not None
-        and x.device.type == "cpu"
-        and len(x) > 1
-        and x[0].nbytes >= PAIRWISE_MIN_SAMPLE_BYTES
-    ):
-        first = (partner > torch.arange(len(partner))).nonzero().flatten()
-        second = partner[first]
-        if torch.equal(partner[second], first):
-            return _mix_pairs_(x, first, second, weight, buffer)
     if buffer is None:
         partners = x.index_select(0, partner)
     else:
@@ -257,18 +239,65 @@ def mix_(
     return x.lerp_(partners, weight)
 
 
-def _mix_pairs_(
-    x: Tensor, first: Tensor, second: Tensor, weight: Tensor | float, buffer: Tensor
+def mix_pairs_(
+    x: Tensor,
+    partner: Tensor,
+    lam: Tensor,
+    boxes: tuple[Tensor, Tensor, Tensor] | None = None,
+    scratch: Tensor | None = None,
 ) -> Tensor:
-    """Mix each pair ``(first[k], second[k])`` of ``x`` in place through ``buffer[0]``."""
-    scratch = buffer[0]
-    per_sample = isinstance(weight, Tensor)
-    for a, b in zip(first.tolist(), second.tolist()):
+    """Mix a batch in place one pair of partners at a time; the same result as :func:`mix_`.
+
+    For each pair ``(a, b)`` of a symmetric pairing (``partner[partner[i]] == i``, as
+    :func:`sample_partners` draws), ``a``'s new value is set aside (a blend into ``scratch``,
+    or just the partner's box pixels), ``b`` is updated in place from the still-unchanged ``a``,
+    then ``a`` is written. Each sample is read and written about once and a box sample touches
+    only its box, so a batch of large samples costs about one copy instead of the gather's
+    two and a half; with many small samples the Python loop costs more than it saves, so
+    :meth:`~lightning_mixup.policies.MixUp.apply` uses it for large samples on the CPU only.
+
+    Args:
+        x: ``(B, ...)`` floating batch, ``(B, C, *spatial)`` when ``boxes`` are given; mixed in
+            place.
+        partner: ``(B,)`` symmetric partner indices (CPU).
+        lam: ``(B,)`` share each sample keeps of itself (CPU).
+        boxes: Optional ``(cut, lo, hi)`` (CPU): where ``cut[i]``, sample ``i`` takes its
+            partner's pixels inside ``[lo[i], hi[i])`` instead of a blend.
+        scratch: Optional tensor shaped like one sample, reused for blends.
+
+    Returns:
+        ``x``, mixed.
+
+    Raises:
+        ValueError: If ``partner`` is not a symmetric pairing.
+    """
+    index = torch.arange(len(partner))
+    if not torch.equal(partner.index_select(0, partner), index):
+        raise ValueError("`partner` must be a symmetric pairing: partner[partner[i]] == i.")
+    first = (partner > index).nonzero().flatten().tolist()
+    share = (1.0 - lam).tolist()
+    cut = [False] * len(share) if boxes is None else boxes[0].tolist()
+    regions = None
+    if boxes is not None:
+        lo, hi = boxes[1].tolist(), boxes[2].tolist()
+        regions = [(slice(None), *map(slice, start, end)) for start, end in zip(lo, hi)]
+    for a in first:
+        b = partner[a].item()
         xa, xb = x[a], x[b]
-        wa, wb = (weight[a], weight[b]) if per_sample else (weight, weight)
-        torch.lerp(xa, xb, wa, out=scratch)
-        xb.lerp_(xa, wb)
-        xa.copy_(scratch)
+        if cut[a]:  # a's new value differs from a only inside its box: keep the partner's box
+            saved = xb[regions[a]].clone()
+        elif share[a] > 0:
+            saved = torch.lerp(xa, xb, share[a], out=scratch)
+        else:
+            saved = None
+        if cut[b]:
+            xb[regions[b]] = xa[regions[b]]
+        elif share[b] > 0:
+            xb.lerp_(xa, share[b])
+        if cut[a]:
+            xa[regions[a]] = saved
+        elif saved is not None:
+            xa.copy_(saved)
     return x
 
 
@@ -295,13 +324,19 @@ def owns_memory(t: Tensor) -> bool:
 def all_finite(x: Tensor) -> Tensor:
     """A 0-d bool tensor on ``x``'s device: True when ``x`` holds no NaN and no ±Inf.
 
-    Reads the smallest and largest element (NaN propagates into both), so large finite values
-    never overflow into a false alarm as a sum would, and no batch-sized mask is allocated.
+    One sum screens the batch: a NaN or an Inf anywhere makes it non-finite, so a finite sum
+    proves every element finite. A non-finite sum may also be an overflow of large finite
+    values, so then the smallest and largest elements decide (NaN propagates into both): a
+    large finite batch is never taken for a bad one. On the CPU the second look happens only
+    when the screen fails; on an accelerator both are combined on the device, so the host
+    never waits for the answer.
     """
     if x.numel() == 0:
         return torch.ones((), dtype=torch.bool, device=x.device)
-    low, high = torch.aminmax(x)
-    return torch.isfinite(low) & torch.isfinite(high)
+    screened = torch.isfinite(x.sum(dtype=torch.float32 if x.itemsize < 4 else x.dtype))
+    if x.is_cpu and bool(screened):
+        return screened
+    return screened | (torch.isfinite(x.amax()) & torch.isfinite(x.amin()))
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:

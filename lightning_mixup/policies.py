@@ -28,6 +28,12 @@ from lightning_mixup import functional as F
 __all__ = ["CutMix", "MixParams", "MixUp", "MixUpOrCutMix", "Mode"]
 
 Mode = Literal["batch", "elem"]
+
+#: On the CPU, samples of at least this many bytes are mixed pair by pair
+#: (:func:`~lightning_mixup.functional.mix_pairs_`): about one copy of the batch instead of the
+#: gather's two and a half. Below it the per-pair Python calls cost more than they save
+#: (``benchmarks/bench_mix.py`` measures both sides).
+PAIRWISE_MIN_BYTES = 128 << 10
 _MODES = ("batch", "elem")
 
 
@@ -174,6 +180,10 @@ class _Policy:
             box = tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
             region = (slice(None), slice(None), *box)
             x[region] = x[region].index_select(0, partner)
+        elif enabled is None and x.is_cpu and len(x) > 1 and x[0].nbytes >= PAIRWISE_MIN_BYTES:
+            boxes = None if params.lo is None else (params.cut, params.lo, params.hi)
+            scratch = None if buffer is None else buffer[0]
+            F.mix_pairs_(x, params.partner, params.lam, boxes, scratch)
         elif params.per_batch:
             F.mix_(x, partner, 1.0 - float(params.lam.min()), buffer)  # a self-paired sample: 1
         else:

@@ -318,24 +318,38 @@ def test_policy_argument_errors(make, match):
         make()
 
 
-@pytest.mark.parametrize("n", [6, 7, 64])
-@pytest.mark.parametrize("weight_kind", ["float", "per_sample", "mask"])
-def test_pairwise_chunked_path_equals_the_gather_path(monkeypatch, n, weight_kind):
-    g = gen(n)
+PAIR_POLICIES = {
+    "mixup-batch": MixUp(1.0, "batch"),
+    "mixup-elem": MixUp(1.0, "elem"),
+    "cutmix-elem": CutMix(1.0, "elem"),
+    "both-elem": MixUpOrCutMix(MixUp(1.0, "elem"), CutMix(1.0, "elem"), 0.5),
+    "both-elem-p": MixUpOrCutMix(MixUp(0.5, "elem"), CutMix(2.0, "elem"), 0.3),
+}
+
+
+@pytest.mark.parametrize("n", [2, 6, 7, 64])
+@pytest.mark.parametrize("name", PAIR_POLICIES)
+def test_pair_by_pair_path_equals_the_gather_path_bit_for_bit(monkeypatch, n, name):
+    from lightning_mixup import policies as P
+
+    policy = PAIR_POLICIES[name]
     x = data(n, 3, 16, 16, seed=n)
-    partner = F.sample_partners(n, g)
-    if weight_kind == "float":
-        weight = 0.3
-    elif weight_kind == "per_sample":
-        weight = torch.from_numpy(g.random((n, 1, 1, 1))).float()
-    else:
-        lo, hi, _ = F.cutmix_boxes(g.random(n), (16, 16), g)
-        weight = box_mask(lo, hi, (16, 16)).float()
-    reference = F.mix_(x.clone(), partner, weight)  # no buffer: always the gather path
-    monkeypatch.setattr(F, "PAIRWISE_MIN_SAMPLE_BYTES", 0)
+    y = F.soft_targets(torch.arange(n) % 5, 5)
+    params = policy.sample(x.shape, gen(n), p=0.8)
+    monkeypatch.setattr(P, "PAIRWISE_MIN_BYTES", 1 << 40)  # every sample is "small": gather
+    gathered, y_gathered = policy.apply(x.clone(), y, params, buffer=torch.empty_like(x))
     calls = []
-    real = F._mix_pairs_
-    monkeypatch.setattr(F, "_mix_pairs_", lambda *a: calls.append(1) or real(*a))
-    chunked = F.mix_(x.clone(), partner, weight, buffer=torch.empty_like(x))
-    assert calls == [1]
-    assert torch.equal(chunked, reference)
+    real = F.mix_pairs_
+    monkeypatch.setattr(F, "mix_pairs_", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(P, "PAIRWISE_MIN_BYTES", 0)  # every sample is "large": pair by pair
+    paired, y_paired = policy.apply(x.clone(), y, params, buffer=torch.empty_like(x))
+    assert calls == ([] if params.identity else [1])
+    assert torch.equal(paired, gathered) and torch.equal(y_paired, y_gathered)
+    unbuffered, _ = policy.apply(x.clone(), y, params)  # no scratch: the same values
+    assert torch.equal(unbuffered, gathered)
+
+
+def test_pair_by_pair_mix_refuses_a_pairing_that_is_not_symmetric():
+    x = data(3, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"`partner` must be a symmetric pairing"):
+        F.mix_pairs_(x, torch.tensor([1, 2, 0]), torch.full((3,), 0.5, dtype=torch.float64))
