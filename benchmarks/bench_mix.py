@@ -45,6 +45,7 @@ from lightning_mixup.policies import CutMix, MixUp
 
 OPS = (("MixUp", "batch"), ("MixUp", "elem"), ("CutMix", "batch"), ("CutMix", "elem"))
 N_DRAWS = 64
+LARGE_GOAL = 1.3  # sample+apply at the largest size, in copies of the batch
 PROFILE_REPEATS = 5
 
 
@@ -381,6 +382,19 @@ def main(argv: list[str] | None = None) -> None:
         f"\nSummary: ours/copy worst: {summary}; ours (sample+apply) faster than {others} "
         f"at {sum(size_wins)}/{len(size_wins)} sizes ({sum(pair_wins)}/{len(pair_wins)} "
         "pairwise comparisons)."
+    )
+
+    largest = max(all_results, key=lambda shape: torch.Size(shape).numel())
+    res = all_results[largest]
+    ratio, which = max(
+        (res[f"ours sample+apply {op} {mode}"].median / res["copy"].median, f"{op} {mode}")
+        for op, mode in OPS
+    )
+    verdict = "meets" if ratio <= LARGE_GOAL else "misses"
+    print(
+        f"Goals: ahead of both at every size ({'met' if all(size_wins) else 'missed'}); "
+        f"sample+apply at {size_name(largest)} ≤ {LARGE_GOAL:g}x a copy: worst {ratio:.2f}x "
+        f"({which}), {verdict} it."
     )
 
     if args.profile:

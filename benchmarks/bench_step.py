@@ -50,7 +50,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_mixup import MixupCallback, SoftLabelClassifier
 from lightning_mixup.classification.models import CifarResNet18
 
-GOAL = 2.0  # percent of a training step
+# Goals, in percent of a training step: on the CPU (ResNet-18 at 32x32, seconds per step) the
+# callback must vanish in the noise; a GPU step is ~100x shorter, so the goal there is looser.
+GOALS = {"cpu": 0.05, "cuda": 2.0}
 SPEEDUP = 100  # a GPU step is roughly this many times shorter than this CPU one
 
 
@@ -314,20 +316,21 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     share = 100 * own / base
+    goal = GOALS.get(device.type, GOALS["cuda"])
     if device.type == "cpu":
         short = base / SPEEDUP
         print(
             f"\nOn a GPU the step is ~{SPEEDUP}× shorter or more, so the callback's absolute time "
-            f"per batch is what matters. At {H.ms(own)} ms it stays within {GOAL:g} % of any step "
-            f"longer than {H.ms(own * 100 / GOAL)} ms; against this step ÷ {SPEEDUP} "
+            f"per batch is what matters. At {H.ms(own)} ms it stays within {GOALS['cuda']:g} % of "
+            f"any step longer than {H.ms(own * 100 / GOALS['cuda'])} ms; against this step ÷ {SPEEDUP} "
             f"({H.ms(short)} ms) it would be {100 * own / short:.1f} %. Both assume the callback "
             "costs on the GPU what it costs here: an extrapolation, not a measurement (rerun with "
             "--device cuda)."
         )
     print(f"\nTotal run time: {time.perf_counter() - started:.0f} s.")
-    verdict = "meets" if share <= GOAL else "misses"
+    verdict = "meets" if share <= goal else "misses"
     print(
-        f"\nSummary: callback overhead {share:.3f} % of a step (goal ≤ {GOAL:g} %, {verdict} it): "
+        f"\nSummary: callback overhead {share:.3f} % of a step (goal ≤ {goal:g} %, {verdict} it): "
         f"MixupCallback.on_train_batch_start takes {H.ms(own)} ms per batch against a "
         f"{H.ms(base)} ms {device.type} step; end to end, with vs without: "
         f"{pct(mixed - base, base)} (noise ±{spread:.2f} %)."
