@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics.classification import BinaryCalibrationError
+from torchmetrics.utilities.data import dim_zero_cat
 
 from lightning_mixup import _checks as C
 from lightning_mixup._seed import torch_generator
@@ -303,10 +305,13 @@ class AdversarialEval(pl.Callback):
     - ``test/conf_gap``: mean max-softmax confidence minus accuracy on clean inputs (positive =
       over-confident, negative = under-confident).
 
-    At the end of ``test``, the clean confidences and hits of all processes are kept in
-    :attr:`confidences` and :attr:`correct`, and rank 0 writes ``reliability_diagram.png`` (accuracy
-    vs confidence in ``n_bins`` bins with the diagonal, ECE in the title) to the run's log folder
-    (the first TensorBoard/CSV logger's ``log_dir``, else ``default_root_dir``).
+    The clean confidences and hits are kept in a torchmetrics ``BinaryCalibrationError`` (its
+    ``cat`` states), and at the end of ``test`` torchmetrics' own sync gathers them from every
+    process into :attr:`confidences` and :attr:`correct`. Rank 0 then writes
+    ``reliability_diagram.png`` (accuracy vs confidence in ``n_bins`` bins with the diagonal, ECE in
+    the title: the same number as ``MulticlassCalibrationError(n_bins=n_bins, norm="l1")``, see
+    :func:`~lightning_mixup.evaluation.visual.calibration_bins`) to the run's log folder (the first
+    TensorBoard/CSV logger's ``log_dir``, else ``default_root_dir``).
 
     The model stays in eval mode and its weights, buffers and ``.grad`` are untouched: gradients
     are taken w.r.t. the inputs only, under ``torch.enable_grad()`` with inference mode switched
@@ -400,8 +405,10 @@ class AdversarialEval(pl.Callback):
         #: Path of the last reliability diagram written (rank 0), else None.
         self.diagram_path: Path | None = None
         self._stats: tuple[Stats, Stats] = (None, None)
-        self._conf: list[Tensor] = []
-        self._hit: list[Tensor] = []
+        # Clean (top-1 confidence, hit) pairs. On those, the binary calibration error is the
+        # multiclass top-label one, and its `cat` list states are synced by torchmetrics.
+        # `validate_args=False`: the values are built here, valid by construction.
+        self._calibration = BinaryCalibrationError(n_bins=self.n_bins, validate_args=False)
         self._warned_raw = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -417,8 +424,14 @@ class AdversarialEval(pl.Callback):
                 ) from err
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Resolve ``mean``/``std`` and clear the calibration buffers."""
-        self._conf, self._hit = [], []
+        """Resolve ``mean``/``std`` and clear the calibration states."""
+        self._calibration.reset()
+        # An empty first entry, so that every process has a state to send even if it sees no
+        # batch: torchmetrics 1.0 (and later ones with torch < 2.1) sends nothing for an empty
+        # list state, and the other processes would wait for it.
+        device = pl_module.device
+        empty_hits = torch.empty(0, dtype=torch.long, device=device)
+        self._calibration.update(torch.empty(0, device=device), empty_hits)
         if self.mean is not None:
             self._stats = (self.mean, self.std)
             return
@@ -482,16 +495,16 @@ class AdversarialEval(pl.Callback):
         for eps, acc in zip(self.epsilons, pgd_acc):
             pl_module.log(f"test/pgd_acc@{eps:g}", acc, **kwargs)
         pl_module.log("test/conf_gap", (conf - hit).mean(), **kwargs)
-        self._conf.append(conf.detach())
-        self._hit.append(hit.detach())
+        self._calibration.update(conf.detach(), hit.detach().long())
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather confidences from all processes; rank 0 writes the reliability diagram."""
-        local_conf = torch.cat(self._conf) if self._conf else torch.empty(0)
-        local_hit = torch.cat(self._hit) if self._hit else torch.empty(0)
-        self.confidences = _gather(pl_module, local_conf.float())
-        self.correct = _gather(pl_module, local_hit.float())
-        self._conf, self._hit = [], []
+        # torchmetrics' sync: an all-gather of every process's states (a no-op in one process),
+        # undone when the block ends; the states are then cleared.
+        with self._calibration.sync_context():
+            self.confidences = dim_zero_cat(self._calibration.confidences).float().cpu()
+            self.correct = dim_zero_cat(self._calibration.accuracies).float().cpu()
+        self._calibration.reset()
         self.diagram_path = None
         if self.save_diagram and trainer.is_global_zero and self.confidences.numel() > 0:
             path = run_dir(trainer) / "reliability_diagram.png"
@@ -513,32 +526,3 @@ class AdversarialEval(pl.Callback):
                 f"{type(y).__name__}."
             )
         return x, y
-
-
-def _gather(pl_module: pl.LightningModule, values: Tensor) -> Tensor:
-    """Concatenate 1-D tensors of possibly different lengths from every process, on the CPU."""
-    trainer = pl_module.trainer
-    if trainer.world_size == 1:
-        return values.cpu()
-    device = pl_module.device
-    sizes = _all_gather(pl_module, torch.tensor([values.numel()], device=device)).flatten()
-    padded = torch.zeros(int(sizes.max()), dtype=values.dtype, device=device)
-    padded[: values.numel()] = values.to(device)
-    gathered = _all_gather(pl_module, padded).reshape(len(sizes), -1)
-    return torch.cat([gathered[r, : int(n)] for r, n in enumerate(sizes.tolist())]).cpu()
-
-
-def _all_gather(pl_module: pl.LightningModule, t: Tensor) -> Tensor:
-    """``(world_size, *t.shape)``: a plain collective where torch.distributed runs.
-
-    Lightning's ``all_gather`` goes through ``torch.distributed.nn.functional.all_gather`` (an
-    autograd function, deprecated in recent torch); these tensors need no gradients, and that
-    path once aborted a 2-process gloo test at exit (``terminate called without an active
-    exception``), so the plain collective is used; other strategies keep Lightning's.
-    """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return pl_module.all_gather(t)
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.stack(parts)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torchmetrics.functional.classification import binary_calibration_error
 
 from lightning_mixup import _checks as C
 from lightning_mixup.callback import MixupCallback
@@ -378,15 +379,21 @@ class MixedGridLogger(pl.Callback):
 # ---------------------------------------------------------------------------- reliability diagrams
 @dataclass(frozen=True)
 class CalibrationBins:
-    """Equal-width confidence bins of a classifier's top-1 predictions.
+    """Equal-width confidence bins of a classifier's top-1 predictions, binned as torchmetrics does.
 
     Attributes:
-        edges: ``(n_bins + 1,)`` bin edges from 0 to 1; bin ``b`` is ``[edges[b], edges[b+1])``,
-            the last one closed (a confidence of exactly 1 falls in the last bin).
+        edges: ``(n_bins + 1,)`` bin edges from 0 to 1 (``torch.linspace`` in float32, as
+            torchmetrics makes them); bin ``b`` is ``[edges[b], edges[b+1])``, the last one closed
+            (a confidence of exactly 1 falls in the last bin).
         accuracy: ``(n_bins,)`` fraction correct per bin (0 for an empty bin).
         confidence: ``(n_bins,)`` mean confidence per bin (0 for an empty bin).
         count: ``(n_bins,)`` number of predictions per bin.
-        ece: Expected calibration error, ``Σ_b (count_b / N)·|accuracy_b − confidence_b|``.
+        ece: Expected calibration error (L1) as torchmetrics computes it, equal to
+            ``MulticlassCalibrationError(num_classes, n_bins, norm="l1")`` on the probabilities the
+            confidences came from. It is ``Σ_b (count_b / N)·|accuracy_b − confidence_b|`` over
+            these bins, except that torchmetrics counts confidences of exactly 1 in a bin of their
+            own (Lightning-AI/torchmetrics#3510), so ``ece`` can be slightly higher than that sum
+            when the last bin mixes confidences of 1 with lower ones.
     """
 
     edges: np.ndarray
@@ -399,8 +406,15 @@ class CalibrationBins:
 def calibration_bins(confidences: Any, correct: Any, n_bins: int = 15) -> CalibrationBins:
     """Bin top-1 confidences into ``n_bins`` equal-width bins and compute the L1 ECE.
 
-    The same binning as torchmetrics' ``MulticlassCalibrationError(norm="l1")``, which
-    :class:`~lightning_mixup.SoftLabelClassifier` logs as ``*/ece``.
+    The bins and the ECE are torchmetrics': confidences are cast to float32 (as
+    ``MulticlassCalibrationError`` does), the ECE is
+    ``torchmetrics.functional.classification.binary_calibration_error(confidences, correct,
+    n_bins, norm="l1")`` (on top-1 confidences and hits this is the multiclass top-label ECE),
+    and the bars use the same bin edges and the same ``torch.bucketize`` rule (confidences of
+    exactly 1, which torchmetrics counts apart, are drawn in the last bar; see
+    :class:`CalibrationBins`). So the ECE equals the ``*/ece`` that
+    :class:`~lightning_mixup.SoftLabelClassifier` logs for the same predictions, confidences on a
+    bin edge included.
 
     Args:
         confidences: ``(N,)`` max-softmax confidences in [0, 1] (tensor, array or list).
@@ -411,36 +425,65 @@ def calibration_bins(confidences: Any, correct: Any, n_bins: int = 15) -> Calibr
         The bins and the ECE.
 
     Raises:
-        ValueError: If the inputs are empty, differ in length, or a confidence is outside [0, 1],
-            or ``n_bins`` < 1.
+        ValueError: If the inputs are empty or differ in length, a confidence is outside [0, 1],
+            ``correct`` holds something other than booleans or 0/1, or ``n_bins`` < 1.
+
+    Example:
+        >>> bins = calibration_bins([0.95, 0.65, 0.81, 0.85], [1, 0, 1, 0], n_bins=10)
+        >>> bins.count.tolist()
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 2.0, 1.0]
+        >>> round(bins.ece, 4)
+        0.34
     """
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"`n_bins` must be a positive integer, got {n_bins!r}.")
-    conf, hit = (_numpy(v).ravel() for v in (confidences, correct))
-    if conf.size == 0 or conf.size != hit.size:
+    conf, hit = (_flat_tensor(v) for v in (confidences, correct))
+    if conf.numel() == 0 or conf.numel() != hit.numel():
         raise ValueError(
             f"`confidences` and `correct` must be non-empty and of the same length, got "
-            f"{conf.size} and {hit.size}."
+            f"{conf.numel()} and {hit.numel()}."
         )
-    if not np.all((conf >= 0) & (conf <= 1)):
+    conf = conf.float()  # MulticlassCalibrationError keeps float32 confidences, whatever the input
+    if not bool(((conf >= 0) & (conf <= 1)).all()):
         raise ValueError("`confidences` must lie in [0, 1] (max-softmax probabilities).")
-    # Edges in the confidences' own precision, as torchmetrics' bucketize does.
-    dtype = conf.dtype if np.issubdtype(conf.dtype, np.floating) else np.float64
-    edges = np.linspace(0, 1, n_bins + 1, dtype=dtype)
-    index = np.clip(np.searchsorted(edges, conf.astype(dtype), side="right") - 1, 0, n_bins - 1)
-    conf, hit = conf.astype(np.float64), hit.astype(np.float64)
-    count = np.bincount(index, minlength=n_bins).astype(np.float64)
-    safe = np.maximum(count, 1)
-    accuracy = np.bincount(index, weights=hit, minlength=n_bins) / safe
-    confidence = np.bincount(index, weights=conf, minlength=n_bins) / safe
-    ece = float(np.sum(count / conf.size * np.abs(accuracy - confidence)))
-    return CalibrationBins(edges.astype(np.float64), accuracy, confidence, count, ece)
+    if not bool(((hit == 0) | (hit == 1)).all()):
+        raise ValueError(
+            "`correct` must hold booleans or 0/1 (whether each top-1 prediction was right), got "
+            f"values {sorted({float(v) for v in hit.unique()[:5]})}."
+        )
+    hit = hit.long()
+    ece = float(binary_calibration_error(conf, hit, n_bins, norm="l1"))
+    index = _torchmetrics_bin(conf, n_bins).clamp(max=n_bins - 1)  # confidence 1 → last bar
+    count = torch.bincount(index, minlength=n_bins).double()
+    safe = count.clamp(min=1)
+    accuracy = torch.bincount(index, weights=hit.double(), minlength=n_bins) / safe
+    confidence = torch.bincount(index, weights=conf.double(), minlength=n_bins) / safe
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype).double()
+    return CalibrationBins(edges.numpy(), accuracy.numpy(), confidence.numpy(), count.numpy(), ece)
 
 
-def _numpy(values: Any) -> np.ndarray:
+def _torchmetrics_bin(conf: Tensor, n_bins: int) -> Tensor:
+    """The bin (0..n_bins) torchmetrics' calibration error puts each confidence in.
+
+    Index ``n_bins`` is torchmetrics' extra bin of the confidences of exactly 1.
+
+    Why not call torchmetrics for this: its binning (``_binning_bucketize`` in
+    ``torchmetrics/functional/classification/calibration_error.py``) is private and returns only
+    per-bin means and proportions, not counts. The simplest public route is to redo its two lines
+    on the same float32 confidences: edges ``torch.linspace(0, 1, n_bins + 1)`` in the confidences'
+    dtype (not NumPy's, whose float32 edges differ from torch's by one ulp at several points) and
+    index ``bucketize(right=True) - 1``. The ECE itself comes from torchmetrics' public
+    ``binary_calibration_error``, so it stays torchmetrics' number even if this rule drifts; the
+    rule was checked against torchmetrics 1.0.0 and 1.9.0 (our floor and the installed version).
+    """
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype, device=conf.device)
+    return torch.bucketize(conf, edges, right=True) - 1
+
+
+def _flat_tensor(values: Any) -> Tensor:
     if isinstance(values, Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
+        return values.detach().cpu().flatten()
+    return torch.as_tensor(np.asarray(values)).flatten()
 
 
 def plot_reliability(

@@ -434,3 +434,53 @@ def test_callback_gathers_all_processes_under_ddp(tmp_path):
         torch.testing.assert_close(saved["conf"][order], p)
         torch.testing.assert_close(saved["hit"][order], torch.tensor([1.0, 0, 1, 1, 0, 1]))
     assert (tmp_path / "reliability_diagram.png").exists()
+
+
+class UnevenRanks(SavesGatheredCalibration):
+    """Rank 0 tests samples 0-3 (two batches), rank 1 sample 4 only: states of different lengths."""
+
+    def __init__(self, out_dir: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        super().__init__(out_dir)
+        self.x, self.y = x, y
+
+    def test_dataloader(self) -> DataLoader:
+        part = slice(0, 4) if self.global_rank == 0 else slice(4, 5)
+        return DataLoader(TensorDataset(self.x[part], self.y[part]), batch_size=2)
+
+
+@pytest.mark.slow
+def test_uneven_processes_are_gathered_in_rank_order_by_the_metric_sync(tmp_path):
+    # No distributed sampler: each rank has its own data, so the states differ in length (4 and
+    # 1), and torchmetrics' sync must pad and trim them. Both ranks end with rank 0's values then
+    # rank 1's, as 1-D float32 CPU tensors; rank 0 alone draws the diagram.
+    p = torch.tensor([0.55, 0.6, 0.7, 0.8, 0.9])
+    x = torch.log(torch.stack([p, 1 - p], dim=1))
+    y = torch.tensor([0, 1, 0, 0, 1])
+    cb = AdversarialEval(epsilons=[0.0])
+    trainer = quiet_trainer(
+        tmp_path, [cb], devices=2, strategy="ddp_spawn", use_distributed_sampler=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.test(UnevenRanks(str(tmp_path), x, y))
+    for rank in (0, 1):
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        for values in saved.values():
+            assert values.dtype == torch.float32 and values.ndim == 1
+            assert values.device == torch.device("cpu")
+        torch.testing.assert_close(saved["conf"], p)
+        torch.testing.assert_close(saved["hit"], torch.tensor([1.0, 0, 1, 1, 0]))
+    assert (tmp_path / "reliability_diagram.png").exists()
+
+
+def test_a_second_test_run_starts_from_empty_states(tmp_path):
+    p = torch.tensor([0.6, 0.7, 0.9])
+    x, y = torch.log(torch.stack([p, 1 - p], dim=1)), torch.tensor([0, 1, 0])
+    cb = AdversarialEval(epsilons=[0.0], save_diagram=False)
+    trainer = quiet_trainer(tmp_path, [cb])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(2):
+            trainer.test(LogitsAreInputs(), DataLoader(TensorDataset(x, y), 2), verbose=False)
+            torch.testing.assert_close(cb.confidences, p)
+            torch.testing.assert_close(cb.correct, torch.tensor([1.0, 0, 1]))

@@ -211,6 +211,68 @@ def test_ece_matches_torchmetrics():
     assert ours == pytest.approx(theirs, abs=1e-5)
 
 
+def edge_case_predictions(n_bins: int, num_classes: int = 40, seed: int = 0):
+    """Probability rows and labels whose top-1 confidences hit every bin-edge case.
+
+    Random softmax rows, plus rows whose maximum is exactly: each float32 bin edge
+    ``torch.linspace(0, 1, n_bins + 1)`` (the edges torchmetrics bins with), the float32 value of
+    each ``k / n_bins`` (one ulp away from several of those edges, e.g. 0.2 for 15 bins), 1.0,
+    and the float just below 1.0. Few samples in many bins leave some bins empty.
+    """
+    g = torch.Generator().manual_seed(seed)
+    edges = torch.linspace(0, 1, n_bins + 1)
+    fractions = torch.arange(n_bins + 1, dtype=torch.float64).div(n_bins).float()
+    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).reshape(1)
+    tops = torch.cat([edges, fractions, torch.ones(3), below_one.repeat(2)])
+    tops = tops[tops > 1 / num_classes]  # the maximum of a probability row is at least 1/C
+    rows = torch.rand(len(tops), num_classes, generator=g) * 0.9 * tops[:, None]
+    winner = torch.randint(0, num_classes, (len(tops),), generator=g)
+    rows[torch.arange(len(tops)), winner] = tops
+    soft = torch.softmax(4 * torch.randn(60, num_classes, generator=g), dim=1)
+    probs = torch.cat([rows, soft])
+    labels = torch.randint(0, num_classes, (len(probs),), generator=g)
+    hit_half = torch.rand(len(probs), generator=g) < 0.5  # half the rows predicted right
+    labels = torch.where(hit_half, probs.argmax(dim=1), labels)
+    return probs, labels
+
+
+@pytest.mark.parametrize("n_bins", [1, 3, 7, 10, 13, 15, 20, 50])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ece_equals_torchmetrics_on_bin_edges_empty_bins_and_confidence_one(n_bins, dtype):
+    probs, labels = edge_case_predictions(n_bins)
+    probs = probs.to(dtype)
+    conf, pred = probs.max(dim=1)
+    edges = torch.linspace(0, 1, n_bins + 1)
+    edges = edges[edges > 1 / probs.shape[1]]
+    assert bool((conf.float()[:, None] == edges).any(dim=0).all())  # every edge case is in
+    bins = calibration_bins(conf.numpy(), (pred == labels).numpy(), n_bins)
+    theirs = MulticlassCalibrationError(probs.shape[1], n_bins=n_bins, norm="l1")(probs, labels)
+    assert bins.ece == pytest.approx(theirs.item(), abs=1e-6)
+    assert bins.count.sum() == len(probs)
+    if n_bins >= 20:
+        assert (bins.count == 0).any()  # empty bins, drawn as no bar, count for nothing
+
+
+def test_bins_are_torchmetrics_bins():
+    # Without confidences of exactly 1, the bars add up to the ECE: Σ (count/N)·|acc − conf|.
+    probs, labels = edge_case_predictions(15)
+    conf, pred = probs.max(dim=1)
+    keep = conf < 1
+    bins = calibration_bins(conf[keep], pred[keep] == labels[keep], 15)
+    gaps = np.abs(bins.accuracy - bins.confidence)
+    assert float(np.sum(bins.count / keep.sum().item() * gaps)) == pytest.approx(bins.ece, abs=1e-6)
+    # A float32 confidence of 0.2 lies just below torchmetrics' edge 0.20000002: bin 2, not 3.
+    assert calibration_bins([0.2], [True], 15).count[[2, 3]].tolist() == [1, 0]
+    # torchmetrics counts confidences of exactly 1 in a bin of their own (torchmetrics#3510);
+    # the ECE follows it (0.525 here, where one bar [0.9, 1] would give 0.475), the bar holds both.
+    probs = torch.tensor([[0.95, 0.05], [1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    bins = calibration_bins(probs.max(dim=1).values, [True, False], 10)
+    theirs = MulticlassCalibrationError(2, n_bins=10, norm="l1")(probs, labels).item()
+    assert bins.ece == pytest.approx(theirs, abs=1e-6)
+    assert bins.count[9] == 2 and bins.accuracy[9] == 0.5
+
+
 def test_reliability_diagram_png(tmp_path):
     path = tmp_path / "a" / "rel.png"
     ece = reliability_diagram([0.9, 0.6, 0.8], [True, False, True], 15, path)
@@ -225,6 +287,7 @@ def test_reliability_diagram_png(tmp_path):
         ([0.5, 0.6], [True], 15, r"same length, got 2 and 1"),
         ([], [], 15, r"must be non-empty"),
         ([1.5], [True], 15, r"`confidences` must lie in \[0, 1\]"),
+        ([0.5, 0.7], [1, 2], 15, r"`correct` must hold booleans or 0/1 .*got values \[1.0, 2.0\]"),
     ],
 )
 def test_calibration_rejects_bad_input(tmp_path, conf, correct, n_bins, match):
