@@ -161,10 +161,11 @@ def sample_partners(batch_size: int, generator: np.random.Generator) -> Tensor:
 
 def _partners(n: int, rng: np.random.Generator) -> np.ndarray:
     order = rng.permutation(n)
-    partner = np.arange(n)  # an odd batch's last shuffled sample keeps itself
+    swapped = order.copy()  # an odd batch's last shuffled sample keeps itself
     even = n - n % 2
-    partner[order[0:even:2]] = order[1:even:2]
-    partner[order[1:even:2]] = order[0:even:2]
+    swapped[0:even:2], swapped[1:even:2] = order[1:even:2], order[0:even:2]
+    partner = np.empty_like(order)
+    partner[order] = swapped
     return partner
 
 
@@ -187,26 +188,30 @@ def cutmix_boxes(
         ``(lo, hi, kept)``: ``lo`` and ``hi`` are ``(n, d)`` int64 corners (``hi`` exclusive)
         and ``kept`` the ``(n,)`` float64 kept-area fraction.
     """
-    lo, hi, kept = _boxes(np.asarray(lam, dtype=np.float64), spatial, generator)
+    lam = np.clip(np.asarray(lam, dtype=np.float64), 0.0, 1.0)
+    lo, hi, kept = _boxes(lam, spatial, generator)
     return torch.from_numpy(lo), torch.from_numpy(hi), torch.from_numpy(kept)
 
 
 def _boxes(
     lam: np.ndarray, spatial: Sequence[int], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    sizes = np.array([int(s) for s in spatial], dtype=np.float64)
-    if not 1 <= len(sizes) <= 3:
+    d = len(spatial)
+    if not 1 <= d <= 3:
         raise ValueError(
             f"CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions, "
-            f"got {len(sizes)} spatial dimensions."
+            f"got {d} spatial dimensions."
         )
-    ratio = np.clip(1.0 - lam, 0.0, 1.0) ** (1.0 / len(sizes))
-    half = np.round(ratio[:, None] * sizes / 2.0)
+    sizes = np.array(spatial, dtype=np.float64)
+    # λ lies in [0, 1] here (Beta draws; cutmix_boxes clips what users pass), so 1 - λ does too.
+    half = np.rint((1.0 - lam)[:, None] ** (1.0 / d) * (sizes / 2.0))
     # A centre drawn uniformly from the integer positions 0..size-1 of every dimension.
-    centre = np.floor(rng.random((len(lam), len(sizes))) * sizes)
+    centre = np.floor(rng.random((len(lam), d)) * sizes)
     lo = np.maximum(centre - half, 0.0)
     hi = np.minimum(centre + half, sizes)
-    kept = 1.0 - (hi - lo).prod(axis=1) / sizes.prod()
+    side = hi - lo
+    area = side[:, 0] if d == 1 else side[:, 0] * side[:, 1] if d == 2 else side.prod(axis=1)
+    kept = 1.0 - area / math.prod(spatial)
     return lo.astype(np.int64), hi.astype(np.int64), kept
 
 
@@ -358,8 +363,8 @@ def mix_targets(target: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
         partner: ``(B,)`` partner indices.
         lam: ``(B,)`` weights of each sample itself.
     """
-    lam = to_device(lam.to(target.dtype), target.device).unsqueeze(1)
-    return torch.lerp(target.index_select(0, partner), target, lam)
+    lam = to_device(lam.to(target.dtype), target.device)
+    return torch.lerp(target.index_select(0, partner), target, lam[:, None])
 
 
 def ramp_strength(

@@ -111,24 +111,25 @@ class _Policy:
         per_batch = self.mode == "batch"
         draws = 1 if per_batch else n
         partner = F._partners(n, rng)
-        u = rng.random((2, draws))
-        mixed, cut = u[0] < p, u[1] < self._cut_prob
+        u_mix, u_cut = rng.random((2, draws))
         lam_mix = F._beta(self._mix_alpha * alpha_scale, draws, rng)
         lam_cut = F._beta(self._cut_alpha * alpha_scale, draws, rng)
+        mixed = u_mix < p
+        cut = (u_cut < self._cut_prob) & mixed
         lam = np.where(mixed, np.where(cut, lam_cut, lam_mix), 1.0)
-        cut &= mixed
         lo = hi = None
-        if cut.any():
+        if self._cut_prob > 0 and cut.any():
             _check_cutmix_shape(shape)
             corner_lo, corner_hi, kept = F._boxes(lam, shape[2:], rng)
             lam = np.where(cut, kept, lam)
-            lo, hi = (
-                torch.from_numpy(c.repeat(n // draws, axis=0)) for c in (corner_lo, corner_hi)
-            )
-        lam, cut = lam.repeat(n // draws), cut.repeat(n // draws)
+            if per_batch:
+                corner_lo, corner_hi = corner_lo.repeat(n, axis=0), corner_hi.repeat(n, axis=0)
+            lo, hi = torch.from_numpy(corner_lo), torch.from_numpy(corner_hi)
+        if per_batch:
+            lam, cut = lam.repeat(n), cut.repeat(n)
         if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
             lam[partner == np.arange(n)] = 1.0
-        identity = n < 2 or bool((lam == 1).all())
+        identity = n < 2 or not (lam < 1.0).any()
         return MixParams(
             torch.from_numpy(partner),
             torch.from_numpy(lam),
@@ -180,7 +181,7 @@ class _Policy:
             box = tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
             region = (slice(None), slice(None), *box)
             x[region] = x[region].index_select(0, partner)
-        elif enabled is None and x.is_cpu and len(x) > 1 and x[0].nbytes >= PAIRWISE_MIN_BYTES:
+        elif enabled is None and x.is_cpu and x.nbytes >= PAIRWISE_MIN_BYTES * len(x):
             boxes = None if params.lo is None else (params.cut, params.lo, params.hi)
             scratch = None if buffer is None else buffer[0]
             F.mix_pairs_(x, params.partner, params.lam, boxes, scratch)
