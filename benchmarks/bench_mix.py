@@ -5,6 +5,9 @@ For each batch size (float32 ``B×C×H×W``) this times, interleaved:
 * ``copy``: ``dst.copy_(x)`` into a preallocated tensor, the baseline (one read, one write);
 * ours, ``apply`` only: :meth:`apply` with parameters drawn beforehand (torch ops, with a
   preallocated ``buffer``, as the callback runs it);
+* ours, ``apply`` forced onto the other CPU path (rows marked ``[gather]`` or ``[pairs]``): large
+  samples are mixed pair by pair and small ones with a gather (``PAIRWISE_MIN_BYTES``); these rows
+  time the path the rule does not take, for MixUp batch and CutMix elem;
 * ours, ``sample+apply``: what :class:`~lightning_mixup.MixupCallback` does per step: the batch's
   generator from the package's seed derivation, :func:`~lightning_mixup.functional.soft_targets` of the
   integer labels, ``sample`` and ``apply`` (both rows cycle through the same 64 seeds, so their
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import statistics
 import sys
 from collections.abc import Callable
@@ -40,6 +44,7 @@ import torch
 from torchvision.transforms import v2
 
 from lightning_mixup import functional as LF
+from lightning_mixup import policies as LP
 from lightning_mixup._seed import numpy_generator
 from lightning_mixup.policies import CutMix, MixUp
 
@@ -111,6 +116,25 @@ def ours_apply(policy: MixUp | CutMix, b: Batch) -> Callable[[], object]:
     return lambda: policy.apply(b.x, soft, next(params), buffer=b.buffer)
 
 
+def other_path(policy: MixUp | CutMix, b: Batch) -> tuple[str, Callable[[], object]]:
+    """``apply`` forced onto the CPU path it would not take at this size: gather or pair by pair.
+
+    Shows what the size rule in :mod:`lightning_mixup.policies` (``PAIRWISE_MIN_BYTES``) buys.
+    """
+    pairs_now = b.x.is_cpu and b.x[0].nbytes >= LP.PAIRWISE_MIN_BYTES
+    forced = math.inf if pairs_now else 0
+    run = ours_apply(policy, b)
+
+    def call() -> object:
+        saved, LP.PAIRWISE_MIN_BYTES = LP.PAIRWISE_MIN_BYTES, forced
+        try:
+            return run()
+        finally:
+            LP.PAIRWISE_MIN_BYTES = saved
+
+    return ("gather" if pairs_now else "pairs"), call
+
+
 def ours_step(policy: MixUp | CutMix, b: Batch) -> Callable[[], object]:
     seeds = itertools.cycle(range(N_DRAWS))
 
@@ -130,6 +154,10 @@ def contenders_for(
     for op, mode in OPS:
         policy = make_policy(op, mode)
         out.append(H.Contender(f"ours apply {op} {mode}", ours_apply(policy, b), b.restore))
+    if b.x.is_cpu:
+        for op, mode in (("MixUp", "batch"), ("CutMix", "elem")):
+            path, call = other_path(make_policy(op, mode), b)
+            out.append(H.Contender(f"ours apply {op} {mode} [{path}]", call, b.restore))
     for op, mode in OPS:
         policy = make_policy(op, mode)
         out.append(H.Contender(f"ours sample+apply {op} {mode}", ours_step(policy, b), b.restore))
