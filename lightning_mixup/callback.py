@@ -24,7 +24,7 @@ _RAMP_TARGETS = ("p", "alpha")
 
 
 class MixupCallback(pl.Callback):
-    """Mix each training batch with MixUp and/or CutMix, in place, before ``training_step``.
+    """Mix each training batch with MixUp and/or CutMix right before ``training_step``.
 
     Implements mixup (Zhang et al., ICLR 2018) and CutMix (Yun et al., ICCV 2019). The batch must
     be a list or a dict; its inputs (``batch[input_key]``) are replaced by the mixed inputs and its
