@@ -126,7 +126,8 @@ class MixupCallback(pl.Callback):
         self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
         self.last_params: MixParams | None = None
-        """Parameters of the most recent mixed batch (None if it was not mixed), for inspection."""
+        """Parameters of the most recent batch, for inspection; None when it was not mixed (the
+        schedule or ``p`` left it alone, or it held NaN/Inf on the CPU)."""
         self._seed = seed if seed is not None else _DEFAULT_SEED
         self._restored_seed: int | None = None
         self._salt = 0
@@ -147,13 +148,17 @@ class MixupCallback(pl.Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Resolve ``num_classes`` and the seed; order this instance among its siblings."""
+        """Resolve the seed and, when fitting, ``num_classes``; order this instance among siblings.
+
+        ``validate``, ``test`` and ``predict`` mix nothing, so they need no ``num_classes``.
+        """
         if self.seed is None:
             env = os.environ.get("PL_GLOBAL_SEED")
             self._seed = int(env) if env is not None else _DEFAULT_SEED
         siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
         self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
-        self._num_classes = self.num_classes or _find_num_classes(trainer, pl_module)
+        if stage == "fit":
+            self._num_classes = self.num_classes or _find_num_classes(trainer, pl_module)
         self._checked_labels = False
 
     def state_dict(self) -> dict[str, Any]:
@@ -185,6 +190,7 @@ class MixupCallback(pl.Callback):
         batch is disabled on the device and counted there, the count being read at epoch end.
         """
         container, x, target = self._unpack(batch)
+        self.policy.check_shape(x.shape)  # every batch, mixed or not: a bad shape fails at once
         on_host = _reads_back_cheaply(x.device)
         strength = self.strength(trainer.current_epoch, batch_idx, trainer.num_training_batches)
         p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
@@ -192,8 +198,9 @@ class MixupCallback(pl.Callback):
         self._checked_labels = True
         params = None
         if p > 0 and scale > 0 and x.shape[0] > 1:
-            finite = F.all_finite(x) if self.skip_nonfinite else None
-            if finite is not None:
+            finite = None
+            if self.skip_nonfinite:  # soft targets given as 2-D rows can hold NaN/Inf too
+                finite = F.all_finite(x) & (F.all_finite(soft) if target.ndim == 2 else True)
                 self._stats.nonfinite += ~finite
             if on_host and finite is not None and not bool(finite):
                 self._warn_nonfinite(f"batch {batch_idx} in epoch {trainer.current_epoch}")
@@ -204,7 +211,7 @@ class MixupCallback(pl.Callback):
                 x, soft = self.policy.apply(x, soft, params, self._reuse_buffer(x), enabled)
         container[self.target_key] = soft
         container[self.input_key] = x
-        self.last_params = params
+        self.last_params = None if params is None or params.identity else params
         self._stats.add(strength, params)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -243,8 +250,8 @@ class MixupCallback(pl.Callback):
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
             rank_zero_warn(
-                f"MixupCallback: training inputs in {where} contain NaN or Inf; such batches are "
-                "left unmixed so the bad values do not spread to other samples. "
+                f"MixupCallback: training inputs or targets in {where} contain NaN or Inf; such "
+                "batches are left unmixed so the bad values do not spread to other samples. "
                 "`mixup/nonfinite_batches` counts them per epoch."
             )
 

@@ -83,6 +83,15 @@ class _Policy:
     _cut_alpha: float = 0.0
     _cut_prob: float = 0.0
 
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` if this policy may draw CutMix and ``shape`` cannot be cut.
+
+        Called by :meth:`sample` and by the callback on every training batch, mixed or not, so an
+        unfit shape fails on the first batch instead of the first one that happens to draw CutMix.
+        """
+        if self._cut_prob > 0:
+            _check_cutmix_shape(shape)
+
     def sample(
         self,
         shape: Sequence[int],
@@ -105,8 +114,7 @@ class _Policy:
         Returns:
             The batch's :class:`MixParams`.
         """
-        if self._cut_prob == 1.0:  # CutMix alone: say so before drawing anything
-            _check_cutmix_shape(shape)
+        self.check_shape(shape)
         rng, n = generator, int(shape[0])
         per_batch = self.mode == "batch"
         draws = 1 if per_batch else n
@@ -119,7 +127,6 @@ class _Policy:
         lam = np.where(mixed, np.where(cut, lam_cut, lam_mix), 1.0)
         lo = hi = None
         if self._cut_prob > 0 and cut.any():
-            _check_cutmix_shape(shape)
             corner_lo, corner_hi, kept = F._boxes(lam, shape[2:], rng)
             lam = np.where(cut, kept, lam)
             if per_batch:
@@ -162,37 +169,43 @@ class _Policy:
             params: Output of :meth:`sample` for this batch.
             buffer: Optional tensor like ``x`` that holds the gathered partners, so a training
                 loop allocates no batch-sized tensor per step.
-            enabled: Optional 0-d bool tensor on ``x``'s device; where False, every sample is
-                paired with itself, so nothing changes, without reading the flag on the host.
+            enabled: Optional 0-d bool tensor on ``x``'s device; where False, the inputs and
+                targets come back exactly as they were (NaN and Inf included), without reading the
+                flag on the host: the mix then goes into a copy and is selected on the device.
 
         Returns:
             ``(mixed inputs, mixed targets)``.
         """
         if params.identity:
             return x, target
-        if not F.owns_memory(x):
+        original = x
+        if enabled is not None or not F.owns_memory(x):
             x = x.clone(memory_format=torch.contiguous_format)
         device = x.device
         partner = F.to_device(params.partner, device)
-        if enabled is not None:
-            partner = torch.where(enabled, partner, torch.arange(len(partner), device=device))
         if params.per_batch and params.lo is not None:
             # One box for the whole batch: copy only the box region from the partners.
             box = tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
             region = (slice(None), slice(None), *box)
             x[region] = x[region].index_select(0, partner)
-        elif enabled is None and x.is_cpu and x.nbytes >= PAIRWISE_MIN_BYTES * len(x):
+        elif x.is_cpu and x.nbytes >= PAIRWISE_MIN_BYTES * len(x):
             boxes = None if params.lo is None else (params.cut, params.lo, params.hi)
             scratch = None if buffer is None else buffer[0]
             F.mix_pairs_(x, params.partner, params.lam, boxes, scratch)
         elif params.per_batch:
             F.mix_(x, partner, 1.0 - float(params.lam.min()), buffer)  # a self-paired sample: 1
         else:
-            F.mix_(x, partner, _partner_weights(params, x.shape, device), buffer)
-        return x, F.mix_targets(target, partner, params.lam)
+            F.mix_(x, partner, _partner_weights(params, x.shape, device, x.dtype), buffer)
+        mixed_target = F.mix_targets(target, partner, params.lam)
+        if enabled is not None:  # where disabled, the batch comes back bit for bit as it was
+            x = torch.where(enabled, x, original)
+            mixed_target = torch.where(enabled, mixed_target, target)
+        return x, mixed_target
 
 
-def _partner_weights(params: MixParams, shape: Sequence[int], device: torch.device) -> Tensor:
+def _partner_weights(
+    params: MixParams, shape: Sequence[int], device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """Per-sample partner share ``1 - λ``, or per-pixel where a sample gets a CutMix box.
 
     The per-pixel weight of a sample is an outer product of one vector per spatial dimension:
@@ -201,7 +214,8 @@ def _partner_weights(params: MixParams, shape: Sequence[int], device: torch.devi
     The small vectors are built on the CPU and the product on ``device``, so only ``B·(H + W)``
     numbers cross to an accelerator, not ``B·H·W``.
     """
-    share = (1.0 - params.lam).float()
+    # float64 inputs get float64 weights; narrower floats get float32 (mix_ casts them last).
+    share = (1.0 - params.lam).to(torch.float64 if dtype == torch.float64 else torch.float32)
     ndim = len(shape)
     if params.lo is None:
         return F.to_device(share, device).view(-1, *([1] * (ndim - 1)))
@@ -210,7 +224,9 @@ def _partner_weights(params: MixParams, shape: Sequence[int], device: torch.devi
     weight = None
     for k, size in enumerate(shape[2:]):
         pos = torch.arange(size)
-        inside = ((pos >= params.lo[:, k : k + 1]) & (pos < params.hi[:, k : k + 1])).float()
+        inside = ((pos >= params.lo[:, k : k + 1]) & (pos < params.hi[:, k : k + 1])).to(
+            share.dtype
+        )
         fill = share.view(n, 1) if k == 0 else 1.0
         view = [n, 1] + [1] * d
         view[k + 2] = size

@@ -1,0 +1,170 @@
+"""Reliability fixes: each test failed on the code before its fix (issue "eleven ways ...")."""
+
+import warnings
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_mixup import MixupCallback
+from lightning_mixup.policies import CutMix, MixUp, MixUpOrCutMix
+from tests.probes import RecordingModule, loader, tensor_loader, tiny_trainer
+
+
+class NoClassesModule(pl.LightningModule):
+    """A module that names no `num_classes` anywhere (and has no datamodule to ask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.layer(x.flatten(1))
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
+
+    def test_step(self, batch, batch_idx):
+        self.log("test_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        return self(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class DrawProbe(RecordingModule):
+    """Records the callback's `last_params` at every training step."""
+
+    def training_step(self, batch, batch_idx):
+        cb = next(c for c in self.trainer.callbacks if isinstance(c, MixupCallback))
+        self.train_records.append({"params": cb.last_params, "y": batch[1].detach().clone()})
+        x, y = batch
+        return nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
+
+
+def force_accelerator_path(monkeypatch):
+    import lightning_mixup.callback as cbmod
+
+    monkeypatch.setattr(cbmod, "_reads_back_cheaply", lambda device: False)
+
+
+# 6 ------------------------------------------------------------------------------------------
+def test_validate_test_and_predict_need_no_num_classes():
+    data = tensor_loader(torch.randn(8, 32), torch.arange(8) % 4)
+    trainer = tiny_trainer(callbacks=[MixupCallback(alpha=1.0)])
+    assert trainer.validate(NoClassesModule(), data, verbose=False)
+    assert trainer.test(NoClassesModule(), data, verbose=False)
+    assert len(trainer.predict(NoClassesModule(), data)) == 2
+    with pytest.raises(ValueError, match="could not find `num_classes`"):
+        tiny_trainer(callbacks=[MixupCallback(alpha=1.0)]).fit(NoClassesModule(), data)
+
+
+# 7 ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"alpha": 1.0, "cutmix_alpha": 1.0, "switch_prob": 0.01},
+        {"alpha": 0.0, "cutmix_alpha": 1.0, "p": 0.01},
+        {"alpha": 0.0, "cutmix_alpha": 1.0, "ramp_start_epoch": 1},
+    ],
+    ids=["rarely-cutmix", "rarely-mixed", "ramp-not-started"],
+)
+def test_cutmix_on_uncuttable_inputs_fails_on_the_first_batch(kwargs):
+    module = RecordingModule(num_classes=4, in_features=32)
+    with pytest.raises(ValueError, match=r"CutMix needs inputs of shape \(B, C, \*spatial\)"):
+        tiny_trainer(max_epochs=2, callbacks=[MixupCallback(**kwargs)]).fit(
+            module, tensor_loader(torch.randn(64, 32), torch.arange(64) % 4)
+        )
+    assert module.train_records == []  # not one training step ran
+
+
+# 8 ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_float64_inputs_are_blended_with_float64_weights(layout):
+    x = torch.rand(6, 3, 5, 5, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    policy = MixUpOrCutMix(MixUp(1.0, "elem"), CutMix(1.0, "elem"), 0.5)
+    params = policy.sample(x.shape, np.random.default_rng(11))
+    assert not params.identity and (~params.cut).any()
+    mixed, _ = policy.apply(x.clone(), torch.eye(6, dtype=torch.float64), params)
+    for i in (~params.cut).nonzero().flatten().tolist():  # the blended samples
+        j, lam = int(params.partner[i]), float(params.lam[i])
+        exact = x[i] + (1.0 - lam) * (x[j] - x[i])  # torch.lerp's formula, in float64
+        torch.testing.assert_close(mixed[i], exact, rtol=0, atol=1e-15)
+
+
+# 9 ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "policy",
+    [MixUp(1.0, "batch"), MixUp(1.0, "elem"), CutMix(1.0, "batch"), CutMix(1.0, "elem")],
+    ids=lambda p: f"{type(p).__name__}-{p.mode}",
+)
+def test_a_disabled_batch_comes_back_bit_for_bit_with_inf_in_it(policy):
+    x = torch.rand(6, 2, 4, 4)
+    x[1, 0, 2, 2] = float("inf")
+    x[4, 1, 0, 0] = -float("inf")
+    target = torch.eye(6)
+    params = policy.sample(x.shape, np.random.default_rng(5))
+    out, soft = policy.apply(x.clone(), target, params, enabled=torch.tensor(False))
+    assert torch.equal(out, x) and torch.equal(soft, target)
+    clean = torch.rand(6, 2, 4, 4)
+    out, _ = policy.apply(clean.clone(), target, params, enabled=torch.tensor(True))
+    expected, _ = policy.apply(clean.clone(), target, params)
+    assert torch.equal(out, expected)
+
+
+def test_accelerator_path_leaves_an_inf_batch_as_it_was(monkeypatch):
+    force_accelerator_path(monkeypatch)
+    x = torch.rand(16, 2, 4, 4)
+    x[5, 0, 1, 1] = float("inf")  # batch 1 holds samples 4-7
+    module = RecordingModule(num_classes=4)
+    with pytest.warns(UserWarning, match="NaN or Inf"):
+        tiny_trainer(callbacks=[MixupCallback(alpha=1.0, mode="elem", seed=0)]).fit(
+            module, tensor_loader(x, torch.arange(16) % 4)
+        )
+    assert torch.equal(module.train_records[1]["x"], x[4:8])  # no NaN, every bit as it was
+
+
+# 10 -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("accelerator_path", [False, True], ids=["cpu-path", "accelerator-path"])
+def test_nonfinite_soft_targets_leave_their_batch_unmixed(monkeypatch, accelerator_path):
+    if accelerator_path:
+        force_accelerator_path(monkeypatch)
+    x = torch.rand(16, 2, 4, 4)
+    soft = torch.eye(4)[torch.arange(16) % 4]
+    soft[9, 2] = float("nan")  # batch 2 holds samples 8-11
+    module = RecordingModule(num_classes=4)
+    with pytest.warns(UserWarning, match="inputs or targets in .* contain NaN or Inf"):
+        trainer = tiny_trainer(callbacks=[MixupCallback(alpha=1.0, seed=0)])
+        trainer.fit(module, tensor_loader(x, soft))
+    bad = module.train_records[2]
+    assert torch.equal(bad["x"], x[8:12])
+    assert torch.isnan(bad["y"]).sum() == 1  # the NaN stayed in its own row
+    for i in (0, 1, 3):
+        assert torch.isfinite(module.train_records[i]["y"]).all()
+        assert (module.train_records[i]["y"].max(1).values < 1).any()  # mixed
+    assert trainer.callback_metrics["mixup/nonfinite_batches"].item() == 1
+
+
+# 11 -----------------------------------------------------------------------------------------
+def test_last_params_is_none_exactly_when_the_batch_was_not_mixed():
+    module = DrawProbe(num_classes=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiny_trainer(
+            max_epochs=2, callbacks=[MixupCallback(alpha=1.0, p=0.5, ramp_start_epoch=1, seed=3)]
+        ).fit(module, loader(64, 4))
+    records = module.train_records
+    assert all(r["params"] is None for r in records[:16])  # epoch 0: the ramp has not started
+    later = records[16:]
+    mixed = [bool((r["y"].max(1).values < 1).any()) for r in later]
+    assert 0 < sum(mixed) < len(later)  # p = 0.5 left some batches alone
+    assert [r["params"] is not None for r in later] == mixed
