@@ -70,6 +70,10 @@ class MixupCallback(pl.Callback):
             batch). A non-finite batch is left unmixed, so the bad values stay in their own
             samples instead of spreading to their partners; the first one warns, and
             ``mixup/nonfinite_batches`` counts them per epoch. False skips the check.
+        name: Optional identifier that sets the checkpoint key (``MixupCallback[name]``). Two
+            MixupCallbacks in one Trainer need different names and epoch windows
+            (``[ramp_start_epoch, stop_epoch)``) that do not overlap, else ``setup`` refuses them:
+            a batch is never mixed twice.
 
     To look at the mixed images, add :class:`~lightning_mixup.evaluation.MixedGridLogger`.
 
@@ -101,6 +105,7 @@ class MixupCallback(pl.Callback):
         seed: int | None = None,
         same_on_all_ranks: bool = False,
         skip_nonfinite: bool = True,
+        name: str | None = None,
     ) -> None:
         # The policy checks alpha, cutmix_alpha, switch_prob and mode; the rest is checked here.
         self.policy = _make_policy(alpha, cutmix_alpha, switch_prob, mode)
@@ -119,15 +124,17 @@ class MixupCallback(pl.Callback):
             )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
-        for name, key in (("input_key", input_key), ("target_key", target_key)):
+        for argument, key in (("input_key", input_key), ("target_key", target_key)):
             if isinstance(key, bool) or not isinstance(key, (int, str)):
-                raise ValueError(f"`{name}` must be a list index or a dict key, got {key!r}.")
+                raise ValueError(f"`{argument}` must be a list index or a dict key, got {key!r}.")
         self.stop_epoch, self.input_key, self.target_key = stop_epoch, input_key, target_key
         self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
+        if name is not None and (not isinstance(name, str) or not name.isidentifier()):
+            raise ValueError(f"`name` must be None or a Python identifier, got {name!r}.")
+        self.name = name
         self.last_params: MixParams | None = None
-        """Parameters of the most recent batch, for inspection; None when it was not mixed (the
-        schedule or ``p`` left it alone, or it held NaN/Inf on the CPU)."""
+        """Parameters of the most recent batch, for inspection; None when it was not mixed."""
         self._seed = seed if seed is not None else _DEFAULT_SEED
         self._restored_seed: int | None = None
         self._salt = 0
@@ -139,12 +146,32 @@ class MixupCallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        """Checkpoint key that tells several differently configured instances apart."""
-        return self._generate_state_key(
-            alpha=self.alpha, cutmix_alpha=self.cutmix_alpha, mode=self.mode, p=self.p,
-            ramp_start_epoch=self.ramp_start_epoch, ramp_epochs=self.ramp_epochs,
-            stop_epoch=self.stop_epoch, input_key=self.input_key, target_key=self.target_key,
+        """Checkpoint key: ``"MixupCallback"``, or ``"MixupCallback[name]"`` with a ``name``.
+
+        It does not depend on the other arguments, so a run resumed with changed arguments (say a
+        smaller ``alpha``) still finds its state, and keeps drawing from its stored seed.
+        """
+        return type(self).__name__ if self.name is None else f"{type(self).__name__}[{self.name}]"
+
+    def _arguments(self) -> dict[str, Any]:
+        """The arguments that shape the mix, as stored in the checkpoint (to report changes)."""
+        keys = (
+            "alpha", "cutmix_alpha", "switch_prob", "p", "mode", "label_smoothing", "num_classes",
+            "ramp_start_epoch", "ramp_epochs", "ramp_shape", "ramp_target", "stop_epoch",
+            "input_key", "target_key", "seed", "same_on_all_ranks", "skip_nonfinite",
         )  # fmt: skip
+        return {key: getattr(self, key) for key in keys}
+
+    def _window(self) -> tuple[int, float]:
+        """The epochs ``[start, stop)`` in which this callback may mix."""
+        return self.ramp_start_epoch, math.inf if self.stop_epoch is None else self.stop_epoch
+
+    def _describe(self) -> str:
+        start, stop = self._window()
+        return (
+            f"{self.state_key}(alpha={self.alpha:g}, cutmix_alpha={self.cutmix_alpha:g}, "
+            f"mixing in epochs [{start}, {stop:g}))"
+        )
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -157,18 +184,42 @@ class MixupCallback(pl.Callback):
             self._seed = int(env) if env is not None else _DEFAULT_SEED
         siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
         self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
+        for other in siblings[: self._salt]:
+            (a_start, a_stop), (b_start, b_stop) = other._window(), self._window()
+            if a_start < b_stop and b_start < a_stop:
+                raise ValueError(
+                    f"Two MixupCallbacks would mix the same batches, each on top of the other: "
+                    f"{other._describe()} and {self._describe()}. Keep one MixupCallback and set "
+                    "its arguments (on the command line, `--trainer.callbacks.<argument>=...` "
+                    "changes the last callback of the config's list, where the example configs put "
+                    "it), or give the two callbacks epoch windows that do not overlap "
+                    "(`ramp_start_epoch` of one at or after the other's `stop_epoch`)."
+                )
         if stage == "fit":
             self._num_classes = self.num_classes or _find_num_classes(trainer, pl_module)
         self._checked_labels = False
 
     def state_dict(self) -> dict[str, Any]:
-        """Store the resolved seed so a resumed run draws the same even if the global seed changed."""
-        return {"seed": self._seed}
+        """Store the resolved seed and the arguments that shape the mix.
+
+        The seed makes a resumed run draw the same even if the global seed changed; the arguments
+        let it say which of them changed.
+        """
+        return {"seed": self._seed, "arguments": self._arguments()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the seed of the interrupted run (unless ``seed`` was given explicitly)."""
+        """Restore the interrupted run's seed (unless ``seed`` is given); warn once of changes."""
         if self.seed is None and state_dict.get("seed") is not None:
             self._restored_seed = int(state_dict["seed"])
+        stored, now = state_dict.get("arguments", {}), self._arguments()
+        changed = [
+            f"{k}: {stored[k]!r} -> {now[k]!r}" for k in now if k in stored and stored[k] != now[k]
+        ]
+        if changed:
+            rank_zero_warn(
+                f"{self.state_key}: resuming with changed arguments ({'; '.join(changed)}); the "
+                "stored seed is kept, so the draws continue from the interrupted run's stream."
+            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply a seed restored from a checkpoint (``load_state_dict`` runs before this)."""

@@ -217,7 +217,7 @@ def test_resume_from_checkpoint_mixes_exactly_as_uninterrupted(tmp_path, monkeyp
 
 def test_two_callbacks_keep_separate_state_and_draws(tmp_path):
     out = MixupCallback(alpha=1.0, stop_epoch=1)
-    cut = MixupCallback(alpha=0.0, cutmix_alpha=1.0, ramp_start_epoch=1)
+    cut = MixupCallback(alpha=0.0, cutmix_alpha=1.0, ramp_start_epoch=1, name="cutmix")
     assert out.state_key != cut.state_key
     module = RecordingModule()
     trainer = tiny_trainer(max_epochs=2, callbacks=[out, cut], default_root_dir=tmp_path)

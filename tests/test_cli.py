@@ -82,13 +82,13 @@ def test_cifar_examples_run_on_written_files(n, cifar_dirs, tmp_path):
     assert sorted(scheduler.milestones) == [100, 150]
 
 
-def test_callback_added_on_the_command_line(tmp_path):
+def test_callback_arguments_changed_on_the_command_line(tmp_path):
+    """The README recipe: the example configs list the MixupCallback last, so
+    `--trainer.callbacks.<argument>` changes it (no second callback mixes the batch again)."""
     cli = main(
         [
             "fit",
             f"--config={EXAMPLES / 'digits.yaml'}",
-            "--trainer.callbacks+=lightning_mixup.MixupCallback",
-            "--trainer.callbacks.alpha=0",
             "--trainer.callbacks.cutmix_alpha=1.0",
             "--trainer.fast_dev_run=1",
             f"--trainer.default_root_dir={tmp_path}",
@@ -97,8 +97,25 @@ def test_callback_added_on_the_command_line(tmp_path):
         ]
     )
     mix = [cb for cb in cli.trainer.callbacks if isinstance(cb, MixupCallback)]
-    assert [cb.cutmix_alpha for cb in mix] == [0.0, 1.0]
+    assert [(cb.alpha, cb.cutmix_alpha, cb.stop_epoch) for cb in mix] == [(0.4, 1.0, 35)]
     assert "test/acc" not in cli.trainer.callback_metrics
+
+
+def test_a_second_callback_on_the_command_line_is_refused(tmp_path):
+    common = [
+        "fit",
+        f"--config={EXAMPLES / 'digits.yaml'}",
+        "--trainer.callbacks+=lightning_mixup.MixupCallback",
+        "--trainer.fast_dev_run=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        *QUIET,
+    ]
+    with pytest.raises(
+        RuntimeError, match="more than one stateful callback of type `MixupCallback`"
+    ):
+        main(common)
+    with pytest.raises(ValueError, match=r"Two MixupCallbacks would mix the same batches.*\[cut\]"):
+        main([*common, "--trainer.callbacks.name=cut"])
 
 
 def test_bad_config_value_is_rejected_with_the_argument_named(tmp_path):

@@ -170,8 +170,10 @@ def test_two_callbacks_checkpoint_and_resume_separately(tmp_path, monkeypatch):
 
     def pair(seed_a=None):
         return [
-            MixupCallback(alpha=1.0, stop_epoch=2, seed=seed_a),
-            MixupCallback(alpha=0.0, cutmix_alpha=1.0, ramp_start_epoch=1, ramp_epochs=1, seed=42),
+            MixupCallback(alpha=1.0, stop_epoch=1, seed=seed_a),
+            MixupCallback(
+                alpha=0.0, cutmix_alpha=1.0, ramp_start_epoch=1, ramp_epochs=1, seed=42, name="cut"
+            ),
         ]
 
     full = RecordingModule()

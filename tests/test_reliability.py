@@ -168,3 +168,50 @@ def test_last_params_is_none_exactly_when_the_batch_was_not_mixed():
     mixed = [bool((r["y"].max(1).values < 1).any()) for r in later]
     assert 0 < sum(mixed) < len(later)  # p = 0.5 left some batches alone
     assert [r["params"] is not None for r in later] == mixed
+
+
+# 3 and 4 ------------------------------------------------------------------------------------
+def test_two_callbacks_mixing_the_same_epochs_are_refused_at_setup():
+    first = MixupCallback(alpha=1.0, stop_epoch=3)
+    second = MixupCallback(alpha=0.0, cutmix_alpha=1.0, ramp_start_epoch=2, name="cut")
+    module = RecordingModule()
+    with pytest.raises(
+        ValueError, match=r"MixupCallback\(alpha=1.*\[0, 3\)\).*MixupCallback\[cut\]"
+    ):
+        tiny_trainer(callbacks=[first, second]).fit(module, loader(8, 4))
+    assert module.train_records == []
+
+
+def test_named_callbacks_that_differ_in_any_argument_are_accepted():
+    """Only the name sets the checkpoint key: settings that differ in switch_prob alone are fine."""
+    a = MixupCallback(alpha=1.0, cutmix_alpha=1.0, switch_prob=0.2, stop_epoch=1)
+    b = MixupCallback(alpha=1.0, cutmix_alpha=1.0, switch_prob=0.8, ramp_start_epoch=1, name="b")
+    module = RecordingModule()
+    tiny_trainer(max_epochs=2, callbacks=[a, b]).fit(module, loader(16, 4))
+    assert len(module.train_records) == 8
+
+
+# 5 ------------------------------------------------------------------------------------------
+def test_resuming_with_a_changed_alpha_keeps_the_seed_and_says_what_changed(tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    tiny_trainer(callbacks=[MixupCallback(alpha=1.0), ckpt], enable_checkpointing=True).fit(
+        RecordingModule(), loader(8, 4)
+    )
+    monkeypatch.setenv("PL_GLOBAL_SEED", "8")  # the resumed run is started with another seed
+    resumed = MixupCallback(alpha=0.5)
+    with pytest.warns(
+        UserWarning, match=r"changed arguments \(alpha: 1.0 -> 0.5\); the stored seed"
+    ):
+        tiny_trainer(max_epochs=2, callbacks=[resumed]).fit(
+            RecordingModule(), loader(8, 4), ckpt_path=tmp_path / "last.ckpt"
+        )
+    assert resumed._seed == 7
+
+
+@pytest.mark.parametrize("name", ["", "two words", 3, True])
+def test_name_must_be_an_identifier(name):
+    with pytest.raises(ValueError, match=r"`name` must be None or a Python identifier, got"):
+        MixupCallback(name=name)
