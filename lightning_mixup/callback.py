@@ -133,15 +133,17 @@ class MixupCallback(pl.Callback):
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
             raise ValueError(f"`name` must be None or a Python identifier, got {name!r}.")
         self.name = name
-        self.last_params: MixParams | None = None
-        """Parameters of the most recent batch, for inspection; None when it was not mixed."""
+        self.last_params: MixParams | dict[str | int, MixParams] | None = None
+        """Parameters of the most recent batch, for inspection; None when it was not mixed. With
+        several training loaders, a dict from loader name (or index) to the parameters of each
+        sub-batch that was mixed."""
         self._seed = seed if seed is not None else _DEFAULT_SEED
         self._restored_seed: int | None = None
         self._salt = 0
         self._num_classes = self.num_classes
         self._checked_labels = False
         self._warned_soft_smoothing = self._warned_nonfinite = False
-        self._buffer: Tensor | None = None
+        self._buffers: dict[str | int | None, Tensor] = {}  # one per training loader
         self._stats = _EpochStats()
 
     @property
@@ -235,12 +237,34 @@ class MixupCallback(pl.Callback):
     ) -> None:
         """Mix ``batch`` according to the schedule at this epoch and batch; write it back.
 
+        With several training dataloaders (Lightning's ``CombinedLoader``: a dict or list of
+        loaders given to ``fit``), the batch holds one sub-batch per loader; each is mixed on its
+        own, with its own draws, and ``input_key``/``target_key`` apply inside each.
+
         On the CPU every check reads its answer at once. On an accelerator the batch path never
         waits for the device: class indices are range-checked on the first batch of each fit
         only (later, ``scatter_``'s own bounds check still stops a bad index), and a non-finite
         batch is disabled on the device and counted there, the count being read at epoch end.
         """
-        container, x, target = self._unpack(batch)
+        loaders = trainer.train_dataloader
+        if isinstance(loaders, (Mapping, list, tuple)):  # several loaders: one sub-batch each
+            parts = list(loaders.keys() if isinstance(loaders, Mapping) else range(len(loaders)))
+            if not isinstance(batch, (Mapping, list, tuple)) or len(batch) != len(parts):
+                raise TypeError(
+                    f"MixupCallback expected one sub-batch per training dataloader ({parts}), got "
+                    f"a {type(batch).__name__} batch."
+                )
+            drawn = {part: self._mix(trainer, batch[part], batch_idx, part) for part in parts}
+            mixed = {part: params for part, params in drawn.items() if params is not None}
+            self.last_params = mixed or None
+        else:
+            self.last_params = self._mix(trainer, batch, batch_idx, None)
+
+    def _mix(
+        self, trainer: pl.Trainer, batch: Any, batch_idx: int, part: str | int | None
+    ) -> MixParams | None:
+        """Mix one batch (or one loader's sub-batch) in place; return its parameters if mixed."""
+        container, x, target = self._unpack(batch, part)
         self.policy.check_shape(x.shape)  # every batch, mixed or not: a bad shape fails at once
         on_host = _reads_back_cheaply(x.device)
         strength = self.strength(trainer.current_epoch, batch_idx, trainer.num_training_batches)
@@ -254,16 +278,18 @@ class MixupCallback(pl.Callback):
                 finite = F.all_finite(x) & (F.all_finite(soft) if target.ndim == 2 else True)
                 self._stats.nonfinite += ~finite
             if on_host and finite is not None and not bool(finite):
-                self._warn_nonfinite(f"batch {batch_idx} in epoch {trainer.current_epoch}")
+                where = "" if part is None else f" of loader {part!r}"
+                self._warn_nonfinite(f"batch {batch_idx}{where} in epoch {trainer.current_epoch}")
             else:
-                generator = numpy_generator(*self._draw_key(trainer, batch_idx))
+                key = self._draw_key(trainer, batch_idx)
+                generator = numpy_generator(*key, *(() if part is None else (part,)))
                 params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
                 enabled = None if on_host else finite
-                x, soft = self.policy.apply(x, soft, params, self._reuse_buffer(x), enabled)
+                x, soft = self.policy.apply(x, soft, params, self._reuse_buffer(x, part), enabled)
         container[self.target_key] = soft
         container[self.input_key] = x
-        self.last_params = None if params is None or params.identity else params
         self._stats.add(strength, params)
+        return None if params is None or params.identity else params
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the epoch's mean strength and λ, and the count of non-finite batches."""
@@ -306,18 +332,22 @@ class MixupCallback(pl.Callback):
                 "`mixup/nonfinite_batches` counts them per epoch."
             )
 
-    def _reuse_buffer(self, x: Tensor) -> Tensor:
-        buf = self._buffer
+    def _reuse_buffer(self, x: Tensor, part: str | int | None) -> Tensor:
+        buf = self._buffers.get(part)
         if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
-            buf = self._buffer = torch.empty_like(x, memory_format=torch.contiguous_format)
+            buf = self._buffers[part] = torch.empty_like(x, memory_format=torch.contiguous_format)
         return buf
 
-    def _unpack(self, batch: Any) -> tuple[MutableMapping | list, Tensor, Tensor]:
+    def _unpack(
+        self, batch: Any, part: str | int | None
+    ) -> tuple[MutableMapping | list, Tensor, Tensor]:
         if not isinstance(batch, (list, MutableMapping)):
+            which = "batch" if part is None else f"sub-batch of training loader {part!r}"
             raise TypeError(
-                f"MixupCallback writes the mixed batch back into it, so it must be a list or a "
-                f"dict, got {type(batch).__name__}. Return a list (e.g. `[x, y]`; the default "
-                "collate does this for tuple samples) or a dict from your dataset/collate_fn."
+                f"MixupCallback writes the mixed batch back into it, so the {which} must be a "
+                f"list or a dict, got {type(batch).__name__}. Return a list (e.g. `[x, y]`; the "
+                "default collate does this for tuple samples) or a dict from your "
+                "dataset/collate_fn."
             )
         x = _lookup(batch, "input_key", self.input_key)
         target = _lookup(batch, "target_key", self.target_key)

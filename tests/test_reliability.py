@@ -215,3 +215,55 @@ def test_resuming_with_a_changed_alpha_keeps_the_seed_and_says_what_changed(tmp_
 def test_name_must_be_an_identifier(name):
     with pytest.raises(ValueError, match=r"`name` must be None or a Python identifier, got"):
         MixupCallback(name=name)
+
+
+# 2 ------------------------------------------------------------------------------------------
+class TwoLoaderProbe(RecordingModule):
+    """Records each sub-batch of a CombinedLoader step (dict of loaders or list of loaders)."""
+
+    def training_step(self, batch, batch_idx):
+        parts = batch.keys() if isinstance(batch, dict) else range(len(batch))
+        cb = next(c for c in self.trainer.callbacks if isinstance(c, MixupCallback))
+        self.train_records.append(
+            {
+                "parts": {p: (batch[p][0].clone(), batch[p][1].clone()) for p in parts},
+                "params": cb.last_params,
+            }
+        )
+        x, y = batch[next(iter(parts))]
+        return nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
+
+
+@pytest.mark.parametrize("container", ["dict", "list"])
+def test_several_training_loaders_mix_each_sub_batch_with_its_own_draws(container):
+    loaders = {"a": loader(16, 4), "b": loader(16, 4)}
+    if container == "list":
+        loaders = list(loaders.values())
+    module = TwoLoaderProbe(num_classes=16)
+    tiny_trainer(callbacks=[MixupCallback(alpha=1.0, seed=0)]).fit(
+        module, train_dataloaders=loaders
+    )
+    names = ["a", "b"] if container == "dict" else [0, 1]
+    assert len(module.train_records) == 4
+    for rec in module.train_records:
+        (xa, ya), (xb, yb) = (rec["parts"][n] for n in names)
+        for x, y in ((xa, ya), (xb, yb)):  # each sub-batch is a proper mix of its own samples
+            assert y.dtype == torch.float32 and torch.allclose(y.sum(1), torch.ones(4))
+            values = (y * torch.arange(16.0)).sum(1)  # IdentityData: pixel value = its label
+            torch.testing.assert_close(x.flatten(1).mean(1), values)
+        assert set(rec["params"]) == set(names)
+        assert not torch.equal(rec["params"][names[0]].lam, rec["params"][names[1]].lam)
+
+
+def test_a_loaders_draws_do_not_depend_on_the_other_loaders():
+    """Each sub-batch's draws are keyed by its loader's name, not by the loaders beside it."""
+    alone, joined = TwoLoaderProbe(num_classes=16), TwoLoaderProbe(num_classes=16)
+    tiny_trainer(callbacks=[MixupCallback(alpha=1.0, seed=0)]).fit(
+        alone, train_dataloaders={"a": loader(16, 4)}
+    )
+    tiny_trainer(callbacks=[MixupCallback(alpha=1.0, seed=0)]).fit(
+        joined, train_dataloaders={"a": loader(16, 4), "b": loader(16, 4, shuffle=False)}
+    )
+    for one, two in zip(alone.train_records, joined.train_records):
+        assert torch.equal(one["parts"]["a"][0], two["parts"]["a"][0])
+        assert torch.equal(one["parts"]["a"][1], two["parts"]["a"][1])

@@ -364,6 +364,8 @@ class MixedGridLogger(pl.Callback):
             or self._drawn_epoch == epoch
         ):
             return
+        if isinstance(mixer.last_params, dict):  # several training loaders: the first mixed one
+            batch = batch[next(iter(mixer.last_params))]
         images, targets = batch[mixer.input_key], batch[mixer.target_key]
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             self._enabled = False
