@@ -62,6 +62,12 @@ class MixupCallback(pl.Callback):
         ramp_shape: ``"linear"`` or ``"cosine"``.
         ramp_target: What the strength scales: ``"p"`` or ``"alpha"``.
         stop_epoch: From this epoch (0-based) on, no mixing; None never stops.
+        ramp_start_step: The schedule in optimizer steps instead of epochs (``trainer.global_step``,
+            0-based; for streams, whose epoch may never end, and ``max_steps`` training): first
+            step of the ramp. Setting any ``*_step`` argument switches to steps; the ``*_epoch``
+            arguments must then keep their defaults.
+        ramp_steps: Optimizer steps to go from strength 0 to 1 (0 or None: at once).
+        stop_step: From this optimizer step (0-based) on, no mixing; None never stops.
         input_key: Index (list batch) or key (dict batch) of the inputs.
         target_key: Index or key of the targets.
         seed: Seed of the mixing draws; None uses the seed given to ``seed_everything``, else 0.
@@ -100,6 +106,9 @@ class MixupCallback(pl.Callback):
         ramp_shape: Literal["linear", "cosine"] = "linear",
         ramp_target: Literal["p", "alpha"] = "p",
         stop_epoch: int | None = None,
+        ramp_start_step: int | None = None,
+        ramp_steps: int | None = None,
+        stop_step: int | None = None,
         input_key: int | str = 0,
         target_key: int | str = 1,
         seed: int | None = None,
@@ -128,6 +137,27 @@ class MixupCallback(pl.Callback):
             if isinstance(key, bool) or not isinstance(key, (int, str)):
                 raise ValueError(f"`{argument}` must be a list index or a dict key, got {key!r}.")
         self.stop_epoch, self.input_key, self.target_key = stop_epoch, input_key, target_key
+        steps = {
+            "ramp_start_step": ramp_start_step,
+            "ramp_steps": ramp_steps,
+            "stop_step": stop_step,
+        }
+        for argument, value in steps.items():
+            if value is not None:
+                C.integer(argument, value, 0)
+        self.ramp_start_step, self.ramp_steps, self.stop_step = steps.values()
+        self.in_steps = any(value is not None for value in steps.values())
+        if self.in_steps and (ramp_start_epoch, ramp_epochs, stop_epoch) != (0, 0, None):
+            raise ValueError(
+                "The schedule is in epochs or in steps, not both: got `ramp_start_epoch`="
+                f"{ramp_start_epoch!r}, `ramp_epochs`={ramp_epochs!r}, `stop_epoch`={stop_epoch!r} "
+                f"with {', '.join(f'`{k}`={v!r}' for k, v in steps.items() if v is not None)}."
+            )
+        if stop_step is not None and stop_step <= (ramp_start_step or 0):
+            raise ValueError(
+                f"`stop_step` must be after `ramp_start_step` = {ramp_start_step or 0}, got "
+                f"{stop_step!r}."
+            )
         self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
@@ -160,19 +190,27 @@ class MixupCallback(pl.Callback):
         keys = (
             "alpha", "cutmix_alpha", "switch_prob", "p", "mode", "label_smoothing", "num_classes",
             "ramp_start_epoch", "ramp_epochs", "ramp_shape", "ramp_target", "stop_epoch",
+            "ramp_start_step", "ramp_steps", "stop_step",
             "input_key", "target_key", "seed", "same_on_all_ranks", "skip_nonfinite",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 
-    def _window(self) -> tuple[int, float]:
-        """The epochs ``[start, stop)`` in which this callback may mix."""
-        return self.ramp_start_epoch, math.inf if self.stop_epoch is None else self.stop_epoch
+    def _window(self) -> tuple[str, int, float]:
+        """The unit and the ``[start, stop)`` epochs or optimizer steps in which it may mix."""
+        if self.in_steps:
+            stop = math.inf if self.stop_step is None else self.stop_step
+            return "steps", self.ramp_start_step or 0, stop
+        return (
+            "epochs",
+            self.ramp_start_epoch,
+            math.inf if self.stop_epoch is None else self.stop_epoch,
+        )
 
     def _describe(self) -> str:
-        start, stop = self._window()
+        unit, start, stop = self._window()
         return (
             f"{self.state_key}(alpha={self.alpha:g}, cutmix_alpha={self.cutmix_alpha:g}, "
-            f"mixing in epochs [{start}, {stop:g}))"
+            f"mixing in {unit} [{start}, {stop:g}))"
         )
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -187,15 +225,17 @@ class MixupCallback(pl.Callback):
         siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
         self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
         for other in siblings[: self._salt]:
-            (a_start, a_stop), (b_start, b_stop) = other._window(), self._window()
-            if a_start < b_stop and b_start < a_stop:
+            (a_unit, a_start, a_stop), (b_unit, b_start, b_stop) = other._window(), self._window()
+            if a_unit != b_unit or (a_start < b_stop and b_start < a_stop):  # steps vs epochs:
+                # no way to tell that the windows never meet
                 raise ValueError(
                     f"Two MixupCallbacks would mix the same batches, each on top of the other: "
                     f"{other._describe()} and {self._describe()}. Keep one MixupCallback and set "
                     "its arguments (on the command line, `--trainer.callbacks.<argument>=...` "
                     "changes the last callback of the config's list, where the example configs put "
-                    "it), or give the two callbacks epoch windows that do not overlap "
-                    "(`ramp_start_epoch` of one at or after the other's `stop_epoch`)."
+                    "it), or give the two callbacks windows in the same unit that do not overlap "
+                    "(`ramp_start_epoch` of one at or after the other's `stop_epoch`, or the same "
+                    "with `*_step`)."
                 )
         if stage == "fit":
             self._num_classes = self.num_classes or _find_num_classes(trainer, pl_module)
@@ -227,6 +267,18 @@ class MixupCallback(pl.Callback):
         """Apply a seed restored from a checkpoint (``load_state_dict`` runs before this)."""
         if self._restored_seed is not None:
             self._seed, self._restored_seed = self._restored_seed, None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Warn once when an epoch-based schedule cannot move because the epoch never ends."""
+        moving = self.ramp_start_epoch > 0 or self.ramp_epochs > 0 or self.stop_epoch is not None
+        if not self.in_steps and moving and trainer.num_training_batches == math.inf:
+            rank_zero_warn(
+                f"{self.state_key}: the training epoch has no end (a dataloader without a length "
+                "and no `limit_train_batches`), so a schedule in epochs (`ramp_start_epoch`="
+                f"{self.ramp_start_epoch}, `ramp_epochs`={self.ramp_epochs}, `stop_epoch`="
+                f"{self.stop_epoch}) never moves past epoch 0. Give it in optimizer steps instead: "
+                "`ramp_start_step`, `ramp_steps`, `stop_step`."
+            )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Reset the epoch's statistics (logged at the epoch's end)."""
@@ -267,7 +319,9 @@ class MixupCallback(pl.Callback):
         container, x, target = self._unpack(batch, part)
         self.policy.check_shape(x.shape)  # every batch, mixed or not: a bad shape fails at once
         on_host = _reads_back_cheaply(x.device)
-        strength = self.strength(trainer.current_epoch, batch_idx, trainer.num_training_batches)
+        strength = self.strength(
+            trainer.current_epoch, batch_idx, trainer.num_training_batches, trainer.global_step
+        )
         p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
         soft = self._soft_targets(target, check_range=on_host or not self._checked_labels)
         self._checked_labels = True
@@ -307,9 +361,20 @@ class MixupCallback(pl.Callback):
 
     # ------------------------------------------------------------------ helpers
     def strength(
-        self, epoch: int, batch_idx: int = 0, batches_per_epoch: float = math.inf
+        self, epoch: int, batch_idx: int = 0, batches_per_epoch: float = math.inf, step: int = 0
     ) -> float:
-        """Schedule strength at ``epoch`` (0-based) and ``batch_idx``, in ``[0, 1]``."""
+        """Schedule strength in ``[0, 1]``: at ``epoch`` and ``batch_idx``, or at ``step``.
+
+        ``step`` (the optimizer step, 0-based) is used when the schedule is in steps.
+        """
+        if self.in_steps:
+            return F.ramp_strength(
+                step,
+                self.ramp_start_step or 0,
+                self.ramp_steps or 0,
+                self.ramp_shape,
+                self.stop_step,
+            )
         frac = batch_idx / batches_per_epoch if 0 < batches_per_epoch < math.inf else 0.0
         return F.ramp_strength(
             epoch + frac, self.ramp_start_epoch, self.ramp_epochs, self.ramp_shape, self.stop_epoch

@@ -1,5 +1,6 @@
 """Reliability fixes: each test failed on the code before its fix (issue "eleven ways ...")."""
 
+import math
 import warnings
 
 import lightning.pytorch as pl
@@ -267,3 +268,66 @@ def test_a_loaders_draws_do_not_depend_on_the_other_loaders():
     for one, two in zip(alone.train_records, joined.train_records):
         assert torch.equal(one["parts"]["a"][0], two["parts"]["a"][0])
         assert torch.equal(one["parts"]["a"][1], two["parts"]["a"][1])
+
+
+# 1 ------------------------------------------------------------------------------------------
+class Stream(torch.utils.data.IterableDataset):
+    """An endless stream with no `__len__`: sample i is the constant image i % 16, label i % 16."""
+
+    def __iter__(self):
+        i = 0
+        while True:
+            yield torch.full((2, 4, 4), float(i % 16)), i % 16
+            i += 1
+
+
+def stream_fit(callback, **trainer_kwargs):
+    module = RecordingModule(num_classes=16)
+    data = torch.utils.data.DataLoader(Stream(), batch_size=4)
+    tiny_trainer(max_steps=30, callbacks=[callback], **trainer_kwargs).fit(module, data)
+    return [bool((r["y"].max(1).values < 1).any()) for r in module.train_records]
+
+
+def test_a_schedule_in_steps_moves_on_an_endless_stream():
+    cb = MixupCallback(alpha=1.0, ramp_start_step=5, ramp_steps=10, stop_step=25, seed=0)
+    mixed = stream_fit(cb)
+    assert len(mixed) == 30
+    assert not any(mixed[:5]) and not any(mixed[25:])  # before the ramp, from stop_step on
+    assert all(mixed[15:25])  # full strength
+    assert 0 < sum(mixed[5:15]) < 10  # the ramp: p rises from 0 to 1 over 10 steps
+    assert [cb.strength(0, 0, math.inf, step) for step in (4, 10, 15, 25)] == [0.0, 0.5, 1.0, 0.0]
+
+
+def test_steps_count_optimizer_steps_under_gradient_accumulation():
+    cb = MixupCallback(alpha=1.0, ramp_start_step=3, seed=0)
+    mixed = stream_fit(cb, accumulate_grad_batches=2)
+    assert not any(mixed[:6]) and all(mixed[6:])  # optimizer step 3 starts at batch 6
+
+
+def test_an_epoch_schedule_on_an_endless_stream_warns_once():
+    with pytest.warns(UserWarning, match=r"never moves past epoch 0.*`ramp_start_step`") as record:
+        mixed = stream_fit(MixupCallback(alpha=1.0, ramp_epochs=2))
+    assert sum("never moves past epoch 0" in str(w.message) for w in record) == 1
+    assert not any(mixed)  # the epoch ramp never started, and now the user is told
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"ramp_epochs": 2, "ramp_steps": 100}, "The schedule is in epochs or in steps, not both"),
+        ({"ramp_start_step": 10, "stop_step": 10}, "`stop_step` must be after `ramp_start_step`"),
+        ({"ramp_steps": -1}, "`ramp_steps` must be an integer >= 0, got -1"),
+    ],
+)
+def test_step_schedule_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MixupCallback(**kwargs)
+
+
+def test_callbacks_in_different_units_cannot_prove_they_never_overlap():
+    epochs = MixupCallback(alpha=1.0, stop_epoch=1)
+    steps = MixupCallback(alpha=1.0, ramp_start_step=1000, name="late")
+    with pytest.raises(
+        ValueError, match=r"mixing in epochs \[0, 1\).*mixing in steps \[1000, inf\)"
+    ):
+        tiny_trainer(callbacks=[epochs, steps]).fit(RecordingModule(), loader(8, 4))
