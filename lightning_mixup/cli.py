@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from types import TracebackType
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-__all__ = ["MixupCLI", "console", "main"]
+__all__ = ["ConfigError", "MixupCLI", "console", "main"]
+
+
+class ConfigError(ValueError):
+    """A value in the configuration that one of our classes refused, with the key it came from."""
 
 
 class MixupCLI(LightningCLI):
@@ -25,6 +32,24 @@ class MixupCLI(LightningCLI):
             default=True,
             help="After `fit`, run `test` on the datamodule's test split with the best checkpoint.",
         )
+
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does; an argument our classes refuse becomes a short error.
+
+        The error names the config key (e.g. ``trainer.callbacks[1]``) and the class, followed by
+        our one-line message, instead of jsonargparse's long chain of tracebacks around it.
+        """
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            found = _our_refusal(err)
+            if found is None:
+                raise
+            cls, message = found
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            where = next(_class_paths(config.as_dict(), "", cls), None)
+            head = f"{where} ({cls.__name__})" if where else cls.__name__
+            raise ConfigError(f"{head}: {message}") from None
 
     def after_fit(self) -> None:
         """Test the trained model when asked to and when the datamodule has a test split."""
@@ -72,8 +97,55 @@ def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI:
 def console() -> int:
     """Entry point of the ``lightning-mixup`` console script: run :func:`main`, exit status 0.
 
-    (A console script passes its function's return value to ``sys.exit``, so it must not be the
-    CLI object that :func:`main` returns.)
+    A configuration value that our classes refuse ends the run with one line on standard error,
+    ``lightning-mixup: error: <config key> (<class>): <message>``, and exit status 2. (A console
+    script passes its function's return value to ``sys.exit``, so it must not be the CLI object
+    that :func:`main` returns.)
     """
-    main()
+    try:
+        main()
+    except ConfigError as err:
+        print(f"lightning-mixup: error: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _our_refusal(err: BaseException) -> tuple[type, str] | None:
+    """The innermost ValueError/TypeError that a ``lightning_mixup`` constructor raised, if any.
+
+    Follows the chain of causes; returns the outermost ``lightning_mixup`` class whose
+    ``__init__`` is on that error's traceback, and the error's message.
+    """
+    seen: set[int] = set()
+    found = None
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (ValueError, TypeError)):
+            cls = _constructing(err.__traceback__)
+            if cls is not None:
+                found = (cls, str(err))
+        err = err.__cause__ or err.__context__
+    return found
+
+
+def _constructing(tb: TracebackType | None) -> type | None:
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
+        if owner is not None and type(owner).__module__.startswith("lightning_mixup."):
+            return type(owner)
+        tb = tb.tb_next
+    return None
+
+
+def _class_paths(node: Any, key: str, cls: type) -> Iterator[str]:
+    """Config keys (``trainer.callbacks[1]``) whose ``class_path`` names ``cls``."""
+    if isinstance(node, dict):
+        path = node.get("class_path")
+        if isinstance(path, str) and path.rsplit(".", 1)[-1] == cls.__name__:
+            yield key
+        for name, value in node.items():
+            yield from _class_paths(value, f"{key}.{name}" if key else name, cls)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _class_paths(value, f"{key}[{i}]", cls)

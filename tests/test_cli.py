@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from lightning_mixup import MixupCallback, SoftLabelClassifier
-from lightning_mixup.cli import main
+from lightning_mixup.cli import ConfigError, main
 from tests.cifar_files import checksum_lists, write_cifar10, write_cifar100
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,16 +119,35 @@ def test_a_second_callback_on_the_command_line_is_refused(tmp_path):
 
 
 def test_bad_config_value_is_rejected_with_the_argument_named(tmp_path):
-    with pytest.raises(ValueError, match="`alpha` must be a number >= 0, got -1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^trainer\.callbacks\[1\] \(MixupCallback\): `alpha` must be a number >= 0, got -1",
+    ):
         main(
             [
                 "fit",
                 f"--config={EXAMPLES / 'digits.yaml'}",
-                "--trainer.callbacks+=lightning_mixup.MixupCallback",
                 "--trainer.callbacks.alpha=-1",
                 f"--trainer.default_root_dir={tmp_path}",
             ]
         )
+
+
+def test_console_script_reports_a_bad_config_value_in_one_line(tmp_path):
+    script = Path(sys.executable).with_name("lightning-mixup")
+    proc = run(
+        str(script),
+        "fit",
+        f"--config={EXAMPLES / 'digits.yaml'}",
+        "--data.val_size=-3",
+        f"--trainer.default_root_dir={tmp_path}",
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "lightning-mixup: error: data (DigitsDataModule): `val_size` must be an integer >= 1, "
+        "got -3."
+    )
 
 
 def run(*args, **kw):

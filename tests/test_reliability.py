@@ -331,3 +331,15 @@ def test_callbacks_in_different_units_cannot_prove_they_never_overlap():
         ValueError, match=r"mixing in epochs \[0, 1\).*mixing in steps \[1000, inf\)"
     ):
         tiny_trainer(callbacks=[epochs, steps]).fit(RecordingModule(), loader(8, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_an_inf_batch_comes_back_as_it_was():
+    x = torch.rand(16, 2, 4, 4)
+    x[5, 0, 1, 1] = float("inf")  # batch 1 holds samples 4-7
+    module = RecordingModule(num_classes=4)
+    with pytest.warns(UserWarning, match="NaN or Inf"):
+        tiny_trainer(accelerator="gpu", callbacks=[MixupCallback(alpha=1.0, mode="elem")]).fit(
+            module, tensor_loader(x, torch.arange(16) % 4)
+        )
+    assert torch.equal(module.train_records[1]["x"].cpu(), x[4:8])
