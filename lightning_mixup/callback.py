@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -14,8 +14,10 @@ from torch import Tensor
 
 from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
+from lightning_mixup._batch import loader_parts, unpack
 from lightning_mixup._seed import numpy_generator
 from lightning_mixup.policies import CutMix, MixParams, MixUp, MixUpOrCutMix, Mode
+from lightning_mixup.schedule import Schedule
 
 __all__ = ["MixupCallback"]
 
@@ -122,42 +124,29 @@ class MixupCallback(pl.Callback):
         self.switch_prob, self.mode = float(switch_prob), mode
         self.p = C.number("p", p, 0.0, 1.0)
         self.label_smoothing = C.number("label_smoothing", label_smoothing, 0.0, 1.0)
-        self.ramp_shape = C.choice("ramp_shape", ramp_shape, F.RAMP_SHAPES)
+        self.schedule = Schedule.from_arguments(
+            ramp_start_epoch, ramp_epochs, stop_epoch, ramp_start_step, ramp_steps, stop_step,
+            ramp_shape,
+        )  # fmt: skip
+        self.ramp_start_epoch, self.ramp_epochs, self.stop_epoch = (
+            ramp_start_epoch,
+            ramp_epochs,
+            stop_epoch,
+        )
+        self.ramp_start_step, self.ramp_steps, self.stop_step = (
+            ramp_start_step,
+            ramp_steps,
+            stop_step,
+        )
+        self.ramp_shape = ramp_shape
         self.ramp_target = C.choice("ramp_target", ramp_target, _RAMP_TARGETS)
         self.num_classes = None if num_classes is None else C.integer("num_classes", num_classes, 1)
-        self.ramp_start_epoch = C.integer("ramp_start_epoch", ramp_start_epoch, 0)
-        self.ramp_epochs = C.integer("ramp_epochs", ramp_epochs, 0)
-        if stop_epoch is not None and C.integer("stop_epoch", stop_epoch, 0) <= ramp_start_epoch:
-            raise ValueError(
-                f"`stop_epoch` must be after `ramp_start_epoch` = {ramp_start_epoch}, got {stop_epoch!r}."
-            )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
         for argument, key in (("input_key", input_key), ("target_key", target_key)):
             if isinstance(key, bool) or not isinstance(key, (int, str)):
                 raise ValueError(f"`{argument}` must be a list index or a dict key, got {key!r}.")
-        self.stop_epoch, self.input_key, self.target_key = stop_epoch, input_key, target_key
-        steps = {
-            "ramp_start_step": ramp_start_step,
-            "ramp_steps": ramp_steps,
-            "stop_step": stop_step,
-        }
-        for argument, value in steps.items():
-            if value is not None:
-                C.integer(argument, value, 0)
-        self.ramp_start_step, self.ramp_steps, self.stop_step = steps.values()
-        self.in_steps = any(value is not None for value in steps.values())
-        if self.in_steps and (ramp_start_epoch, ramp_epochs, stop_epoch) != (0, 0, None):
-            raise ValueError(
-                "The schedule is in epochs or in steps, not both: got `ramp_start_epoch`="
-                f"{ramp_start_epoch!r}, `ramp_epochs`={ramp_epochs!r}, `stop_epoch`={stop_epoch!r} "
-                f"with {', '.join(f'`{k}`={v!r}' for k, v in steps.items() if v is not None)}."
-            )
-        if stop_step is not None and stop_step <= (ramp_start_step or 0):
-            raise ValueError(
-                f"`stop_step` must be after `ramp_start_step` = {ramp_start_step or 0}, got "
-                f"{stop_step!r}."
-            )
+        self.input_key, self.target_key = input_key, target_key
         self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
@@ -195,22 +184,10 @@ class MixupCallback(pl.Callback):
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 
-    def _window(self) -> tuple[str, int, float]:
-        """The unit and the ``[start, stop)`` epochs or optimizer steps in which it may mix."""
-        if self.in_steps:
-            stop = math.inf if self.stop_step is None else self.stop_step
-            return "steps", self.ramp_start_step or 0, stop
-        return (
-            "epochs",
-            self.ramp_start_epoch,
-            math.inf if self.stop_epoch is None else self.stop_epoch,
-        )
-
     def _describe(self) -> str:
-        unit, start, stop = self._window()
         return (
             f"{self.state_key}(alpha={self.alpha:g}, cutmix_alpha={self.cutmix_alpha:g}, "
-            f"mixing in {unit} [{start}, {stop:g}))"
+            f"mixing in {self.schedule})"
         )
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -225,9 +202,7 @@ class MixupCallback(pl.Callback):
         siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
         self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
         for other in siblings[: self._salt]:
-            (a_unit, a_start, a_stop), (b_unit, b_start, b_stop) = other._window(), self._window()
-            if a_unit != b_unit or (a_start < b_stop and b_start < a_stop):  # steps vs epochs:
-                # no way to tell that the windows never meet
+            if other.schedule.overlaps(self.schedule):
                 raise ValueError(
                     f"Two MixupCallbacks would mix the same batches, each on top of the other: "
                     f"{other._describe()} and {self._describe()}. Keep one MixupCallback and set "
@@ -270,8 +245,12 @@ class MixupCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Warn once when an epoch-based schedule cannot move because the epoch never ends."""
-        moving = self.ramp_start_epoch > 0 or self.ramp_epochs > 0 or self.stop_epoch is not None
-        if not self.in_steps and moving and trainer.num_training_batches == math.inf:
+        schedule = self.schedule
+        if (
+            schedule.unit == "epochs"
+            and schedule.moves
+            and trainer.num_training_batches == math.inf
+        ):
             rank_zero_warn(
                 f"{self.state_key}: the training epoch has no end (a dataloader without a length "
                 "and no `limit_train_batches`), so a schedule in epochs (`ramp_start_epoch`="
@@ -298,14 +277,8 @@ class MixupCallback(pl.Callback):
         only (later, ``scatter_``'s own bounds check still stops a bad index), and a non-finite
         batch is disabled on the device and counted there, the count being read at epoch end.
         """
-        loaders = trainer.train_dataloader
-        if isinstance(loaders, (Mapping, list, tuple)):  # several loaders: one sub-batch each
-            parts = list(loaders.keys() if isinstance(loaders, Mapping) else range(len(loaders)))
-            if not isinstance(batch, (Mapping, list, tuple)) or len(batch) != len(parts):
-                raise TypeError(
-                    f"MixupCallback expected one sub-batch per training dataloader ({parts}), got "
-                    f"a {type(batch).__name__} batch."
-                )
+        parts = loader_parts(trainer.train_dataloader, batch)
+        if parts is not None:  # several loaders: one sub-batch each
             drawn = {part: self._mix(trainer, batch[part], batch_idx, part) for part in parts}
             mixed = {part: params for part, params in drawn.items() if params is not None}
             self.last_params = mixed or None
@@ -316,7 +289,7 @@ class MixupCallback(pl.Callback):
         self, trainer: pl.Trainer, batch: Any, batch_idx: int, part: str | int | None
     ) -> MixParams | None:
         """Mix one batch (or one loader's sub-batch) in place; return its parameters if mixed."""
-        container, x, target = self._unpack(batch, part)
+        container, x, target = unpack(batch, self.input_key, self.target_key, part)
         self.policy.check_shape(x.shape)  # every batch, mixed or not: a bad shape fails at once
         on_host = _reads_back_cheaply(x.device)
         strength = self.strength(
@@ -367,18 +340,7 @@ class MixupCallback(pl.Callback):
 
         ``step`` (the optimizer step, 0-based) is used when the schedule is in steps.
         """
-        if self.in_steps:
-            return F.ramp_strength(
-                step,
-                self.ramp_start_step or 0,
-                self.ramp_steps or 0,
-                self.ramp_shape,
-                self.stop_step,
-            )
-        frac = batch_idx / batches_per_epoch if 0 < batches_per_epoch < math.inf else 0.0
-        return F.ramp_strength(
-            epoch + frac, self.ramp_start_epoch, self.ramp_epochs, self.ramp_shape, self.stop_epoch
-        )
+        return self.schedule.strength(epoch, batch_idx, batches_per_epoch, step)
 
     @property
     def _log_prefix(self) -> str:
@@ -402,31 +364,6 @@ class MixupCallback(pl.Callback):
         if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
             buf = self._buffers[part] = torch.empty_like(x, memory_format=torch.contiguous_format)
         return buf
-
-    def _unpack(
-        self, batch: Any, part: str | int | None
-    ) -> tuple[MutableMapping | list, Tensor, Tensor]:
-        if not isinstance(batch, (list, MutableMapping)):
-            which = "batch" if part is None else f"sub-batch of training loader {part!r}"
-            raise TypeError(
-                f"MixupCallback writes the mixed batch back into it, so the {which} must be a "
-                f"list or a dict, got {type(batch).__name__}. Return a list (e.g. `[x, y]`; the "
-                "default collate does this for tuple samples) or a dict from your "
-                "dataset/collate_fn."
-            )
-        x = _lookup(batch, "input_key", self.input_key)
-        target = _lookup(batch, "target_key", self.target_key)
-        if not x.is_floating_point():
-            raise TypeError(
-                f"Inputs `batch[{self.input_key!r}]` must be floating point to be mixed, got dtype "
-                f"{x.dtype}; convert and normalise them first (e.g. `x.float() / 255`)."
-            )
-        if x.ndim < 1 or target.ndim < 1 or x.shape[0] != target.shape[0]:
-            raise ValueError(
-                f"Inputs and targets must share the batch dimension, got shapes {tuple(x.shape)} "
-                f"and {tuple(target.shape)}."
-            )
-        return batch, x, target
 
     def _soft_targets(self, target: Tensor, check_range: bool) -> Tensor:
         if target.ndim == 2 and self.label_smoothing > 0 and not self._warned_soft_smoothing:
@@ -475,17 +412,6 @@ def _make_policy(
     if mixup.alpha == 0:
         return cutmix
     return either
-
-
-def _lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:
-    try:
-        value = batch[key]
-    except (KeyError, IndexError, TypeError):
-        have = list(batch.keys()) if isinstance(batch, Mapping) else f"{len(batch)} elements"
-        raise ValueError(f"`{name}` = {key!r} is not in the batch (it has {have}).") from None
-    if not isinstance(value, Tensor):
-        raise TypeError(f"`batch[{key!r}]` must be a tensor, got {type(value).__name__}.")
-    return value
 
 
 def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:

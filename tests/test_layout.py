@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning_mixup
 
 PACKAGE = Path(lightning_mixup.__file__).parent
-CORE = ("functional", "policies", "callback", "_checks", "_seed")
+CORE = ("functional", "policies", "schedule", "callback", "_batch", "_checks", "_seed")
 HEAVY = ("sklearn", "lightning_mixup.classification", "lightning_mixup.evaluation")
 
 

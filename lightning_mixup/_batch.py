@@ -1,0 +1,73 @@
+"""Reading a training batch and finding where the mixed one goes back.
+
+A batch is a list or a dict whose ``input_key``/``target_key`` entries are tensors: the callback
+writes the mixed tensors back into that container (a tuple cannot be written into). With several
+training dataloaders, Lightning's ``CombinedLoader`` hands over one such sub-batch per loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from torch import Tensor
+
+
+def loader_parts(loaders: Any, batch: Any) -> list[str | int] | None:
+    """The names (dict) or indices (list) of the training loaders, or None for a single loader.
+
+    Raises:
+        TypeError: If there are several loaders but the batch is not one sub-batch per loader.
+    """
+    if not isinstance(loaders, (Mapping, list, tuple)):
+        return None
+    parts = list(loaders.keys() if isinstance(loaders, Mapping) else range(len(loaders)))
+    if not isinstance(batch, (Mapping, list, tuple)) or len(batch) != len(parts):
+        raise TypeError(
+            f"MixupCallback expected one sub-batch per training dataloader ({parts}), got a "
+            f"{type(batch).__name__} batch."
+        )
+    return parts
+
+
+def unpack(
+    batch: Any, input_key: int | str, target_key: int | str, part: str | int | None = None
+) -> tuple[MutableMapping | list, Tensor, Tensor]:
+    """``(container, inputs, targets)`` of a list or dict batch, checked for mixing.
+
+    Raises:
+        TypeError: If the batch cannot be written into, an entry is not a tensor, or the inputs
+            are not floating point.
+        ValueError: If a key is missing, or inputs and targets disagree on the batch size.
+    """
+    if not isinstance(batch, (list, MutableMapping)):
+        which = "batch" if part is None else f"sub-batch of training loader {part!r}"
+        raise TypeError(
+            f"MixupCallback writes the mixed batch back into it, so the {which} must be a list "
+            f"or a dict, got {type(batch).__name__}. Return a list (e.g. `[x, y]`; the default "
+            "collate does this for tuple samples) or a dict from your dataset/collate_fn."
+        )
+    x = _lookup(batch, "input_key", input_key)
+    target = _lookup(batch, "target_key", target_key)
+    if not x.is_floating_point():
+        raise TypeError(
+            f"Inputs `batch[{input_key!r}]` must be floating point to be mixed, got dtype "
+            f"{x.dtype}; convert and normalise them first (e.g. `x.float() / 255`)."
+        )
+    if x.ndim < 1 or target.ndim < 1 or x.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"Inputs and targets must share the batch dimension, got shapes {tuple(x.shape)} "
+            f"and {tuple(target.shape)}."
+        )
+    return batch, x, target
+
+
+def _lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:
+    try:
+        value = batch[key]
+    except (KeyError, IndexError, TypeError):
+        have = list(batch.keys()) if isinstance(batch, Mapping) else f"{len(batch)} elements"
+        raise ValueError(f"`{name}` = {key!r} is not in the batch (it has {have}).") from None
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`batch[{key!r}]` must be a tensor, got {type(value).__name__}.")
+    return value
