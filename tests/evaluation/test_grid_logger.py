@@ -55,3 +55,19 @@ def test_grid_arguments_are_checked():
         MixedGridLogger(every_n_epochs=0)
     with pytest.raises(ValueError, match="`max_images` must be a positive integer, got -1"):
         MixedGridLogger(max_images=-1)
+
+
+def test_grid_from_several_training_loaders_draws_the_first_mixed_sub_batch(tmp_path):
+    class Module(RecordingModule):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch["a"], batch_idx)
+
+    def images():
+        return tensor_loader(torch.rand(16, 3, 8, 8), torch.arange(16) % 4, 8)
+
+    module = Module(num_classes=4, in_features=3 * 8 * 8)
+    callbacks = [MixupCallback(alpha=1.0, seed=0), MixedGridLogger()]
+    tiny_trainer(callbacks=callbacks, default_root_dir=tmp_path).fit(
+        module, train_dataloaders={"a": images(), "b": images()}
+    )
+    assert [p.name for p in tmp_path.rglob("mixed_grid_epoch*.png")] == ["mixed_grid_epoch0.png"]
