@@ -39,6 +39,17 @@ class MixupCallback(pl.Callback):
     sample's partner is uniformly random among the others (an odd batch leaves one sample as is).
     Validation, test, predict and sanity-check batches are never touched.
 
+    Dense targets (segmentation, frame or voxel labels) are recognised by shape, for inputs
+    ``(B, C, *spatial)`` with 1 to 3 spatial dimensions: an integer index mask ``(B, *spatial)`` or
+    a float soft mask ``(B, num_classes, *spatial)``. They are mixed with the image's own weights,
+    pixel by pixel: CutMix pastes the partner's mask in exactly the box pasted into the image, and
+    an index mask **stays an index mask** (``ignore_index`` pixels copied as they are). A blend
+    (MixUp) cannot be an index, so a batch with a blended sample gets float32 soft masks
+    ``(B, num_classes, *spatial)`` with the image's λ; so does every batch when
+    ``label_smoothing > 0``. Otherwise index masks pass through unchanged. With ``ignore_index``,
+    an ignored pixel's row is all zeros, and a blended pixel that takes any share from an ignored
+    pixel is all zeros too: an ignored pixel never becomes a class.
+
     Schedule: epochs are 0-based and progress is fractional (``epoch + batch_idx /
     num_training_batches``). The strength ``s`` is 0 before ``ramp_start_epoch``, rises to 1 over
     ``ramp_epochs`` epochs, and is 0 from epoch ``stop_epoch`` on. With ``ramp_target="p"`` a batch
@@ -82,6 +93,10 @@ class MixupCallback(pl.Callback):
             MixupCallbacks in one Trainer need different names and epoch windows
             (``[ramp_start_epoch, stop_epoch)``) that do not overlap, else ``setup`` refuses them:
             a batch is never mixed twice.
+        ignore_index: Value that marks unlabelled pixels in index masks (e.g. 255); None reads it
+            at ``setup`` from ``pl_module.ignore_index``, ``pl_module.hparams.ignore_index`` or
+            ``trainer.datamodule.ignore_index`` when one is an integer, else every value must be
+            a class in ``[0, num_classes)``.
 
     To look at the mixed images, add :class:`~lightning_mixup.evaluation.MixedGridLogger`.
 
@@ -117,6 +132,7 @@ class MixupCallback(pl.Callback):
         same_on_all_ranks: bool = False,
         skip_nonfinite: bool = True,
         name: str | None = None,
+        ignore_index: int | None = None,
     ) -> None:
         # The policy checks alpha, cutmix_alpha, switch_prob and mode; the rest is checked here.
         self.policy = _make_policy(alpha, cutmix_alpha, switch_prob, mode)
@@ -152,6 +168,11 @@ class MixupCallback(pl.Callback):
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
             raise ValueError(f"`name` must be None or a Python identifier, got {name!r}.")
         self.name = name
+        if ignore_index is not None and (
+            isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+        ):
+            raise ValueError(f"`ignore_index` must be an integer or None, got {ignore_index!r}.")
+        self.ignore_index = ignore_index
         self.last_params: MixParams | dict[str | int, MixParams] | None = None
         """Parameters of the most recent batch, for inspection; None when it was not mixed. With
         several training loaders, a dict from loader name (or index) to the parameters of each
@@ -160,6 +181,7 @@ class MixupCallback(pl.Callback):
         self._restored_seed: int | None = None
         self._salt = 0
         self._num_classes = self.num_classes
+        self._ignore_index = ignore_index
         self._checked_labels = False
         self._warned_soft_smoothing = self._warned_nonfinite = False
         self._buffers: dict[str | int | None, Tensor] = {}  # one per training loader
@@ -181,6 +203,7 @@ class MixupCallback(pl.Callback):
             "ramp_start_epoch", "ramp_epochs", "ramp_shape", "ramp_target", "stop_epoch",
             "ramp_start_step", "ramp_steps", "stop_step",
             "input_key", "target_key", "seed", "same_on_all_ranks", "skip_nonfinite",
+            "ignore_index",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 
@@ -214,6 +237,11 @@ class MixupCallback(pl.Callback):
                 )
         if stage == "fit":
             self._num_classes = self.num_classes or _find_num_classes(trainer, pl_module)
+            self._ignore_index = (
+                self.ignore_index
+                if self.ignore_index is not None
+                else _find_attribute(trainer, pl_module, "ignore_index", low=None)
+            )
         self._checked_labels = False
 
     def state_dict(self) -> dict[str, Any]:
@@ -291,18 +319,25 @@ class MixupCallback(pl.Callback):
         """Mix one batch (or one loader's sub-batch) in place; return its parameters if mixed."""
         container, x, target = unpack(batch, self.input_key, self.target_key, part)
         self.policy.check_shape(x.shape)  # every batch, mixed or not: a bad shape fails at once
+        form = F.target_form(x.shape, target)
         on_host = _reads_back_cheaply(x.device)
         strength = self.strength(
             trainer.current_epoch, batch_idx, trainer.num_training_batches, trainer.global_step
         )
         p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
-        soft = self._soft_targets(target, check_range=on_host or not self._checked_labels)
+        check_range = on_host or not self._checked_labels
+        if form == "index_mask":  # stays an index mask unless smoothing or a blend needs rows
+            if check_range:
+                F.check_indices(target, self._num_classes, self._ignore_index)
+            y = self._soft_targets(target, False) if self.label_smoothing > 0 else target
+        else:
+            y = self._soft_targets(target, check_range)
         self._checked_labels = True
         params = None
         if p > 0 and scale > 0 and x.shape[0] > 1:
             finite = None
-            if self.skip_nonfinite:  # soft targets given as 2-D rows can hold NaN/Inf too
-                finite = F.all_finite(x) & (F.all_finite(soft) if target.ndim == 2 else True)
+            if self.skip_nonfinite:  # soft targets and soft masks can hold NaN/Inf too
+                finite = F.all_finite(x) & (F.all_finite(y) if form.startswith("soft") else True)
                 self._stats.nonfinite += ~finite
             if on_host and finite is not None and not bool(finite):
                 where = "" if part is None else f" of loader {part!r}"
@@ -311,9 +346,17 @@ class MixupCallback(pl.Callback):
                 key = self._draw_key(trainer, batch_idx)
                 generator = numpy_generator(*key, *(() if part is None else (part,)))
                 params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
+                unlabelled = None
+                if form == "index_mask" and not params.identity and params.blends:
+                    if not y.is_floating_point():
+                        y = self._soft_targets(target, False)
+                    if self._ignore_index is not None:
+                        unlabelled = target == self._ignore_index
                 enabled = None if on_host else finite
-                x, soft = self.policy.apply(x, soft, params, self._reuse_buffer(x, part), enabled)
-        container[self.target_key] = soft
+                x, y = self.policy.apply(
+                    x, y, params, self._reuse_buffer(x, part), enabled, unlabelled
+                )
+        container[self.target_key] = y
         container[self.input_key] = x
         self._stats.add(strength, params)
         return None if params is None or params.identity else params
@@ -366,14 +409,22 @@ class MixupCallback(pl.Callback):
         return buf
 
     def _soft_targets(self, target: Tensor, check_range: bool) -> Tensor:
-        if target.ndim == 2 and self.label_smoothing > 0 and not self._warned_soft_smoothing:
+        if (
+            target.is_floating_point()
+            and self.label_smoothing > 0
+            and not self._warned_soft_smoothing
+        ):
             self._warned_soft_smoothing = True
             rank_zero_warn(
-                "MixupCallback: `label_smoothing` applies to class-index targets only; these 2-D "
-                "targets are mixed as given, without smoothing."
+                "MixupCallback: `label_smoothing` applies to class-index targets only; these "
+                "floating point targets are mixed as given, without smoothing."
             )
         return F.soft_targets(
-            target, self._num_classes, self.label_smoothing, check_range=check_range
+            target,
+            self._num_classes,
+            self.label_smoothing,
+            check_range=check_range,
+            ignore_index=self._ignore_index,
         )
 
 
@@ -414,17 +465,30 @@ def _make_policy(
     return either
 
 
-def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+def _find_attribute(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, low: int | None
+) -> int | None:
+    """The first integer ``name`` of the module, its hparams or the datamodule, or None.
+
+    With ``low``, only values ``>= low`` count.
+    """
     hparams = getattr(pl_module, "hparams", {})
     datamodule = trainer.datamodule
     candidates = (
-        getattr(pl_module, "num_classes", None),
-        hparams.get("num_classes") if isinstance(hparams, Mapping) else None,
-        getattr(datamodule, "num_classes", None) if datamodule is not None else None,
+        getattr(pl_module, name, None),
+        hparams.get(name) if isinstance(hparams, Mapping) else None,
+        getattr(datamodule, name, None) if datamodule is not None else None,
     )
     for value in candidates:
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low):
             return value
+    return None
+
+
+def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    found = _find_attribute(trainer, pl_module, "num_classes", low=1)
+    if found is not None:
+        return found
     raise ValueError(
         "MixupCallback could not find `num_classes`: it looked at `pl_module.num_classes`, "
         "`pl_module.hparams.num_classes` and `trainer.datamodule.num_classes`. Pass "

@@ -34,6 +34,7 @@ from lightning_mixup import _checks as C
 __all__ = [
     "RAMP_SHAPES",
     "all_finite",
+    "check_indices",
     "cutmix_boxes",
     "mix_",
     "mix_pairs_",
@@ -43,6 +44,7 @@ __all__ = [
     "sample_beta",
     "sample_partners",
     "soft_targets",
+    "target_form",
     "to_device",
 ]
 
@@ -55,26 +57,35 @@ def soft_targets(
     label_smoothing: float = 0.0,
     dtype: torch.dtype = torch.float32,
     check_range: bool = True,
+    ignore_index: int | None = None,
 ) -> Tensor:
-    """Turn class indices into (optionally smoothed) probability rows; pass 2-D targets through.
+    """Turn class indices into (optionally smoothed) probability rows; pass probabilities through.
+
+    Works for image-level labels and for dense (per-pixel, per-frame, per-voxel) index masks:
+    integer targets ``(B, *spatial)`` become ``(B, num_classes, *spatial)``, the class dimension
+    second, as ``F.cross_entropy`` expects it.
 
     Args:
-        target: ``(B,)`` integer class indices in ``[0, num_classes)``, or ``(B, num_classes)``
-            floating soft / multi-hot targets, which are returned converted to ``dtype`` and
-            otherwise unchanged (label smoothing applies to class indices only).
+        target: Integer class indices, ``(B,)`` or an index mask ``(B, *spatial)``, with values in
+            ``[0, num_classes)`` (or equal to ``ignore_index``); or floating probabilities
+            ``(B, num_classes, ...)`` (soft or multi-hot rows, soft masks), which are returned
+            converted to ``dtype`` and otherwise unchanged (label smoothing applies to class
+            indices only).
         num_classes: Number of classes ``K``.
         label_smoothing: ε in ``[0, 1]``: the true class gets ``1 - ε + ε/K``, every other ``ε/K``.
         dtype: Floating dtype of the result (float32 by default, whatever the input precision).
         check_range: Raise a ``ValueError`` for class indices outside ``[0, num_classes)``. The
             check reads a value back from the device; with False an accelerator's own bounds
             check in ``scatter_`` still stops the run on a bad index.
+        ignore_index: Class index that marks unlabelled entries (e.g. 255 on object borders); their
+            rows are all zeros, so they carry no class at all. None: every index is a class.
 
     Returns:
-        A ``(B, num_classes)`` tensor on ``target``'s device.
+        A ``(B, num_classes, ...)`` tensor on ``target``'s device.
 
     Raises:
         ValueError: If the shape, the class range or ``num_classes`` is wrong.
-        TypeError: If 1-D targets are not integers, or 2-D targets are not floating point.
+        TypeError: If 1-D targets are not integers, or targets are neither integer nor floating.
 
     Example:
         >>> soft_targets(torch.tensor([0, 2]), 3, label_smoothing=0.3)
@@ -83,39 +94,125 @@ def soft_targets(
     """
     C.positive_integer("num_classes", num_classes)
     C.number("label_smoothing", label_smoothing, 0.0, 1.0)
-    if target.ndim == 2:
-        if not target.is_floating_point():
-            raise TypeError(
-                "2-D targets must be floating point soft or multi-hot rows, got dtype "
-                f"{target.dtype}; pass class indices as a 1-D integer tensor instead."
-            )
+    if target.is_floating_point() and target.ndim >= 2:
         if target.shape[1] != num_classes:
             raise ValueError(
-                f"2-D targets must have `num_classes` = {num_classes} columns, got shape "
-                f"{tuple(target.shape)}."
+                f"Probability targets (B, num_classes, ...) must have `num_classes` = {num_classes} "
+                f"columns, got shape {tuple(target.shape)}."
             )
         return target.to(dtype)
-    if target.ndim != 1:
+    if target.ndim == 0:
         raise ValueError(
             "Targets must be class indices of shape (B,) or soft targets of shape "
             f"(B, num_classes), got shape {tuple(target.shape)}."
         )
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise TypeError(
+            f"{'1-D targets' if target.ndim == 1 else 'Index masks'} must be integer class "
+            f"indices, got dtype {target.dtype}; use `.long()` on the labels, or pass "
+            "(B, num_classes) soft targets."
+        )
+    if check_range:
+        check_indices(target, num_classes, ignore_index)
+    index = target.long()
+    ignored = None if ignore_index is None else index == ignore_index
+    if ignored is not None:
+        index = index.masked_fill(ignored, 0)
+    off = label_smoothing / num_classes
+    shape = (target.shape[0], num_classes, *target.shape[1:])
+    out = torch.full(shape, off, dtype=dtype, device=target.device)
+    out.scatter_(1, index.unsqueeze(1), 1.0 - label_smoothing + off)
+    return out if ignored is None else out.masked_fill_(ignored.unsqueeze(1), 0.0)
+
+
+def check_indices(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
+    """Raise ``ValueError`` unless every index lies in ``[0, num_classes)`` or is ``ignore_index``.
+
+    Reads one value back from ``target``'s device.
+    """
+    if not target.numel():
+        return
+    values = target if ignore_index is None else target.masked_fill(target == ignore_index, 0)
+    low, high = torch.aminmax(values)
+    if 0 <= int(low) <= int(high) < num_classes:
+        return
+    bad = values[(values < 0) | (values >= num_classes)].unique()
+    excepted = "" if ignore_index is None else f" (`ignore_index` = {ignore_index} excepted)"
+    unset = ignore_index is None and target.ndim > 1
+    raise ValueError(
+        f"Class indices must lie in [0, num_classes) = [0, {num_classes}){excepted}, got values "
+        f"{bad[:5].tolist()}; check `num_classes` and the dataset's labels"
+        + ("; if they mark unlabelled pixels, set `ignore_index`." if unset else ".")
+    )
+
+
+def target_form(input_shape: Sequence[int], target: Tensor) -> str:
+    """Say what ``target`` holds for inputs of ``input_shape``; raise when it fits no form.
+
+    The form follows from the dtype and the number of dimensions, given inputs of shape
+    ``(B, C, *spatial)`` with 1 to 3 spatial dimensions for the dense forms:
+
+    * ``"labels"``: ``(B,)`` integer class indices;
+    * ``"soft"``: ``(B, K)`` floating soft or multi-hot rows;
+    * ``"index_mask"``: ``(B, *spatial)`` integer class indices, one per pixel (frame, voxel);
+    * ``"soft_mask"``: ``(B, K, *spatial)`` floating per-pixel probabilities.
+
+    Raises:
+        TypeError: If the dtype fits no form (bool, complex, or a float tensor shaped like an
+            index mask).
+        ValueError: If the shape fits no form, or a mask's spatial size differs from the inputs'.
+
+    Example:
+        >>> target_form((4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long))
+        'index_mask'
+    """
+    shape, spatial = tuple(target.shape), tuple(input_shape[2:])
+    dense = 1 <= len(spatial) <= 3
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(
+            f"Targets of dtype {target.dtype} fit no target form: class indices and index masks "
+            "are integer tensors, soft targets and soft masks floating point ones."
+        )
+    if not target.is_floating_point():
+        if target.ndim == 1:
+            return "labels"
+        if dense and target.ndim == len(input_shape) - 1:
+            if shape[1:] != spatial:
+                raise ValueError(
+                    f"The index mask's spatial size {shape[1:]} differs from the inputs' "
+                    f"{spatial}: inputs of shape {tuple(input_shape)} need masks of shape "
+                    f"(B, *{spatial})."
+                )
+            return "index_mask"
+        raise ValueError(
+            f"Integer targets of shape {shape} fit neither class indices (B,) nor an index mask "
+            f"(B, *spatial) for inputs of shape {tuple(input_shape)} (B, C, *spatial, with 1 to 3 "
+            "spatial dimensions); pass soft targets as floating point (B, num_classes) rows."
+        )
+    if target.ndim == 1:
+        raise TypeError(
             f"1-D targets must be integer class indices, got dtype {target.dtype}; "
             "use `.long()` on the labels, or pass (B, num_classes) soft targets."
         )
-    if check_range and target.numel():
-        low, high = torch.aminmax(target)
-        if not 0 <= int(low) <= int(high) < num_classes:
-            bad = target[(target < 0) | (target >= num_classes)]
+    if target.ndim == 2:
+        return "soft"
+    if dense and target.ndim == len(input_shape):
+        if shape[2:] != spatial:
             raise ValueError(
-                f"Class indices must lie in [0, num_classes) = [0, {num_classes}), got values "
-                f"{bad[:5].tolist()}; check `num_classes` and the dataset's labels."
+                f"The soft mask's spatial size {shape[2:]} differs from the inputs' {spatial}: "
+                f"inputs of shape {tuple(input_shape)} need soft masks of shape "
+                f"(B, num_classes, *{spatial})."
             )
-    off = label_smoothing / num_classes
-    out = torch.full((target.shape[0], num_classes), off, dtype=dtype, device=target.device)
-    return out.scatter_(1, target.long().unsqueeze(1), 1.0 - label_smoothing + off)
+        return "soft_mask"
+    if dense and target.ndim == len(input_shape) - 1:
+        raise TypeError(
+            f"A mask of shape {shape} must hold integer class indices, got dtype {target.dtype}; "
+            "use `.long()` on it, or pass a soft mask of shape (B, num_classes, *spatial)."
+        )
+    raise ValueError(
+        f"Floating point targets of shape {shape} fit neither soft targets (B, num_classes) nor a "
+        f"soft mask (B, num_classes, *spatial) for inputs of shape {tuple(input_shape)}."
+    )
 
 
 def sample_beta(alpha: float, n: int, generator: np.random.Generator) -> Tensor:

@@ -66,6 +66,14 @@ class MixParams:
         """True when applying these parameters would change nothing."""
         return self.identity
 
+    @property
+    def blends(self) -> bool:
+        """True when some sample is blended with its partner (MixUp), not only cut (CutMix).
+
+        A blended pixel is a mix of two classes, so an integer index mask cannot hold it.
+        """
+        return bool(((self.lam < 1.0) & ~self.cut).any())
+
 
 def _check_cutmix_shape(shape: Sequence[int]) -> None:
     if not 3 <= len(shape) <= 5:
@@ -154,6 +162,7 @@ class _Policy:
         params: MixParams,
         buffer: Tensor | None = None,
         enabled: Tensor | None = None,
+        unlabelled: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Mix ``x`` and its targets with drawn parameters; return both (use what is returned).
 
@@ -163,15 +172,26 @@ class _Policy:
         copied first and the copy is mixed and returned, so data that outlives the batch is
         never changed. ``target`` is never written; the mixed targets are a new tensor.
 
+        Targets are mixed with exactly the weights of their inputs: image-level rows with each
+        sample's λ, dense masks pixel by pixel (a CutMix box of the partner's mask lands exactly
+        where the partner's pixels do). An integer index mask stays an index mask and may only be
+        cut, not blended (the caller turns it into a soft mask first when a sample is blended:
+        :meth:`MixParams.blends`).
+
         Args:
             x: ``(B, ...)`` floating inputs (``(B, C, *spatial)`` when CutMix is used).
-            target: ``(B, K)`` float targets.
+            target: ``(B, K)`` float targets, ``(B, K, *spatial)`` float soft masks, or
+                ``(B, *spatial)`` integer index masks (CutMix only).
             params: Output of :meth:`sample` for this batch.
             buffer: Optional tensor like ``x`` that holds the gathered partners, so a training
                 loop allocates no batch-sized tensor per step.
             enabled: Optional 0-d bool tensor on ``x``'s device; where False, the inputs and
                 targets come back exactly as they were (NaN and Inf included), without reading the
                 flag on the host: the mix then goes into a copy and is selected on the device.
+            unlabelled: Optional bool tensor on ``target``'s device, ``(B, *spatial)`` for soft
+                masks: True where a pixel carries no label (an ``ignore_index`` pixel turned into
+                an all-zero row). A mixed pixel that takes any share from such a pixel is
+                unlabelled too: its row is all zeros, so an ignored pixel never becomes a class.
 
         Returns:
             ``(mixed inputs, mixed targets)``.
@@ -185,8 +205,7 @@ class _Policy:
         partner = F.to_device(params.partner, device)
         if params.per_batch and params.lo is not None:
             # One box for the whole batch: copy only the box region from the partners.
-            box = tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
-            region = (slice(None), slice(None), *box)
+            region = (slice(None), slice(None), *_box(params))
             x[region] = x[region].index_select(0, partner)
         elif x.is_cpu and x.nbytes >= PAIRWISE_MIN_BYTES * len(x):
             boxes = None if params.lo is None else (params.cut, params.lo, params.hi)
@@ -196,11 +215,41 @@ class _Policy:
             F.mix_(x, partner, 1.0 - float(params.lam.min()), buffer)  # a self-paired sample: 1
         else:
             F.mix_(x, partner, _partner_weights(params, x.shape, device, x.dtype), buffer)
-        mixed_target = F.mix_targets(target, partner, params.lam)
+        mixed_target = _mix_target(target, params, partner, unlabelled)
         if enabled is not None:  # where disabled, the batch comes back bit for bit as it was
             x = torch.where(enabled, x, original)
             mixed_target = torch.where(enabled, mixed_target, target)
         return x, mixed_target
+
+
+def _box(params: MixParams) -> tuple[slice, ...]:
+    """The batch's one CutMix box as slices over the spatial dimensions."""
+    return tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
+
+
+def _mix_target(
+    target: Tensor, params: MixParams, partner: Tensor, unlabelled: Tensor | None
+) -> Tensor:
+    """Mix targets with the weights of their inputs (see :meth:`_Policy.apply`)."""
+    if target.ndim == 2 and target.is_floating_point():  # image-level rows
+        return F.mix_targets(target, partner, params.lam)
+    if params.per_batch and params.lo is not None:  # one box: every pixel from one sample
+        region = (slice(None),) * (1 + target.is_floating_point()) + _box(params)
+        mixed = target.clone()
+        mixed[region] = target[region].index_select(0, partner)
+        return mixed
+    partners = target.index_select(0, partner)
+    if not target.is_floating_point():  # an index mask, cut only: weights are 0 or 1
+        shape = (target.shape[0], 1, *target.shape[1:])
+        take = _partner_weights(params, shape, target.device, torch.float32).squeeze(1) > 0.5
+        return torch.where(take, partners, target)
+    share = _partner_weights(params, target.shape, target.device, torch.float32)
+    mixed = torch.lerp(target, partners, share)
+    if unlabelled is not None:
+        share = share.squeeze(1)
+        lost = (unlabelled & (share < 1)) | (unlabelled.index_select(0, partner) & (share > 0))
+        mixed.masked_fill_(lost.unsqueeze(1), 0.0)
+    return mixed
 
 
 def _partner_weights(

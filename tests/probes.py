@@ -133,3 +133,86 @@ class DrawRecorder(RecordingModule):
             {"draws": self.draws, "metrics": metrics, "state": state},
             os.path.join(self.out_dir, f"rank{self.global_rank}.pt"),
         )
+
+
+class MaskData(Dataset):
+    """Dense targets: sample ``i`` is a 2-channel image of value ``i`` with an index mask.
+
+    The mask of sample ``i`` at flat pixel ``q`` is ``(i + q) % num_classes``, except where
+    ``(i + 2q) % 7 == 0`` (a pattern that differs from sample to sample), which is
+    ``ignore_index`` when one is given. A mixed pixel's value names its sources.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        spatial: Sequence[int] = (6, 6),
+        num_classes: int = 5,
+        ignore_index: int | None = None,
+    ) -> None:
+        self.n, self.spatial, self.k, self.ignore = n, tuple(spatial), num_classes, ignore_index
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = torch.arange(int(torch.tensor(self.spatial).prod()))
+        mask = (i + flat) % self.k
+        if self.ignore is not None:
+            mask[(i + 2 * flat) % 7 == 0] = self.ignore
+        return torch.full((2, *self.spatial), float(i)), mask.view(self.spatial)
+
+
+class MaskRecorder(pl.LightningModule):
+    """A per-pixel 1×1-conv classifier that records each training step's batch and draws.
+
+    ``out_dir`` set: the records are saved per rank at the end of training (for ``ddp_spawn``).
+    """
+
+    def __init__(
+        self, num_classes: int = 5, ignore_index: int | None = None, out_dir: str | None = None
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.ignore_index, self.out_dir = num_classes, ignore_index, out_dir
+        self.weight = nn.Parameter(torch.randn(num_classes, 2) * 0.1)  # a 1×1 conv, any spatial
+        self.records: list[dict[str, Any]] = []
+        self.originals: list[list[torch.Tensor]] = []  # filled by an ``Originals`` callback
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        from lightning_mixup import MixupCallback
+
+        cb = next(c for c in self.trainer.callbacks if isinstance(c, MixupCallback))
+        x, y = batch
+        self.records.append(
+            {
+                "epoch": self.current_epoch,
+                "batch_idx": batch_idx,
+                "x": x.detach().clone(),
+                "y": y.detach().clone(),
+                "params": cb.last_params,
+            }
+        )
+        logits = torch.einsum("bc...,kc->bk...", x, self.weight)
+        if y.is_floating_point():
+            return nn.functional.cross_entropy(logits, y)
+        ignore = -100 if self.ignore_index is None else self.ignore_index
+        return nn.functional.cross_entropy(logits, y, ignore_index=ignore)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def on_train_end(self) -> None:
+        if self.out_dir is not None:
+            import os
+
+            path = os.path.join(self.out_dir, f"rank{self.global_rank}.pt")
+            torch.save({"records": self.records, "originals": self.originals}, path)
+
+
+class Originals(pl.Callback):
+    """Keeps a copy of each training batch as it arrives; list it before any MixupCallback."""
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        pl_module.originals.append([t.clone() for t in batch])

@@ -66,9 +66,9 @@ def test_soft_targets_cpu_numpy_path_equals_scatter(dtype, label_dtype, smoothin
         (torch.tensor([0, 5]), 5, 0.0, ValueError, r"\[0, 5\), got values \[5\]"),
         (torch.tensor([-1, 0]), 5, 0.0, ValueError, r"got values \[-1\]"),
         (torch.zeros(2, 3), 4, 0.0, ValueError, r"`num_classes` = 4 columns, got shape \(2, 3\)"),
-        (torch.zeros(2, 3, dtype=torch.long), 3, 0.0, TypeError, "2-D targets must be floating"),
+        (torch.zeros(2, 3, dtype=torch.bool), 3, 0.0, TypeError, "Index masks must be integer"),
         (torch.zeros(2), 3, 0.0, TypeError, "1-D targets must be integer class indices"),
-        (torch.zeros(2, 3, 1), 3, 0.0, ValueError, r"got shape \(2, 3, 1\)"),
+        (torch.tensor(1), 3, 0.0, ValueError, r"got shape \(\)"),
         (torch.tensor([0]), 0, 0.0, ValueError, "`num_classes` must be a positive integer, got 0"),
         (
             torch.tensor([0]),
