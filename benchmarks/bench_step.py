@@ -26,8 +26,13 @@ Two measurements:
 On CUDA every timestamp follows a ``torch.cuda.synchronize()``, which drains the queue at each
 step boundary: the callback's host-side time then shows in full (an upper bound).
 
+With ``--mix-at LAYER`` the callback mixes that layer's output (Manifold Mixup) instead of the
+inputs: its hook then runs inside ``training_step``, so only the end-to-end steps show its whole
+cost, the micro row of the callback alone being the target mix and the hook's placement.
+
 Example:
     python benchmarks/bench_step.py --threads 1
+    python benchmarks/bench_step.py --threads 1 --mix-at backbone.layer2
     python benchmarks/bench_step.py --device cuda --steps 50 --runs 3
 """
 
@@ -61,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     parser.add_argument("--num-classes", type=int, default=10, help="classes (default: 10)")
     parser.add_argument("--alpha", type=float, default=1.0, help="MixUp alpha (default: 1.0)")
+    parser.add_argument(
+        "--mix-at",
+        default="input",
+        help="where to mix: 'input' or a layer of the module, e.g. backbone.layer2 (Manifold "
+        "Mixup through a forward hook; default: input)",
+    )
     parser.add_argument(
         "--steps", type=int, default=3, help="timed steps per fit run, after 1 warm-up (default: 3)"
     )
@@ -160,7 +171,7 @@ def fit_once(
     callbacks: list[pl.Callback] = [step_timer]
     hook_times: list[float] = []
     if mixup:
-        callback = MixupCallback(alpha=args.alpha)
+        callback = MixupCallback(alpha=args.alpha, mix_at=args.mix_at)
         hook_times = timed_hook(callback, timer)
         callbacks.append(callback)
     trainer = make_trainer(device, callbacks, args.steps + 1)
@@ -243,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     print(H.environment(device))
     print(
         f"- model: SoftLabelClassifier(CifarResNet18({args.num_classes})), batch "
-        f"{args.batch_size}x3x32x32 float32; MixupCallback(alpha={args.alpha:g}), batch mode"
+        f"{args.batch_size}x3x32x32 float32; MixupCallback(alpha={args.alpha:g}, "
+        f"mix_at={args.mix_at!r}), batch mode"
     )
     print(
         f"- end to end: {args.runs} fit run(s) per configuration, alternating, each 1 warm-up + "
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 row("without MixupCallback", steps[False], ["—"]),
                 row(
-                    f"with MixupCallback(alpha={args.alpha:g})",
+                    f"with MixupCallback(alpha={args.alpha:g}, mix_at={args.mix_at!r})",
                     steps[True],
                     [pct(mixed - base, base)],
                 ),
@@ -291,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     # 2. Micro: the same pieces timed apart inside one more real fit.
-    mixup = MixupCallback(alpha=args.alpha)
+    mixup = MixupCallback(alpha=args.alpha, mix_at=args.mix_at)
     probe = MicroProbe(mixup, args, timer)
     make_trainer(device, [probe, mixup], 1).fit(make_module(args), make_data(args))
     micro = {c.name: c for c in probe.callback + probe.steps}

@@ -31,9 +31,15 @@ def loader_parts(loaders: Any, batch: Any) -> list[str | int] | None:
 
 
 def unpack(
-    batch: Any, input_key: int | str, target_key: int | str, part: str | int | None = None
+    batch: Any,
+    input_key: int | str,
+    target_key: int | str,
+    part: str | int | None = None,
+    float_inputs: bool = True,
 ) -> tuple[MutableMapping | list, Tensor, Tensor]:
     """``(container, inputs, targets)`` of a list or dict batch, checked for mixing.
+
+    ``float_inputs=False`` accepts integer inputs (token ids), for a mix inside the network.
 
     Raises:
         TypeError: If the batch cannot be written into, an entry is not a tensor, or the inputs
@@ -47,12 +53,14 @@ def unpack(
             f"or a dict, got {type(batch).__name__}. Return a list (e.g. `[x, y]`; the default "
             "collate does this for tuple samples) or a dict from your dataset/collate_fn."
         )
-    x = _lookup(batch, "input_key", input_key)
-    target = _lookup(batch, "target_key", target_key)
-    if not x.is_floating_point():
+    x = lookup(batch, "input_key", input_key)
+    target = lookup(batch, "target_key", target_key)
+    if float_inputs and not x.is_floating_point():
         raise TypeError(
             f"Inputs `batch[{input_key!r}]` must be floating point to be mixed, got dtype "
-            f"{x.dtype}; convert and normalise them first (e.g. `x.float() / 255`)."
+            f"{x.dtype}; convert and normalise them first (e.g. `x.float() / 255`), or, for "
+            "token ids and other discrete inputs, mix inside the network: "
+            "`MixupCallback(mix_at=<layer name>)`, e.g. the embedding layer's name."
         )
     if x.ndim < 1 or target.ndim < 1 or x.shape[0] != target.shape[0]:
         raise ValueError(
@@ -62,7 +70,8 @@ def unpack(
     return batch, x, target
 
 
-def _lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:
+def lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:
+    """``batch[key]``, which must be a tensor; the errors name the argument ``name``."""
     try:
         value = batch[key]
     except (KeyError, IndexError, TypeError):

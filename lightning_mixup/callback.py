@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
-from lightning_mixup._batch import loader_parts, unpack
+from lightning_mixup import policies as P
+from lightning_mixup._batch import loader_parts, lookup, unpack
+from lightning_mixup._hidden import LayerHook, is_compiled
 from lightning_mixup._seed import numpy_generator
-from lightning_mixup.policies import CutMix, MixParams, MixUp, MixUpOrCutMix, Mode
+from lightning_mixup.policies import CutMix, Draft, MixParams, MixUp, MixUpOrCutMix, Mode
 from lightning_mixup.schedule import Schedule
 
 __all__ = ["MixupCallback"]
 
 _DEFAULT_SEED = 0
 _RAMP_TARGETS = ("p", "alpha")
+_MASK_MARKS = ("tokens", "padding")
 
 
 class MixupCallback(pl.Callback):
@@ -133,6 +139,9 @@ class MixupCallback(pl.Callback):
         skip_nonfinite: bool = True,
         name: str | None = None,
         ignore_index: int | None = None,
+        mix_at: str | Sequence[str] = "input",
+        mask_key: int | str | None = None,
+        mask_marks: Literal["tokens", "padding"] = "tokens",
     ) -> None:
         # The policy checks alpha, cutmix_alpha, switch_prob and mode; the rest is checked here.
         self.policy = _make_policy(alpha, cutmix_alpha, switch_prob, mode)
@@ -173,6 +182,17 @@ class MixupCallback(pl.Callback):
         ):
             raise ValueError(f"`ignore_index` must be an integer or None, got {ignore_index!r}.")
         self.ignore_index = ignore_index
+        self._mix_at = _check_mix_at(mix_at)
+        self.mix_at = mix_at if isinstance(mix_at, str) else list(self._mix_at)
+        if mask_key is not None and (
+            isinstance(mask_key, bool) or not isinstance(mask_key, (int, str))
+        ):
+            raise ValueError(
+                f"`mask_key` must be None, a list index or a dict key, got {mask_key!r}."
+            )
+        self.mask_key = mask_key
+        self.mask_marks = C.choice("mask_marks", mask_marks, _MASK_MARKS)
+        self._hooks: dict[str, LayerHook] = {}
         self.last_params: MixParams | dict[str | int, MixParams] | None = None
         """Parameters of the most recent batch, for inspection; None when it was not mixed. With
         several training loaders, a dict from loader name (or index) to the parameters of each
@@ -203,7 +223,7 @@ class MixupCallback(pl.Callback):
             "ramp_start_epoch", "ramp_epochs", "ramp_shape", "ramp_target", "stop_epoch",
             "ramp_start_step", "ramp_steps", "stop_step",
             "input_key", "target_key", "seed", "same_on_all_ranks", "skip_nonfinite",
-            "ignore_index",
+            "ignore_index", "mix_at", "mask_key", "mask_marks",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 
@@ -237,6 +257,7 @@ class MixupCallback(pl.Callback):
                 )
         if stage == "fit":
             self._num_classes = self.num_classes or _find_num_classes(trainer, pl_module)
+            self._hooks = self._find_layers(pl_module)
             self._ignore_index = (
                 self.ignore_index
                 if self.ignore_index is not None
@@ -306,6 +327,12 @@ class MixupCallback(pl.Callback):
         batch is disabled on the device and counted there, the count being read at epoch end.
         """
         parts = loader_parts(trainer.train_dataloader, batch)
+        if parts is not None and self._hooks:
+            raise ValueError(
+                f"`mix_at` = {self.mix_at!r} mixes a layer inside the network, which sees the "
+                f"sub-batches of the {len(parts)} training loaders in calls the callback cannot "
+                "tell apart; with several training loaders, mix at the inputs."
+            )
         if parts is not None:  # several loaders: one sub-batch each
             drawn = {part: self._mix(trainer, batch[part], batch_idx, part) for part in parts}
             mixed = {part: params for part, params in drawn.items() if params is not None}
@@ -316,10 +343,26 @@ class MixupCallback(pl.Callback):
     def _mix(
         self, trainer: pl.Trainer, batch: Any, batch_idx: int, part: str | int | None
     ) -> MixParams | None:
-        """Mix one batch (or one loader's sub-batch) in place; return its parameters if mixed."""
-        container, x, target = unpack(batch, self.input_key, self.target_key, part)
-        self.policy.check_shape(x.shape)  # every batch, mixed or not: a bad shape fails at once
+        """Mix one batch (or one loader's sub-batch) in place; return its parameters if mixed.
+
+        At a hidden layer the inputs are left as they are: the targets (and the ``mask_key``
+        mask) are mixed here, and the layer's output by a hook during this step.
+        """
+        key = self._draw_key(trainer, batch_idx) + (() if part is None else (part,))
+        at = self._choose_layer(key)
+        hidden = at != "input"
+        container, x, target = unpack(
+            batch, self.input_key, self.target_key, part, float_inputs=not hidden
+        )
+        if not hidden:
+            self.policy.check_shape(x.shape)  # every batch, mixed or not: a bad shape fails at once
         form = F.target_form(x.shape, target)
+        if hidden and form.endswith("mask") and self.policy._cut_prob > 0:
+            raise ValueError(
+                f"CutMix at the hidden layer {at!r} would cut a box on the layer's grid, which "
+                f"the {form.replace('_', ' ')} of the inputs' pixels does not follow; mix dense "
+                "targets at the inputs (`mix_at='input'`) or use MixUp alone (`cutmix_alpha=0`)."
+            )
         on_host = _reads_back_cheaply(x.device)
         strength = self.strength(
             trainer.current_epoch, batch_idx, trainer.num_training_batches, trainer.global_step
@@ -337,29 +380,164 @@ class MixupCallback(pl.Callback):
         if p > 0 and scale > 0 and x.shape[0] > 1:
             finite = None
             if self.skip_nonfinite:  # soft targets and soft masks can hold NaN/Inf too
-                finite = F.all_finite(x) & (F.all_finite(y) if form.startswith("soft") else True)
+                finite = F.all_finite(y) if form.startswith("soft") else torch.tensor(True)
+                if x.is_floating_point():
+                    finite = F.all_finite(x) & finite.to(x.device)
                 self._stats.nonfinite += ~finite
             if on_host and finite is not None and not bool(finite):
                 where = "" if part is None else f" of loader {part!r}"
                 self._warn_nonfinite(f"batch {batch_idx}{where} in epoch {trainer.current_epoch}")
             else:
-                key = self._draw_key(trainer, batch_idx)
-                generator = numpy_generator(*key, *(() if part is None else (part,)))
-                params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
-                unlabelled = None
-                if form == "index_mask" and not params.identity and params.blends:
-                    if not y.is_floating_point():
-                        y = self._soft_targets(target, False)
-                    if self._ignore_index is not None:
-                        unlabelled = target == self._ignore_index
+                generator = numpy_generator(*key)
                 enabled = None if on_host else finite
-                x, y = self.policy.apply(
-                    x, y, params, self._reuse_buffer(x, part), enabled, unlabelled
-                )
+                if hidden:
+                    draft = self.policy.draft(x.shape[0], generator, p=p, alpha_scale=scale)
+                    params, y = self._mix_hidden(at, draft, generator, form, target, y, enabled)
+                else:
+                    params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
+                    y, unlabelled = self._target_rows(form, target, y, params)
+                    buffer = self._reuse_buffer(x, part)
+                    x, y = self.policy.apply(x, y, params, buffer, enabled, unlabelled)
+                if self.mask_key is not None and not params.identity:
+                    container[self.mask_key] = self._union_mask(container, params, enabled)
         container[self.target_key] = y
         container[self.input_key] = x
         self._stats.add(strength, params)
         return None if params is None or params.identity else params
+
+    def _target_rows(
+        self, form: str, target: Tensor, y: Tensor, params: MixParams
+    ) -> tuple[Tensor, Tensor | None]:
+        """An index mask as soft rows when a blend needs them, and its unlabelled pixels."""
+        if form != "index_mask" or params.identity or not params.blends:
+            return y, None
+        if not y.is_floating_point():
+            y = self._soft_targets(target, False)
+        unlabelled = None if self._ignore_index is None else target == self._ignore_index
+        return y, unlabelled
+
+    def _mix_hidden(
+        self,
+        at: str,
+        draft: Draft,
+        generator: np.random.Generator,
+        form: str,
+        target: Tensor,
+        y: Tensor,
+        enabled: Tensor | None,
+    ) -> tuple[MixParams, Tensor]:
+        """Mix the targets now and arm the layer's hook; return the params and mixed targets.
+
+        CutMix's box is drawn on the layer's grid, known only when the layer runs: the targets
+        are first mixed with the requested λ, and the hook rewrites them in place with the exact
+        kept area before the loss reads them.
+        """
+        blended = replace(draft, cut=np.zeros_like(draft.cut))  # no boxes: draws nothing more
+        params = replace(blended.finish((), generator), at=at)
+        if params.identity:
+            return params, y
+        y, unlabelled = self._target_rows(form, target, y, params)
+        mixed = P.mix_target(y, params, unlabelled)
+        if enabled is not None:
+            mixed = torch.where(enabled, mixed, y)
+        batch_size = len(draft.partner)
+
+        def mix(h: Tensor) -> Tensor:
+            final = params
+            if h.shape[0] != batch_size:
+                raise ValueError(
+                    f"MixupCallback(mix_at={at!r}): the layer's output holds {h.shape[0]} samples "
+                    f"but the batch {batch_size}; choose a layer that keeps the batch dimension."
+                )
+            if draft.needs_boxes:
+                if not 3 <= h.ndim <= 5:
+                    raise ValueError(
+                        f"CutMix at the layer {at!r} needs an output of shape (B, C, *spatial) "
+                        f"with 1 to 3 spatial dimensions, got shape {tuple(h.shape)}; use MixUp "
+                        "there (`cutmix_alpha=0`) or mix at another layer."
+                    )
+                final = replace(draft.finish(h.shape[2:], generator), at=at)
+                exact = P.mix_target(y, final, unlabelled)
+                mixed.copy_(exact if enabled is None else torch.where(enabled, exact, y))
+                self._stats.lam += float(final.lam.mean()) - float(params.lam.mean())
+                self.last_params = None if final.identity else final
+            out = P.mix_features(h, final)
+            return out if enabled is None else torch.where(enabled, out, h)
+
+        self._hooks[at].arm(mix)
+        return params, mixed
+
+    def _choose_layer(self, key: tuple) -> str:
+        """Where this batch is mixed: the one ``mix_at`` entry, or one drawn from the list."""
+        if len(self._mix_at) == 1:
+            return self._mix_at[0]
+        return self._mix_at[int(numpy_generator(*key, "mix_at").integers(len(self._mix_at)))]
+
+    def _union_mask(self, container: Any, params: MixParams, enabled: Tensor | None) -> Tensor:
+        """The ``mask_key`` mask where each mixed sample keeps every real token of both sources."""
+        mask = lookup(container, "mask_key", self.mask_key)
+        if mask.shape[0] != len(params.partner):
+            raise ValueError(
+                f"`batch[{self.mask_key!r}]` holds {mask.shape[0]} samples but the batch "
+                f"{len(params.partner)}."
+            )
+        partner = F.to_device(params.partner, mask.device)
+        mixed = F.to_device(params.lam < 1.0, mask.device).view(-1, *([1] * (mask.ndim - 1)))
+        other = mask.index_select(0, partner)
+        joined = (
+            torch.maximum(mask, other)
+            if self.mask_marks == "tokens"
+            else torch.minimum(mask, other)
+        )
+        union = torch.where(mixed, joined, mask)
+        return union if enabled is None else torch.where(enabled.to(mask.device), union, mask)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Remove the hidden layer's hook; refuse a step that mixed the targets but not the layer."""
+        for name, hook in self._hooks.items():
+            if hook.armed and not hook.disarm() and outputs is not None:
+                raise RuntimeError(
+                    f"MixupCallback(mix_at={name!r}): the layer did not run in this training step, "
+                    "so the targets were mixed but not the features. Name a layer that the "
+                    "training step calls (see `named_modules()`), or mix at the inputs."
+                )
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Remove any hook left by a training step that raised."""
+        for hook in self._hooks.values():
+            hook.disarm()
+
+    def _find_layers(self, pl_module: pl.LightningModule) -> dict[str, LayerHook]:
+        """The hooks for the named ``mix_at`` layers; unknown names and compiled modules refused."""
+        layers = [name for name in self._mix_at if name != "input"]
+        if not layers:
+            return {}
+        modules = dict(pl_module.named_modules())
+        for name in layers:
+            if name not in modules:
+                valid = [n for n in modules if n]
+                near = difflib.get_close_matches(name, valid, n=5, cutoff=0.5) or valid[:8]
+                raise ValueError(
+                    f"`mix_at` names {name!r}, which is not a submodule of "
+                    f"{type(pl_module).__name__}; the nearest valid names: {near} (all come from "
+                    "`named_modules()`; 'input' mixes the inputs)."
+                )
+        if is_compiled(pl_module):
+            raise ValueError(
+                f"`mix_at` = {self.mix_at!r} mixes a hidden layer through a forward hook, which a "
+                "`torch.compile`d module may trace once and then skip, or never see: silently no "
+                "mix. Train the module uncompiled with `mix_at`, or mix at the inputs."
+            )
+        return {name: LayerHook(name, modules[name]) for name in layers}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the epoch's mean strength and λ, and the count of non-finite batches."""
@@ -463,6 +641,22 @@ def _make_policy(
     if mixup.alpha == 0:
         return cutmix
     return either
+
+
+def _check_mix_at(mix_at: Any) -> tuple[str, ...]:
+    """``mix_at`` as a tuple of names: ``"input"`` or layer names, at least one, no repeats."""
+    names = (mix_at,) if isinstance(mix_at, str) else mix_at
+    if (
+        not isinstance(names, (list, tuple))
+        or not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError(
+            "`mix_at` must be 'input', a layer name from `named_modules()` or a list of distinct "
+            f"such names, got {mix_at!r}."
+        )
+    return tuple(names)
 
 
 def _find_attribute(

@@ -25,7 +25,16 @@ from torch import Tensor
 from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
 
-__all__ = ["CutMix", "MixParams", "MixUp", "MixUpOrCutMix", "Mode"]
+__all__ = [
+    "CutMix",
+    "Draft",
+    "MixParams",
+    "MixUp",
+    "MixUpOrCutMix",
+    "Mode",
+    "mix_features",
+    "mix_target",
+]
 
 Mode = Literal["batch", "elem"]
 
@@ -51,6 +60,7 @@ class MixParams:
         hi: ``(B, d)`` exclusive box corners, or None.
         per_batch: True when one λ (and one box) serves the whole batch.
         identity: True when applying these parameters changes nothing.
+        at: Where the batch is mixed: ``"input"``, or the name of the layer whose output is.
     """
 
     partner: Tensor
@@ -60,6 +70,7 @@ class MixParams:
     hi: Tensor | None = None
     per_batch: bool = True
     identity: bool = False
+    at: str = "input"
 
     @property
     def is_identity(self) -> bool:
@@ -73,6 +84,65 @@ class MixParams:
         A blended pixel is a mix of two classes, so an integer index mask cannot hold it.
         """
         return bool(((self.lam < 1.0) & ~self.cut).any())
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A batch's draws before the CutMix boxes (:meth:`_Policy.draft`); λ is the requested one.
+
+    Attributes:
+        partner: ``(B,)`` partner of every sample.
+        lam: λ per draw (one in ``batch`` mode, one per sample in ``elem`` mode), 1 where unmixed.
+        cut: Per draw, True where CutMix was chosen.
+        per_batch: True in ``batch`` mode.
+    """
+
+    partner: np.ndarray
+    lam: np.ndarray
+    cut: np.ndarray
+    per_batch: bool
+
+    @property
+    def needs_boxes(self) -> bool:
+        """True when some sample is cut, so :meth:`finish` needs the spatial size."""
+        return bool(self.cut.any())
+
+    @property
+    def mixes(self) -> bool:
+        """True when some sample may change (before the boxes: a box may still keep all)."""
+        return len(self.partner) > 1 and bool((self.lam < 1.0).any())
+
+    def finish(self, spatial: Sequence[int], generator: np.random.Generator) -> MixParams:
+        """Draw the boxes for inputs of ``spatial`` size (last on ``generator``); the params.
+
+        Args:
+            spatial: Spatial size of what is cut (ignored when no sample is cut).
+            generator: The generator the draft was drawn from, in the state it left it.
+        """
+        n, lam, cut, per_batch = len(self.partner), self.lam, self.cut, self.per_batch
+        lo = hi = None
+        if cut.any():
+            corner_lo, corner_hi, kept = F._boxes(lam, spatial, generator)
+            lam = np.where(cut, kept, lam)
+            if per_batch:
+                corner_lo, corner_hi = corner_lo.repeat(n, axis=0), corner_hi.repeat(n, axis=0)
+            lo, hi = torch.from_numpy(corner_lo), torch.from_numpy(corner_hi)
+        if per_batch:
+            lam, cut = lam.repeat(n), cut.repeat(n)
+        else:
+            lam = lam.copy()
+        if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
+            lam[self.partner == np.arange(n)] = 1.0
+        identity = n < 2 or not (lam < 1.0).any()
+        return MixParams(
+            torch.from_numpy(self.partner),
+            torch.from_numpy(lam),
+            torch.from_numpy(cut),
+            lo,
+            hi,
+            per_batch,
+            identity,
+        )
 
 
 def _check_cutmix_shape(shape: Sequence[int]) -> None:
@@ -123,7 +193,21 @@ class _Policy:
             The batch's :class:`MixParams`.
         """
         self.check_shape(shape)
-        rng, n = generator, int(shape[0])
+        return self.draft(int(shape[0]), generator, p, alpha_scale).finish(shape[2:], generator)
+
+    def draft(
+        self,
+        batch_size: int,
+        generator: np.random.Generator,
+        p: float = 1.0,
+        alpha_scale: float = 1.0,
+    ) -> Draft:
+        """Draw everything but the CutMix boxes: partners, the coin flips and λ (see :meth:`sample`).
+
+        :meth:`Draft.finish` then draws the boxes for the spatial size of whatever is mixed; for
+        a hidden layer that size is only known when the layer runs.
+        """
+        rng, n = generator, batch_size
         per_batch = self.mode == "batch"
         draws = 1 if per_batch else n
         partner = F._partners(n, rng)
@@ -133,27 +217,7 @@ class _Policy:
         mixed = u_mix < p
         cut = (u_cut < self._cut_prob) & mixed
         lam = np.where(mixed, np.where(cut, lam_cut, lam_mix), 1.0)
-        lo = hi = None
-        if self._cut_prob > 0 and cut.any():
-            corner_lo, corner_hi, kept = F._boxes(lam, shape[2:], rng)
-            lam = np.where(cut, kept, lam)
-            if per_batch:
-                corner_lo, corner_hi = corner_lo.repeat(n, axis=0), corner_hi.repeat(n, axis=0)
-            lo, hi = torch.from_numpy(corner_lo), torch.from_numpy(corner_hi)
-        if per_batch:
-            lam, cut = lam.repeat(n), cut.repeat(n)
-        if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
-            lam[partner == np.arange(n)] = 1.0
-        identity = n < 2 or not (lam < 1.0).any()
-        return MixParams(
-            torch.from_numpy(partner),
-            torch.from_numpy(lam),
-            torch.from_numpy(cut),
-            lo,
-            hi,
-            per_batch,
-            identity,
-        )
+        return Draft(partner, lam, cut, per_batch)
 
     def apply(
         self,
@@ -215,7 +279,7 @@ class _Policy:
             F.mix_(x, partner, 1.0 - float(params.lam.min()), buffer)  # a self-paired sample: 1
         else:
             F.mix_(x, partner, _partner_weights(params, x.shape, device, x.dtype), buffer)
-        mixed_target = _mix_target(target, params, partner, unlabelled)
+        mixed_target = mix_target(target, params, unlabelled)
         if enabled is not None:  # where disabled, the batch comes back bit for bit as it was
             x = torch.where(enabled, x, original)
             mixed_target = torch.where(enabled, mixed_target, target)
@@ -227,10 +291,18 @@ def _box(params: MixParams) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
 
 
-def _mix_target(
-    target: Tensor, params: MixParams, partner: Tensor, unlabelled: Tensor | None
-) -> Tensor:
-    """Mix targets with the weights of their inputs (see :meth:`_Policy.apply`)."""
+def mix_target(target: Tensor, params: MixParams, unlabelled: Tensor | None = None) -> Tensor:
+    """Mix targets with the weights of their inputs, into a new tensor (see :meth:`_Policy.apply`).
+
+    Args:
+        target: ``(B, K)`` float rows, ``(B, K, *spatial)`` float soft masks, or ``(B, *spatial)``
+            integer index masks (CutMix only).
+        params: The batch's parameters.
+        unlabelled: Optional bool ``(B, *spatial)``: pixels without a label (see ``apply``).
+    """
+    if params.identity:
+        return target
+    partner = F.to_device(params.partner, target.device)
     if target.ndim == 2 and target.is_floating_point():  # image-level rows
         return F.mix_targets(target, partner, params.lam)
     if params.per_batch and params.lo is not None:  # one box: every pixel from one sample
@@ -250,6 +322,30 @@ def _mix_target(
         lost = (unlabelled & (share < 1)) | (unlabelled.index_select(0, partner) & (share > 0))
         mixed.masked_fill_(lost.unsqueeze(1), 0.0)
     return mixed
+
+
+def mix_features(h: Tensor, params: MixParams) -> Tensor:
+    """Mix a hidden layer's output out of place: ``λ·h_i + (1-λ)·h_j``, or a CutMix box.
+
+    Autograd may have saved ``h`` for the backward pass, so it is never written; the blend is
+    computed in float32 (float64 for float64) and cast back, so a bf16 or fp16 activation under
+    autocast keeps its dtype and its λ is not rounded to the half-precision grid.
+
+    Args:
+        h: ``(B, ...)`` floating activation; ``(B, C, *spatial)`` when ``params`` holds boxes,
+            drawn for that spatial size.
+        params: The batch's parameters.
+
+    Returns:
+        The mixed activation, of ``h``'s dtype (``h`` itself when ``params`` is the identity).
+    """
+    if params.identity:
+        return h
+    wide = torch.float64 if h.dtype == torch.float64 else torch.float32
+    partner = F.to_device(params.partner, h.device)
+    share = _partner_weights(params, h.shape, h.device, wide)
+    mixed = torch.lerp(h.to(wide), h.index_select(0, partner).to(wide), share)
+    return mixed.to(h.dtype)
 
 
 def _partner_weights(

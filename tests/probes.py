@@ -116,6 +116,7 @@ class DrawRecorder(RecordingModule):
                 ),
                 "partner": None if params is None else params.partner.clone(),
                 "lam": None if params is None else params.lam.clone(),
+                "at": None if params is None else params.at,
                 "y": batch[1].detach().clone(),
             }
         )
@@ -216,3 +217,113 @@ class Originals(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         pl_module.originals.append([t.clone() for t in batch])
+
+
+class BlockNet(pl.LightningModule):
+    """A small CNN with named blocks that records what each block put out and what came next.
+
+    ``raw[name]`` holds each call's output before any later hook (the callback's is registered
+    later, at each step), ``seen[name]`` what the next module received, i.e. the mixed output.
+    ``block2`` halves the spatial size, so its grid differs from the inputs'. With
+    ``second_pass`` the training step runs the network twice (like a teacher pass).
+    """
+
+    def __init__(self, num_classes: int = 64, second_pass: bool = False) -> None:
+        super().__init__()
+        self.num_classes, self.second_pass = num_classes, second_pass
+        self.stem = nn.Conv2d(2, 4, 3, padding=1)
+        self.block1 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, stride=2), nn.ReLU())
+        self.tap = nn.Identity()
+        self.head = nn.Linear(4, num_classes)
+        self.raw: dict[str, list[torch.Tensor]] = {"block1": [], "block2": []}
+        self.seen: dict[str, list[torch.Tensor]] = {"block1": [], "block2": []}
+        self.records: list[dict[str, Any]] = []
+        self.val_hooks: list[int] = []
+        for name, block, after in (
+            ("block1", self.block1, self.block2),
+            ("block2", self.block2, self.tap),
+        ):
+            block.register_forward_hook(
+                lambda m, a, out, name=name: self.raw[name].append(out.detach().clone())
+            )
+            after.register_forward_pre_hook(
+                lambda m, a, name=name: self.seen[name].append(a[0].detach().clone())
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tap(self.block2(self.block1(self.stem(x))))
+        return self.head(h.mean(dim=(2, 3)))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        from lightning_mixup import MixupCallback
+
+        x, y = batch
+        logits = self(x)
+        if self.second_pass:
+            with torch.no_grad():
+                self(x)
+        cb = next(c for c in self.trainer.callbacks if isinstance(c, MixupCallback))
+        self.records.append(
+            {"x": x.detach().clone(), "y": y.detach().clone(), "params": cb.last_params}
+        )
+        return nn.functional.cross_entropy(logits.float(), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.val_hooks.append(len(self.block1._forward_hooks) + len(self.block2._forward_hooks))
+        self(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class TokenClassifier(pl.LightningModule):
+    """Embedding → masked mean-pool → linear, on dict batches ``{ids, mask, label}``."""
+
+    def __init__(self, vocab: int = 20, num_classes: int = 3, marks: str = "tokens") -> None:
+        super().__init__()
+        self.num_classes, self.marks = num_classes, marks
+        self.embed = nn.Embedding(vocab, 8)
+        self.head = nn.Linear(8, num_classes)
+        self.records: list[dict[str, Any]] = []
+        self.embed.register_forward_hook(
+            lambda m, a, out: self.records.append({"raw": out.detach().clone()})
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        from lightning_mixup import MixupCallback
+
+        h = self.embed(batch["ids"])
+        real = batch["mask"].bool() if self.marks == "tokens" else ~batch["mask"].bool()
+        pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+        cb = next(c for c in self.trainer.callbacks if isinstance(c, MixupCallback))
+        self.records[-1].update(
+            {
+                "mixed": h.detach().clone(),
+                "mask": batch["mask"].clone(),
+                "y": batch["label"].clone(),
+                "params": cb.last_params,
+            }
+        )
+        return nn.functional.cross_entropy(self.head(pooled), batch["label"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class TokenData(Dataset):
+    """Token sequences of length 6 padded after ``2 + i % 4`` real tokens; mask 1 on real ones."""
+
+    def __init__(self, n: int = 16, marks: str = "tokens") -> None:
+        self.n, self.marks = n, marks
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        length = 2 + i % 4
+        ids = torch.zeros(6, dtype=torch.long)
+        ids[:length] = torch.arange(1, length + 1) + i % 7
+        real = torch.arange(6) < length
+        mask = real.long() if self.marks == "tokens" else ~real  # HF style, or PyTorch padding
+        return {"ids": ids, "mask": mask, "label": i % 3}

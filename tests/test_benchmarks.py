@@ -8,6 +8,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--threads", "1", "--repeats", "1", "--min-time", "0.001"]
+STEP = ["bench_step.py", "--batch-size", "2", "--steps", "1", "--runs", "1", "--step-repeats", "1"]
 
 
 @pytest.mark.slow
@@ -28,20 +29,10 @@ TINY = ["--threads", "1", "--repeats", "1", "--min-time", "0.001"]
             "1",
             *TINY,
         ],
-        [
-            "bench_step.py",
-            "--batch-size",
-            "2",
-            "--steps",
-            "1",
-            "--runs",
-            "1",
-            "--step-repeats",
-            "1",
-            *TINY,
-        ],
+        [*STEP, *TINY],
+        [*STEP, "--mix-at", "backbone.layer2", *TINY],
     ],
-    ids=["mix", "mix-two-sizes", "loss", "step"],
+    ids=["mix", "mix-two-sizes", "loss", "step", "step-hidden"],
 )
 def test_benchmark_script_runs_and_prints_its_summary(args):
     proc = subprocess.run(

@@ -113,3 +113,20 @@ def test_resume_from_mid_epoch_checkpoint_repeats_the_draws(tmp_path, full_run):
         assert set(resumed) == {(d["epoch"], d["batch_idx"]) for d in full_run[rank]["draws"]}
         for d in full_run[rank]["draws"]:
             assert draws_equal([resumed[(d["epoch"], d["batch_idx"])]], [d])
+
+
+def test_mixing_at_a_layer_draws_per_rank_and_resumes_exactly(tmp_path):
+    def cb():
+        return MixupCallback(alpha=1.0, mode="elem", mix_at=["input", "layer"], seed=2)
+
+    full = ddp_fit(tmp_path / "full", cb(), epochs=2)
+    for rank in full:
+        assert {d["at"] for d in rank["draws"]} == {"input", "layer"}
+    assert not draws_equal(full[0]["draws"], full[1]["draws"])
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = ddp_fit(tmp_path / "first", cb(), epochs=1, callbacks=[ckpt])
+    second = ddp_fit(tmp_path / "second", cb(), epochs=2, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    for rank in (0, 1):
+        resumed = first[rank]["draws"] + second[rank]["draws"]
+        assert draws_equal(resumed, full[rank]["draws"])
+        assert [d["at"] for d in resumed] == [d["at"] for d in full[rank]["draws"]]

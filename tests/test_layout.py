@@ -9,8 +9,13 @@ from pathlib import Path
 import lightning_mixup
 
 PACKAGE = Path(lightning_mixup.__file__).parent
-CORE = ("functional", "policies", "schedule", "callback", "_batch", "_checks", "_seed")
-HEAVY = ("sklearn", "lightning_mixup.classification", "lightning_mixup.evaluation")
+CORE = ("functional", "policies", "schedule", "callback", "_batch", "_checks", "_hidden", "_seed")
+HEAVY = (
+    "sklearn",
+    "lightning_mixup.classification",
+    "lightning_mixup.segmentation",
+    "lightning_mixup.evaluation",
+)
 
 
 def imported_after(code: str) -> set[str]:
@@ -63,8 +68,13 @@ def test_public_names_match_the_lazy_table():
 
 
 def test_nothing_imports_upward():
-    """The core imports no upper layer; classification imports no evaluation code."""
-    upper = {"core": ("classification", "evaluation", "cli"), "classification": ("evaluation",)}
+    """The core imports no upper layer; the toolkits import no evaluation code, nor each other
+    except segmentation, which builds on classification's optimizer and data helpers."""
+    upper = {
+        "core": ("classification", "segmentation", "evaluation", "cli"),
+        "classification": ("evaluation", "segmentation"),
+        "segmentation": ("evaluation",),
+    }
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE)
         layer = "core" if rel.stem in CORE and len(rel.parts) == 1 else rel.parts[0]

@@ -58,13 +58,21 @@ from lightning_mixup.evaluation.visual import _figure, plot_reliability
 __all__ = ["ARMS", "CompareConfig", "build_config", "main", "run_grid"]
 
 #: The arms: ``MixupCallback`` keyword arguments (None = no mixing). ``mixup_ramp``'s
-#: ``ramp_epochs`` is filled in per run as a quarter of the epochs (at least 1).
+#: ``ramp_epochs`` is filled in per run as a quarter of the epochs (at least 1); ``manifold``'s
+#: ``mix_at`` (Manifold Mixup: one of two hidden blocks per batch) with the backbone's names.
 ARMS: dict[str, dict[str, Any] | None] = {
     "erm": None,
     "mixup0.2": {"alpha": 0.2},
     "mixup1.0": {"alpha": 1.0},
     "cutmix": {"alpha": 0.0, "cutmix_alpha": 1.0},
     "mixup_ramp": {"alpha": 1.0, "ramp_epochs": None},
+    "manifold": {"alpha": 1.0, "mix_at": None},
+}
+#: The two hidden blocks ``manifold`` mixes at, per backbone: SmallCNN's first two conv blocks end
+#: at ``features.2`` (ReLU) and ``features.6`` (max-pool); PreActResNet18's first two stages.
+_MANIFOLD_LAYERS = {
+    "digits": ["backbone.features.2", "backbone.features.6"],
+    "cifar": ["backbone.layer1", "backbone.layer2"],
 }
 _DATASETS = ("digits", "cifar10", "cifar100")
 _METRICS = ("acc", "nll", "ece", "conf_gap")
@@ -120,6 +128,8 @@ class CompareConfig:
         kwargs = dict(kwargs)
         if "ramp_epochs" in kwargs and kwargs["ramp_epochs"] is None:
             kwargs["ramp_epochs"] = max(1, self.epochs // 4)
+        if "mix_at" in kwargs and kwargs["mix_at"] is None:
+            kwargs["mix_at"] = _MANIFOLD_LAYERS["digits" if self.digits else "cifar"]
         return kwargs
 
 
@@ -201,11 +211,11 @@ def _describe(kwargs: dict[str, Any] | None) -> str:
         return "no mixing"
     text = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None)
     text = f"MixupCallback({text})"
-    return (
-        text.replace(")", ", ramp_epochs=epochs//4)")
-        if "ramp_epochs" in kwargs and kwargs["ramp_epochs"] is None
-        else text
-    )
+    if "ramp_epochs" in kwargs and kwargs["ramp_epochs"] is None:
+        text = text.replace(")", ", ramp_epochs=epochs//4)")
+    if "mix_at" in kwargs and kwargs["mix_at"] is None:
+        text = text.replace(")", ", mix_at=[two hidden blocks])")
+    return text
 
 
 def _distinct(name: str, values: Sequence[Any]) -> None:

@@ -360,6 +360,7 @@ class MixedGridLogger(pl.Callback):
             not self._enabled
             or mixer is None
             or mixer.last_params is None  # this batch was not mixed
+            or getattr(mixer.last_params, "at", "input") != "input"  # mixed inside the network
             or epoch % self.every_n_epochs
             or self._drawn_epoch == epoch
         ):

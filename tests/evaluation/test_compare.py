@@ -81,6 +81,16 @@ def test_tiny_grid_writes_csv_summary_and_plots(tmp_path, capsys):
     assert "| `cutmix` | 40% |" in capsys.readouterr().out  # the table is printed too
 
 
+def test_manifold_arm_mixes_at_the_small_cnns_blocks(tmp_path):
+    out = tmp_path / "out"
+    assert main(["--arms", "manifold", "--noise", "0", "--out", str(out), *TINY]) == 0
+    _, rows = read_rows(out / "results.csv")
+    assert [r["arm"] for r in rows] == ["manifold"]
+    summary = (out / "summary.md").read_text()
+    want = "MixupCallback(alpha=1.0, mix_at=['backbone.features.2', 'backbone.features.6'])"
+    assert want in summary
+
+
 def test_time_budget_stops_after_the_first_run(tmp_path):
     out = tmp_path / "out"
     args = ["--arms", "erm", "mixup0.2", "--noise", "0", "--max-minutes", "1e-9"]
@@ -109,9 +119,9 @@ def test_cifar_grid_runs_on_written_files(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- configuration
 def test_defaults_are_the_documented_grid():
     cfg = build_config([])
-    assert cfg.arms == ["erm", "mixup0.2", "mixup1.0", "cutmix", "mixup_ramp"]
+    assert cfg.arms == ["erm", "mixup0.2", "mixup1.0", "cutmix", "mixup_ramp", "manifold"]
     assert cfg.noise == [0.0, 0.4] and cfg.seeds == [0, 1, 2]
-    assert len(cfg.arms) * len(cfg.noise) * len(cfg.seeds) == 30
+    assert len(cfg.arms) * len(cfg.noise) * len(cfg.seeds) == 36
     assert cfg.eps == [0.02, 0.05, 0.1] and cfg.out == Path("runs/compare")
     assert cfg.resolved_batch_size == 64 and cfg.resolved_lr == 0.05 and cfg.threads == 1
 
@@ -126,6 +136,12 @@ def test_every_arm_builds_a_valid_callback():
     assert cfg.arm_kwargs("mixup_ramp") == {"alpha": 1.0, "ramp_epochs": 7}
     assert CompareConfig(epochs=2).arm_kwargs("mixup_ramp")["ramp_epochs"] == 1
     assert ARMS["mixup_ramp"]["ramp_epochs"] is None  # the table itself is not modified
+    assert cfg.arm_kwargs("manifold")["mix_at"] == ["backbone.features.2", "backbone.features.6"]
+    assert CompareConfig(dataset="cifar10").arm_kwargs("manifold")["mix_at"] == [
+        "backbone.layer1",
+        "backbone.layer2",
+    ]
+    assert ARMS["manifold"]["mix_at"] is None
 
 
 def test_limits_follow_lightnings_int_count_float_fraction_rule():
