@@ -6,6 +6,7 @@ above it load when a name of theirs is first used, so ``import lightning_mixup``
 torchvision dataset code, scikit-learn, plotting or attack code of ours:
 
 * :mod:`lightning_mixup.classification` — a ready classifier, backbones and datamodules;
+* :mod:`lightning_mixup.segmentation` — a ready segmenter, a small FCN and a digits datamodule;
 * :mod:`lightning_mixup.evaluation` — robustness, calibration plots and the comparison runner.
 
 Every public name is also reachable from the top level (``lightning_mixup.MixupCallback``,
@@ -33,6 +34,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         default_optimizer,
     )
     from lightning_mixup.evaluation import AdversarialEval, MixedGridLogger, fgsm, pgd
+    from lightning_mixup.segmentation import (
+        DigitsSegmentationDataModule,
+        SmallFCN,
+        SoftLabelSegmenter,
+    )
 
 # Public names of the upper layers and the subpackage that defines each; loaded on first use.
 _LAZY = {
@@ -51,6 +57,10 @@ _LAZY = {
         "lightning_mixup.classification",
     ),
     **dict.fromkeys(
+        ("DigitsSegmentationDataModule", "SmallFCN", "SoftLabelSegmenter"),
+        "lightning_mixup.segmentation",
+    ),
+    **dict.fromkeys(
         ("AdversarialEval", "MixedGridLogger", "fgsm", "pgd"), "lightning_mixup.evaluation"
     ),
 }
@@ -62,6 +72,7 @@ __all__ = [
     "CifarResNet18",
     "CutMix",
     "DigitsDataModule",
+    "DigitsSegmentationDataModule",
     "MixParams",
     "MixUp",
     "MixUpOrCutMix",
@@ -69,7 +80,9 @@ __all__ = [
     "MixupCallback",
     "PreActResNet18",
     "SmallCNN",
+    "SmallFCN",
     "SoftLabelClassifier",
+    "SoftLabelSegmenter",
     "cosine_annealing",
     "default_optimizer",
     "fgsm",

@@ -79,7 +79,152 @@ def _last_linear(backbone: nn.Module) -> nn.Linear | None:
     return last if isinstance(last, nn.Linear) else None
 
 
-class SoftLabelClassifier(pl.LightningModule):
+class _SoftLabelModule(pl.LightningModule):
+    """What :class:`SoftLabelClassifier` and the segmentation module share.
+
+    Argument checks, the backbone call, label smoothing applied once (the module's own ε is dropped
+    for training when a ``MixupCallback`` smooths), the datamodule's ``num_classes`` check, the
+    ``[x, y]`` batch convention and the optimizer/scheduler from LightningCLI-style callables.
+    The validation, test and predict steps are shared; subclasses add the loss, ``training_step``,
+    the metrics (``val_metrics``, ``test_metrics``), ``_logits`` and ``_eval_step``, and call
+    :meth:`save_hyperparameters`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None,
+        label_smoothing: float,
+    ) -> None:
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"`backbone` must be a torch.nn.Module, got {type(backbone).__name__}.")
+        num_classes = C.positive_integer("num_classes", num_classes)
+        if not callable(optimizer):
+            raise TypeError(
+                f"`optimizer` must be a callable that takes the parameters and returns an "
+                f"optimizer, got {optimizer!r}."
+            )
+        if lr_scheduler is not None and not callable(lr_scheduler):
+            raise TypeError(
+                f"`lr_scheduler` must be None or a callable that takes the optimizer and returns a "
+                f"scheduler, got {lr_scheduler!r}."
+            )
+        self.label_smoothing = label_smoothing  # validated by the property setter
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self._callback_smooths = False
+        self._warned_double_smoothing = False
+
+    # ------------------------------------------------------------------ label smoothing
+    @property
+    def label_smoothing(self) -> float:
+        """ε of the training loss's label smoothing, in ``[0, 1]`` (see the class docstring)."""
+        return self._label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value: float) -> None:
+        self._label_smoothing = C.number("label_smoothing", value, 0.0, 1.0)
+
+    @property
+    def train_label_smoothing(self) -> float:
+        """ε the training loss actually uses: 0 when a ``MixupCallback`` already smooths targets."""
+        return 0.0 if self._callback_smooths else self.label_smoothing
+
+    # ------------------------------------------------------------------ setup checks
+    def _check_datamodule_classes(self) -> None:
+        datamodule = self.trainer.datamodule
+        dm_classes = getattr(datamodule, "num_classes", None) if datamodule is not None else None
+        if (
+            isinstance(dm_classes, int)
+            and not isinstance(dm_classes, bool)
+            and dm_classes != self.num_classes
+        ):
+            raise ValueError(
+                f"The datamodule has `num_classes` = {dm_classes} but the module has `num_classes` = "
+                f"{self.num_classes}; build the module (and its backbone) with num_classes={dm_classes}."
+            )
+
+    def _settle_label_smoothing(self) -> None:
+        """At fit: the callback's smoothing wins over the module's; warn once when both are set."""
+        smoothing = [
+            cb.label_smoothing for cb in self.trainer.callbacks if isinstance(cb, MixupCallback)
+        ]
+        self._callback_smooths = any(eps > 0 for eps in smoothing)
+        if (
+            self._callback_smooths
+            and self.label_smoothing > 0
+            and not self._warned_double_smoothing
+        ):
+            self._warned_double_smoothing = True
+            rank_zero_warn(
+                f"Label smoothing is set twice: {type(self).__name__}(label_smoothing="
+                f"{self.label_smoothing:g}) and MixupCallback(label_smoothing={max(smoothing):g}). "
+                "The callback's smoothing applies and the module's is ignored for training, so targets "
+                "are smoothed once; set one of them to 0 to silence this warning."
+            )
+
+    # ------------------------------------------------------------------ shared hooks
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the backbone's logits for inputs ``x``."""
+        return self.backbone(x)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Update the ``val/`` metrics (the NLL unsmoothed)."""
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Update the ``test/`` metrics (the NLL unsmoothed)."""
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Return float32 probabilities (classes in dimension 1) for ``x``, ``[x]`` or ``[x, y]``."""
+        if isinstance(batch, (list, tuple)) and len(batch) == 1:
+            batch = batch[0]
+        x = batch if isinstance(batch, Tensor) else self._unpack(batch)[0]
+        return self._logits(x).softmax(dim=1)
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """Build the optimizer and the per-epoch scheduler from the injected callables."""
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        if self.lr_scheduler is cosine_annealing:
+            scheduler = cosine_annealing(optimizer, self._max_epochs())
+        else:
+            scheduler = self.lr_scheduler(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = "val/nll"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            got = type(batch).__name__
+            if isinstance(batch, (list, tuple)):
+                got += f" of length {len(batch)}"
+            raise TypeError(
+                f"{type(self).__name__} expects batches `[x, y]`: a list or tuple with the inputs at "
+                f"index 0 and the targets at index 1, got {got}."
+            )
+        return batch[0], batch[1]
+
+    def _max_epochs(self) -> int:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError(
+                f"The default `lr_scheduler` (cosine annealing) decays over `trainer.max_epochs`, got "
+                f"{max_epochs!r}; set `Trainer(max_epochs=...)`, or pass another `lr_scheduler` (None "
+                "keeps the learning rate constant)."
+            )
+        return max_epochs
+
+
+class SoftLabelClassifier(_SoftLabelModule):
     """Classifier trained with one loss, ``F.cross_entropy``, on index or probability targets.
 
     Targets may be ``(B,)`` integer class indices or ``(B, num_classes)`` float probability rows,
@@ -131,32 +276,12 @@ class SoftLabelClassifier(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = cosine_annealing,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__()
-        if not isinstance(backbone, nn.Module):
-            raise TypeError(f"`backbone` must be a torch.nn.Module, got {type(backbone).__name__}.")
-        num_classes = C.positive_integer("num_classes", num_classes)
-        if not callable(optimizer):
-            raise TypeError(
-                f"`optimizer` must be a callable that takes the parameters and returns an "
-                f"optimizer, got {optimizer!r}."
-            )
-        if lr_scheduler is not None and not callable(lr_scheduler):
-            raise TypeError(
-                f"`lr_scheduler` must be None or a callable that takes the optimizer and returns a "
-                f"scheduler, got {lr_scheduler!r}."
-            )
-        self.label_smoothing = label_smoothing  # validated by the property setter
+        super().__init__(backbone, num_classes, optimizer, lr_scheduler, label_smoothing)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
-        self.backbone = backbone
-        self.num_classes = num_classes
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
-        self._callback_smooths = False
-        self._warned_double_smoothing = False
 
-        self.train_acc_dominant = MulticlassAccuracy(num_classes, average="micro")
-        self.val_metrics = self._eval_metrics(num_classes)
-        self.test_metrics = self._eval_metrics(num_classes)
+        self.train_acc_dominant = MulticlassAccuracy(self.num_classes, average="micro")
+        self.val_metrics = self._eval_metrics(self.num_classes)
+        self.test_metrics = self._eval_metrics(self.num_classes)
 
     @staticmethod
     def _eval_metrics(num_classes: int) -> nn.ModuleDict:
@@ -168,35 +293,10 @@ class SoftLabelClassifier(pl.LightningModule):
             }
         )
 
-    # ------------------------------------------------------------------ label smoothing
-    @property
-    def label_smoothing(self) -> float:
-        """ε of the training loss's label smoothing, in ``[0, 1]`` (see the class docstring)."""
-        return self._label_smoothing
-
-    @label_smoothing.setter
-    def label_smoothing(self, value: float) -> None:
-        self._label_smoothing = C.number("label_smoothing", value, 0.0, 1.0)
-
-    @property
-    def train_label_smoothing(self) -> float:
-        """ε the training loss actually uses: 0 when a ``MixupCallback`` already smooths targets."""
-        return 0.0 if self._callback_smooths else self.label_smoothing
-
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
         """Check the datamodule's ``num_classes``; at fit, settle who applies label smoothing."""
-        datamodule = self.trainer.datamodule
-        dm_classes = getattr(datamodule, "num_classes", None) if datamodule is not None else None
-        if (
-            isinstance(dm_classes, int)
-            and not isinstance(dm_classes, bool)
-            and dm_classes != self.num_classes
-        ):
-            raise ValueError(
-                f"The datamodule has `num_classes` = {dm_classes} but the module has `num_classes` = "
-                f"{self.num_classes}; build the module (and its backbone) with num_classes={dm_classes}."
-            )
+        self._check_datamodule_classes()
         final = _last_linear(self.backbone)
         if final is not None and final.out_features != self.num_classes:
             raise ValueError(
@@ -204,28 +304,8 @@ class SoftLabelClassifier(pl.LightningModule):
                 f"`num_classes` = {self.num_classes}; build the backbone with "
                 f"num_classes={self.num_classes}."
             )
-        if stage != "fit":
-            return
-        smoothing = [
-            cb.label_smoothing for cb in self.trainer.callbacks if isinstance(cb, MixupCallback)
-        ]
-        self._callback_smooths = any(eps > 0 for eps in smoothing)
-        if (
-            self._callback_smooths
-            and self.label_smoothing > 0
-            and not self._warned_double_smoothing
-        ):
-            self._warned_double_smoothing = True
-            rank_zero_warn(
-                f"Label smoothing is set twice: SoftLabelClassifier(label_smoothing="
-                f"{self.label_smoothing:g}) and MixupCallback(label_smoothing={max(smoothing):g}). "
-                "The callback's smoothing applies and the module's is ignored for training, so targets "
-                "are smoothed once; set one of them to 0 to silence this warning."
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the backbone's logits for inputs ``x``."""
-        return self.backbone(x)
+        if stage == "fit":
+            self._settle_label_smoothing()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Cross-entropy on index or (mixed) probability targets, with the training smoothing."""
@@ -244,35 +324,6 @@ class SoftLabelClassifier(pl.LightningModule):
         )
         self.log("train/acc_dominant", self.train_acc_dominant, on_step=False, on_epoch=True)
         return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Update ``val/acc``, ``val/nll`` (unsmoothed) and ``val/ece``."""
-        self._eval_step(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        """Update ``test/acc``, ``test/nll`` (unsmoothed) and ``test/ece``."""
-        self._eval_step(batch, "test", self.test_metrics)
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Return float32 ``(B, num_classes)`` probabilities for a tensor, ``[x]`` or ``[x, y]`` batch."""
-        if isinstance(batch, (list, tuple)) and len(batch) == 1:
-            batch = batch[0]
-        x = batch if isinstance(batch, Tensor) else self._unpack(batch)[0]
-        return self._logits(x).softmax(dim=1)
-
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """Build the optimizer and the per-epoch scheduler from the injected callables."""
-        optimizer = self.optimizer(self.parameters())
-        if self.lr_scheduler is None:
-            return optimizer
-        if self.lr_scheduler is cosine_annealing:
-            scheduler = cosine_annealing(optimizer, self._max_epochs())
-        else:
-            scheduler = self.lr_scheduler(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
-        if isinstance(scheduler, ReduceLROnPlateau):
-            config["monitor"] = "val/nll"
-        return {"optimizer": optimizer, "lr_scheduler": config}
 
     # ------------------------------------------------------------------ the loss
     def loss(
@@ -362,25 +413,3 @@ class SoftLabelClassifier(pl.LightningModule):
     @staticmethod
     def _dominant(target: Tensor) -> Tensor:
         return target.argmax(dim=1) if target.ndim == 2 else target
-
-    @staticmethod
-    def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            got = type(batch).__name__
-            if isinstance(batch, (list, tuple)):
-                got += f" of length {len(batch)}"
-            raise TypeError(
-                "SoftLabelClassifier expects batches `[x, y]`: a list or tuple with the inputs at "
-                f"index 0 and the targets at index 1, got {got}."
-            )
-        return batch[0], batch[1]
-
-    def _max_epochs(self) -> int:
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is None or max_epochs < 1:
-            raise ValueError(
-                f"The default `lr_scheduler` (cosine annealing) decays over `trainer.max_epochs`, got "
-                f"{max_epochs!r}; set `Trainer(max_epochs=...)`, or pass another `lr_scheduler` (None "
-                "keeps the learning rate constant)."
-            )
-        return max_epochs
