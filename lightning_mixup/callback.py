@@ -103,6 +103,20 @@ class MixupCallback(pl.Callback):
             at ``setup`` from ``pl_module.ignore_index``, ``pl_module.hparams.ignore_index`` or
             ``trainer.datamodule.ignore_index`` when one is an integer, else every value must be
             a class in ``[0, num_classes)``.
+        mix_at: Where to mix: ``"input"``, the name of a submodule as ``named_modules()`` spells
+            it (Manifold Mixup: its output is mixed through a forward hook during the step), or a
+            list of them, one drawn per batch (see the README's "Mixing inside the network").
+        mask_key: Index or key of a padding/attention mask in the batch; a mixed sample's mask
+            becomes the union of both samples' real tokens.
+        mask_marks: ``"tokens"`` when the mask's 1/True marks real tokens, ``"padding"`` when
+            True marks padding.
+        keep_clean: RegMixup (Pinto et al., NeurIPS 2022): the batch becomes the ``B`` clean
+            samples followed by their ``B`` mixed copies, inputs and targets alike (other
+            per-sample entries — tensors or lists of ``B`` rows — are repeated), so one mean
+            cross-entropy over the batch is the clean loss plus the mixed loss with equal weights.
+            The batch is always doubled, also where the schedule mixes nothing (the second half
+            is then a clean copy), so its shape never changes; it costs twice the memory and
+            compute of a step. ``last_params`` describe the mixed half (its rows ``B..2B-1``).
 
     To look at the mixed images, add :class:`~lightning_mixup.evaluation.MixedGridLogger`.
 
@@ -142,6 +156,7 @@ class MixupCallback(pl.Callback):
         mix_at: str | Sequence[str] = "input",
         mask_key: int | str | None = None,
         mask_marks: Literal["tokens", "padding"] = "tokens",
+        keep_clean: bool = False,
     ) -> None:
         # The policy checks alpha, cutmix_alpha, switch_prob and mode; the rest is checked here.
         self.policy = _make_policy(alpha, cutmix_alpha, switch_prob, mode)
@@ -192,6 +207,7 @@ class MixupCallback(pl.Callback):
             )
         self.mask_key = mask_key
         self.mask_marks = C.choice("mask_marks", mask_marks, _MASK_MARKS)
+        self.keep_clean = C.boolean("keep_clean", keep_clean)
         self._hooks: dict[str, LayerHook] = {}
         self.last_params: MixParams | dict[str | int, MixParams] | None = None
         """Parameters of the most recent batch, for inspection; None when it was not mixed. With
@@ -223,7 +239,7 @@ class MixupCallback(pl.Callback):
             "ramp_start_epoch", "ramp_epochs", "ramp_shape", "ramp_target", "stop_epoch",
             "ramp_start_step", "ramp_steps", "stop_step",
             "input_key", "target_key", "seed", "same_on_all_ranks", "skip_nonfinite",
-            "ignore_index", "mix_at", "mask_key", "mask_marks",
+            "ignore_index", "mix_at", "mask_key", "mask_marks", "keep_clean",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 
@@ -376,6 +392,7 @@ class MixupCallback(pl.Callback):
         else:
             y = self._soft_targets(target, check_range)
         self._checked_labels = True
+        clean_x, clean_y, doubled = x, y, False
         params = None
         if p > 0 and scale > 0 and x.shape[0] > 1:
             finite = None
@@ -393,13 +410,29 @@ class MixupCallback(pl.Callback):
                 if hidden:
                     draft = self.policy.draft(x.shape[0], generator, p=p, alpha_scale=scale)
                     params, y = self._mix_hidden(at, draft, generator, form, target, y, enabled)
+                    doubled = self.keep_clean and not params.identity
                 else:
                     params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
                     y, unlabelled = self._target_rows(form, target, y, params)
+                    if self.keep_clean and not params.identity:  # mix a copy: keep the clean x
+                        x = x.clone(memory_format=torch.contiguous_format)
                     buffer = self._reuse_buffer(x, part)
                     x, y = self.policy.apply(x, y, params, buffer, enabled, unlabelled)
                 if self.mask_key is not None and not params.identity:
-                    container[self.mask_key] = self._union_mask(container, params, enabled)
+                    mask = lookup(container, "mask_key", self.mask_key)
+                    union = self._union_mask(mask, params, enabled)
+                    container[self.mask_key] = (
+                        torch.cat([mask, union]) if self.keep_clean else union
+                    )
+        if self.keep_clean:  # the clean samples, then their mixed copies
+            if not doubled:
+                if y.is_floating_point() and not clean_y.is_floating_point():
+                    clean_y = self._soft_targets(target, False)  # an index mask, as soft rows
+                y = torch.cat([clean_y, y])
+            x = torch.cat([clean_x, x])
+            _repeat_samples(
+                container, len(clean_x), (self.input_key, self.target_key, self.mask_key)
+            )
         container[self.target_key] = y
         container[self.input_key] = x
         self._stats.add(strength, params)
@@ -441,14 +474,20 @@ class MixupCallback(pl.Callback):
         if enabled is not None:
             mixed = torch.where(enabled, mixed, y)
         batch_size = len(draft.partner)
+        out = mixed
+        if self.keep_clean:  # clean rows, then the mixed ones; the hook rewrites the second half
+            out = torch.cat([y, mixed])
+            mixed = out[batch_size:]
+        rows = 2 * batch_size if self.keep_clean else batch_size
 
         def mix(h: Tensor) -> Tensor:
             final = params
-            if h.shape[0] != batch_size:
+            if h.shape[0] != rows:
                 raise ValueError(
                     f"MixupCallback(mix_at={at!r}): the layer's output holds {h.shape[0]} samples "
-                    f"but the batch {batch_size}; choose a layer that keeps the batch dimension."
+                    f"but the batch {rows}; choose a layer that keeps the batch dimension."
                 )
+            clean, h = (h[:batch_size], h[batch_size:]) if self.keep_clean else (None, h)
             if draft.needs_boxes:
                 if not 3 <= h.ndim <= 5:
                     raise ValueError(
@@ -461,11 +500,12 @@ class MixupCallback(pl.Callback):
                 mixed.copy_(exact if enabled is None else torch.where(enabled, exact, y))
                 self._stats.lam += float(final.lam.mean()) - float(params.lam.mean())
                 self.last_params = None if final.identity else final
-            out = P.mix_features(h, final)
-            return out if enabled is None else torch.where(enabled, out, h)
+            new = P.mix_features(h, final)
+            new = new if enabled is None else torch.where(enabled, new, h)
+            return new if clean is None else torch.cat([clean, new])
 
         self._hooks[at].arm(mix)
-        return params, mixed
+        return params, out
 
     def _choose_layer(self, key: tuple) -> str:
         """Where this batch is mixed: the one ``mix_at`` entry, or one drawn from the list."""
@@ -473,9 +513,8 @@ class MixupCallback(pl.Callback):
             return self._mix_at[0]
         return self._mix_at[int(numpy_generator(*key, "mix_at").integers(len(self._mix_at)))]
 
-    def _union_mask(self, container: Any, params: MixParams, enabled: Tensor | None) -> Tensor:
+    def _union_mask(self, mask: Tensor, params: MixParams, enabled: Tensor | None) -> Tensor:
         """The ``mask_key`` mask where each mixed sample keeps every real token of both sources."""
-        mask = lookup(container, "mask_key", self.mask_key)
         if mask.shape[0] != len(params.partner):
             raise ValueError(
                 f"`batch[{self.mask_key!r}]` holds {mask.shape[0]} samples but the batch "
@@ -641,6 +680,21 @@ def _make_policy(
     if mixup.alpha == 0:
         return cutmix
     return either
+
+
+def _repeat_samples(container: Any, n: int, skip: tuple[Any, ...]) -> None:
+    """Double every other per-sample entry of a batch (tensors or lists of ``n`` rows) in place."""
+    keys = container.keys() if isinstance(container, Mapping) else range(len(container))
+    for key in list(keys):
+        if key in skip:
+            continue
+        value = container[key]
+        if isinstance(value, Tensor) and value.ndim and value.shape[0] == n:
+            container[key] = torch.cat([value, value])
+        elif isinstance(value, (list, tuple)) and len(value) == n:
+            container[key] = (
+                type(value)([*value, *value]) if isinstance(value, list) else (value + value)
+            )
 
 
 def _check_mix_at(mix_at: Any) -> tuple[str, ...]:

@@ -368,6 +368,8 @@ class MixedGridLogger(pl.Callback):
         if isinstance(mixer.last_params, dict):  # several training loaders: the first mixed one
             batch = batch[next(iter(mixer.last_params))]
         images, targets = batch[mixer.input_key], batch[mixer.target_key]
+        if mixer.keep_clean:  # the clean half, then the mixed half: draw the mixed one
+            images, targets = images[len(images) // 2 :], targets[len(targets) // 2 :]
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             self._enabled = False
             rank_zero_warn(

@@ -71,3 +71,24 @@ def test_grid_from_several_training_loaders_draws_the_first_mixed_sub_batch(tmp_
         module, train_dataloaders={"a": images(), "b": images()}
     )
     assert [p.name for p in tmp_path.rglob("mixed_grid_epoch*.png")] == ["mixed_grid_epoch0.png"]
+
+
+def test_grid_draws_the_mixed_half_with_keep_clean_and_nothing_for_a_hidden_mix(monkeypatch):
+    from lightning_mixup.evaluation import visual
+
+    drawn = []
+    monkeypatch.setattr(visual, "log_mixed_grid", lambda trainer, x, y, *a: drawn.append((x, y)))
+    x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 4
+    module = RecordingModule(num_classes=4, in_features=3 * 8 * 8)
+    callbacks = [MixupCallback(alpha=1.0, keep_clean=True), MixedGridLogger()]
+    tiny_trainer(callbacks=callbacks).fit(module, tensor_loader(x, y, 8))
+    (images, targets), first = drawn[0], module.train_records[0]
+    assert images.shape[0] == 8 and torch.equal(images, first["x"][8:])
+    assert torch.equal(targets, first["y"][8:])
+
+    drawn.clear()
+    hidden = [MixupCallback(alpha=1.0, mix_at="layer"), MixedGridLogger()]
+    tiny_trainer(callbacks=hidden).fit(
+        RecordingModule(num_classes=4, in_features=3 * 8 * 8), tensor_loader(x, y, 8)
+    )
+    assert drawn == []  # the inputs were not mixed: there is nothing to show
