@@ -53,6 +53,23 @@ def test_digits_example_fits_and_tests(tmp_path):
     assert list(Path(tmp_path).rglob("config.yaml"))
 
 
+def test_manifold_example_mixes_at_the_two_named_blocks(tmp_path):
+    cli = main(
+        [
+            "fit",
+            f"--config={EXAMPLES / 'digits_manifold.yaml'}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.fast_dev_run=3",
+            *QUIET,
+        ]
+    )
+    mix = [cb for cb in cli.trainer.callbacks if isinstance(cb, MixupCallback)]
+    assert len(mix) == 1 and mix[0].mix_at == ["backbone.features.2", "backbone.features.6"]
+    assert mix[0].last_params is not None
+    assert mix[0].last_params.at in ("backbone.features.2", "backbone.features.6")
+    assert {"test/acc", "test/nll", "test/ece"} <= set(cli.trainer.callback_metrics)
+
+
 @pytest.mark.parametrize("n", [10, 100])
 def test_cifar_examples_run_on_written_files(n, cifar_dirs, tmp_path):
     cli = main(
