@@ -33,7 +33,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         cosine_annealing,
         default_optimizer,
     )
-    from lightning_mixup.evaluation import AdversarialEval, MixedGridLogger, fgsm, pgd
+    from lightning_mixup.evaluation import (
+        AdversarialEval,
+        MixedGridLogger,
+        OODEval,
+        TemperatureScaling,
+        fgsm,
+        fit_temperature,
+        ood_auroc,
+        pgd,
+    )
     from lightning_mixup.segmentation import (
         DigitsSegmentationDataModule,
         SmallFCN,
@@ -61,7 +70,17 @@ _LAZY = {
         "lightning_mixup.segmentation",
     ),
     **dict.fromkeys(
-        ("AdversarialEval", "MixedGridLogger", "fgsm", "pgd"), "lightning_mixup.evaluation"
+        (
+            "AdversarialEval",
+            "MixedGridLogger",
+            "OODEval",
+            "TemperatureScaling",
+            "fgsm",
+            "fit_temperature",
+            "ood_auroc",
+            "pgd",
+        ),
+        "lightning_mixup.evaluation",
     ),
 }
 
@@ -78,14 +97,18 @@ __all__ = [
     "MixUpOrCutMix",
     "MixedGridLogger",
     "MixupCallback",
+    "OODEval",
     "PreActResNet18",
     "SmallCNN",
     "SmallFCN",
     "SoftLabelClassifier",
     "SoftLabelSegmenter",
+    "TemperatureScaling",
     "cosine_annealing",
     "default_optimizer",
     "fgsm",
+    "fit_temperature",
+    "ood_auroc",
     "pgd",
 ]
 __version__ = "0.1.0"

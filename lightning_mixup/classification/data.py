@@ -507,6 +507,14 @@ class DigitsDataModule(_ClassificationDataModule):
     images and the rest for training. Label noise is symmetric and touches the training split
     only: see the module docstring.
 
+    **A subset of the digits** (``classes``, e.g. ``[0, 1, 2, 3, 4]``): the split is drawn as
+    without ``classes`` (same ``seed``, same images in each split), then every split keeps only
+    the images of those digits, and their labels become positions in ``classes``: ``classes[i]``
+    is label ``i``. :attr:`num_classes` is then ``len(classes)``, the ``*_indices`` list the kept
+    images, :attr:`mean`/:attr:`std` are those of the kept training images, and label noise acts
+    on the kept training images over the kept classes. The test images of the other digits are an
+    OOD set: see :meth:`ood_dataloaders`.
+
     Args:
         val_size: Number of validation images (at least 1).
         test_size: Number of test images (at least 1).
@@ -516,16 +524,19 @@ class DigitsDataModule(_ClassificationDataModule):
         seed: Seed of the split and of the label noise.
         pin_memory: Pin host memory; None pins only when the Trainer runs on a CUDA device (or,
             outside a Trainer, when CUDA is available).
+        classes: Keep only these digits (at least 2 distinct ints in 0..9), relabelled
+            ``0..len(classes)-1`` in the given order; None keeps all ten.
 
     Raises:
         ValueError: On an out-of-range argument; in ``setup``, when ``val_size + test_size``
-            leaves no training images.
+            leaves no training images, or ``classes`` leaves a split without images.
         ImportError: In ``setup``, when scikit-learn is not installed.
 
     Example::
 
         dm = DigitsDataModule(batch_size=64, label_noise=0.1)
         trainer.fit(model, datamodule=dm)
+        five = DigitsDataModule(classes=[0, 1, 2, 3, 4])  # five.num_classes == 5
     """
 
     num_classes = 10
@@ -539,6 +550,7 @@ class DigitsDataModule(_ClassificationDataModule):
         label_noise: float = 0.0,
         seed: int = 0,
         pin_memory: bool | None = None,
+        classes: list[int] | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -549,12 +561,17 @@ class DigitsDataModule(_ClassificationDataModule):
         )
         self.val_size = C.integer("val_size", val_size, 1)
         self.test_size = C.integer("test_size", test_size, 1)
-        #: Indices into the 1,797 digits of each split (set in ``setup``).
+        #: The kept digits (label ``i`` is digit ``classes[i]``), or None for all ten.
+        self.classes: list[int] | None = _check_classes(classes)
+        if self.classes is not None:
+            self.num_classes = len(self.classes)
+        #: Indices into the 1,797 digits of each split's images (set in ``setup``).
         self.train_indices: Tensor = torch.empty(0, dtype=torch.long)
         self.val_indices: Tensor = torch.empty(0, dtype=torch.long)
         self.test_indices: Tensor = torch.empty(0, dtype=torch.long)
         self.mean: float | None = None
         self.std: float | None = None
+        self._ood_datasets: dict[str, _TensorBatches] | None = None
 
     def _build(self) -> None:
         raw_images, raw_labels = _load_digits()
@@ -569,6 +586,9 @@ class DigitsDataModule(_ClassificationDataModule):
         )
         images = torch.from_numpy(raw_images).to(torch.float32).div_(16).unsqueeze(1)
         labels = torch.from_numpy(raw_labels).long()
+        unseen = torch.empty(0, dtype=torch.long)
+        if self.classes is not None:
+            labels, unseen = self._keep_classes(labels, self.classes)
         train_images = images[self.train_indices]
         self.mean, self.std = train_images.mean().item(), train_images.std().item()
         images = (images - self.mean) / self.std
@@ -577,3 +597,98 @@ class DigitsDataModule(_ClassificationDataModule):
         self.train_dataset = _TensorBatches(images[self.train_indices], noisy)
         self.val_dataset = _TensorBatches(images[self.val_indices], labels[self.val_indices])
         self.test_dataset = _TensorBatches(images[self.test_indices], labels[self.test_indices])
+
+        noise = torch.rand(
+            (len(self.test_indices), *images.shape[1:]),
+            generator=torch_generator(self.seed, "ood_noise"),
+        )
+        ood = {"noise": (noise - self.mean) / self.std}
+        if self.classes is not None and len(self.classes) < 10:
+            ood = {"unseen_classes": images[unseen], **ood}
+        self._ood_datasets = {
+            name: _TensorBatches(x, torch.full((len(x),), -1, dtype=torch.long))
+            for name, x in ood.items()
+        }
+
+    def _keep_classes(self, labels: Tensor, classes: list[int]) -> tuple[Tensor, Tensor]:
+        """Keep ``classes`` in each split's indices; relabel; find the test split's other digits.
+
+        Returns the labels of all 1,797 digits relabelled (-1 for the other digits) and the test
+        split's indices of the other digits.
+        """
+        # Digit d -> its position in `classes`; the other digits -> -1 (dropped).
+        relabel = torch.full((10,), -1, dtype=torch.long)
+        relabel[torch.tensor(classes)] = torch.arange(len(classes))
+        labels = relabel[labels]
+        unseen = self.test_indices[labels[self.test_indices] < 0]
+        kept = []
+        for name, indices in (
+            ("training", self.train_indices),
+            ("validation", self.val_indices),
+            ("test", self.test_indices),
+        ):
+            keep = indices[labels[indices] >= 0]
+            if len(keep) == 0:
+                raise ValueError(
+                    f"`classes` = {classes!r} leaves no {name} images: the {name} split "
+                    f"({len(indices)} images, seed {self.seed}) holds none of these digits; use a "
+                    "larger split or other digits."
+                )
+            kept.append(keep)
+        self.train_indices, self.val_indices, self.test_indices = kept
+        return labels, unseen
+
+    def ood_dataloaders(self) -> dict[str, DataLoader]:
+        """Out-of-distribution sets, with the test loader's settings (for :class:`OODEval`).
+
+        - ``"unseen_classes"`` (only with ``classes``, unless it holds all ten digits): the test
+          split's images of the *other* digits, in index order;
+        - ``"noise"``: as many images as the test split, each pixel uniform in ``[0, 1]`` (drawn
+          from a generator derived from ``(seed, "ood_noise")``), normalised with :attr:`mean` and
+          :attr:`std` like the real images.
+
+        Batches are ``[images, labels]`` like the other splits; the labels are all -1 (an OOD
+        sample has no class) and are not meant to be used.
+
+        Returns:
+            ``{name: DataLoader}``.
+
+        Raises:
+            RuntimeError: If called before ``setup()``.
+
+        Example:
+            >>> dm = DigitsDataModule(classes=[0, 1, 2])
+            >>> dm.setup()
+            >>> sorted(dm.ood_dataloaders())
+            ['noise', 'unseen_classes']
+        """
+        if self._ood_datasets is None:
+            raise RuntimeError(
+                f"`{type(self).__name__}.ood_dataloaders()` was called before `setup()`; call "
+                "`setup()` first (a Trainer does this for you)."
+            )
+        return {
+            name: self._loader(dataset, "ood", shuffle=False)
+            for name, dataset in self._ood_datasets.items()
+        }
+
+
+def _check_classes(classes: Any) -> list[int] | None:
+    """``classes`` of :class:`DigitsDataModule`: None, or at least 2 distinct ints in 0..9."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise ValueError(
+            f"`classes` must be a list of at least 2 distinct digits in 0..9, or None, got "
+            f"{classes!r}."
+        )
+    bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 9]
+    if bad:
+        raise ValueError(
+            f"`classes` must hold digits, integers in 0..9, got {bad[0]!r} in {list(classes)!r}."
+        )
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"`classes` must not repeat a digit, got {list(classes)!r}.")
+    if len(classes) < 2:
+        raise ValueError(f"`classes` must hold at least 2 digits, got {list(classes)!r}.")
+    return list(classes)

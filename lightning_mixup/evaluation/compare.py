@@ -2,7 +2,9 @@
 
 Each run trains :class:`~lightning_mixup.SoftLabelClassifier` (``SmallCNN`` on scikit-learn's
 digits by default, ``PreActResNet18`` on CIFAR) with one *arm*, a ``MixupCallback``
-configuration or none, on training labels with a given fraction of symmetric noise. The Trainer
+configuration or none (``+TS`` arms add ``TemperatureScaling``), on training labels with a given
+fraction of symmetric noise; on the digits, ``OODEval`` also measures out-of-distribution
+detection (pure noise, and the left-out classes with ``--classes``). The Trainer
 keeps the checkpoint with the best ``val/acc`` (validation labels are clean). Both the last-epoch
 weights and the best checkpoint are then tested with
 :class:`~lightning_mixup.evaluation.robustness.AdversarialEval` (FGSM, ε in [0, 1] pixel units).
@@ -52,6 +54,8 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from lightning_mixup.callback import MixupCallback
 from lightning_mixup.classification.models import PreActResNet18, SmallCNN
 from lightning_mixup.classification.module import SoftLabelClassifier
+from lightning_mixup.evaluation.calibration import TemperatureScaling
+from lightning_mixup.evaluation.ood import OODEval
 from lightning_mixup.evaluation.robustness import AdversarialEval
 from lightning_mixup.evaluation.visual import _figure, plot_reliability
 
@@ -60,6 +64,8 @@ __all__ = ["ARMS", "CompareConfig", "build_config", "main", "run_grid"]
 #: The arms: ``MixupCallback`` keyword arguments (None = no mixing). ``mixup_ramp``'s
 #: ``ramp_epochs`` is filled in per run as a quarter of the epochs (at least 1); ``manifold``'s
 #: ``mix_at`` (Manifold Mixup: one of two hidden blocks per batch) with the backbone's names.
+#: ``regmixup`` trains on each clean batch and its mixed copy (Pinto et al., NeurIPS 2022), with a
+#: large α as the paper recommends (10; λ is then close to 0.5).
 ARMS: dict[str, dict[str, Any] | None] = {
     "erm": None,
     "mixup0.2": {"alpha": 0.2},
@@ -67,7 +73,13 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "cutmix": {"alpha": 0.0, "cutmix_alpha": 1.0},
     "mixup_ramp": {"alpha": 1.0, "ramp_epochs": None},
     "manifold": {"alpha": 1.0, "mix_at": None},
+    "regmixup": {"alpha": 10.0, "keep_clean": True},
+    "mixup+TS": {"alpha": 1.0},
+    "erm+TS": None,
 }
+#: Arms whose name ends in this also fit a temperature on the validation split
+#: (:class:`~lightning_mixup.evaluation.calibration.TemperatureScaling`), applied at test time.
+TS_SUFFIX = "+TS"
 #: The two hidden blocks ``manifold`` mixes at, per backbone: SmallCNN's first two conv blocks end
 #: at ``features.2`` (ReLU) and ``features.6`` (max-pool); PreActResNet18's first two stages.
 _MANIFOLD_LAYERS = {
@@ -104,6 +116,15 @@ class CompareConfig:
     limit_test_batches: float | int | None = None
     progress: bool = True
     command: str = ""
+    classes: list[int] | None = None
+
+    @property
+    def ood_sets(self) -> list[str]:
+        """The OOD sets tested (digits only): pure noise, and the left-out classes if any."""
+        if not self.digits:
+            return []
+        unseen = self.classes is not None and len(set(self.classes)) < 10
+        return ["unseen_classes", "noise"] if unseen else ["noise"]
 
     @property
     def digits(self) -> bool:
@@ -161,6 +182,13 @@ def _parser() -> argparse.ArgumentParser:
         help="fractions of training labels replaced by a wrong class (default: 0 0.4)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        type=int,
+        default=None,
+        help="digits only: train on these classes; the others become an OOD set (default: all)",
+    )
     p.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 digits, 128 CIFAR")
     p.add_argument(
@@ -284,6 +312,10 @@ def build_config(argv: Sequence[str] | None = None) -> CompareConfig:
     ):
         if value is not None and not 0 < value < math.inf:
             raise ValueError(f"`{flag}` must be a positive number, got {value!r}.")
+    if a.classes is not None:
+        if a.dataset != "digits":
+            raise ValueError(f"`--classes` works with `--dataset digits` only, got {a.dataset!r}.")
+        _distinct("--classes", a.classes)
     if a.num_workers is not None and a.num_workers < 0:
         raise ValueError(f"`--num-workers` must be an integer >= 0, got {a.num_workers!r}.")
     return CompareConfig(
@@ -309,6 +341,7 @@ def build_config(argv: Sequence[str] | None = None) -> CompareConfig:
         limit_test_batches=a.limit_test_batches,
         progress=not a.no_progress,
         command=shlex.join(["lightning-mixup-compare", *argv]),
+        classes=None if a.classes is None else list(a.classes),
     )
 
 
@@ -333,7 +366,11 @@ def _datamodule(cfg: CompareConfig, noise: float, seed: int) -> pl.LightningData
 
         workers = 0 if cfg.num_workers is None else cfg.num_workers
         return DigitsDataModule(
-            batch_size=batch_size, num_workers=workers, label_noise=noise, seed=seed
+            batch_size=batch_size,
+            num_workers=workers,
+            label_noise=noise,
+            seed=seed,
+            classes=cfg.classes,
         )
     from lightning_mixup.classification.data import CIFAR10DataModule, CIFAR100DataModule
 
@@ -364,9 +401,13 @@ def _model(cfg: CompareConfig, num_classes: int) -> SoftLabelClassifier:
     return SoftLabelClassifier(backbone, num_classes, optimizer=optimizer)
 
 
-def _metrics(trainer: pl.Trainer, prefix: str, eps: Sequence[float], pgd: bool) -> dict[str, float]:
+def _metrics(
+    trainer: pl.Trainer, prefix: str, eps: Sequence[float], pgd: bool, ood: Sequence[str]
+) -> dict[str, float]:
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     row = {f"{prefix}_{name}": m[f"test/{name}"] for name in _METRICS}
+    for name in ood:
+        row[f"{prefix}_ood_{name}"] = m[f"test/ood_auroc/{name}"]
     for e in eps:
         row[f"{prefix}_fgsm@{e:g}"] = m[f"test/fgsm_acc@{e:g}"]
         if pgd:
@@ -415,6 +456,10 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
         callbacks: list[pl.Callback] = [checkpoint, adversarial]
         if kwargs is not None:
             callbacks.append(MixupCallback(**kwargs, seed=seed))
+        if arm.endswith(TS_SUFFIX):
+            callbacks.append(TemperatureScaling())
+        if cfg.ood_sets:
+            callbacks.append(OODEval())
         trainer = pl.Trainer(
             accelerator=cfg.accelerator,
             devices=1,
@@ -431,12 +476,12 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
         trainer.fit(model, datamodule=dm)
         train_seconds = time.perf_counter() - start
         trainer.test(model, datamodule=dm, verbose=False)
-        last = _metrics(trainer, "last", cfg.eps, cfg.pgd_steps > 0)
+        last = _metrics(trainer, "last", cfg.eps, cfg.pgd_steps > 0, cfg.ood_sets)
         best_path = checkpoint.best_model_path
         best_epoch = int(Path(best_path).stem.split("-")[1])
         best_val = float(checkpoint.best_model_score)
         trainer.test(model, datamodule=dm, ckpt_path=best_path, verbose=False)
-        best = _metrics(trainer, "best", cfg.eps, cfg.pgd_steps > 0)
+        best = _metrics(trainer, "best", cfg.eps, cfg.pgd_steps > 0, cfg.ood_sets)
     row: dict[str, Any] = {
         "arm": arm,
         "noise": noise,
@@ -503,6 +548,7 @@ def _columns(cfg: CompareConfig) -> list[str]:
     per = list(_METRICS) + [f"fgsm@{e:g}" for e in cfg.eps]
     if cfg.pgd_steps > 0:
         per += [f"pgd@{e:g}" for e in cfg.eps]
+    per += [f"ood_{name}" for name in cfg.ood_sets]
     head = ["arm", "noise", "seed", "epochs", "best_epoch", "best_val_acc"]
     return head + [f"best_{c}" for c in per] + [f"last_{c}" for c in per] + ["train_seconds"]
 
@@ -542,7 +588,7 @@ def summary_table(rows: list[dict[str, Any]], cfg: CompareConfig) -> str:
     eps_cols = [f"FGSM ε={e:g} (%)" for e in cfg.eps]
     pgd_cols = [f"PGD-{cfg.pgd_steps} ε={e:g} (%)" for e in cfg.eps] if cfg.pgd_steps else []
     head = ["arm", "noise", "acc best (%)", "acc last (%)", "NLL", "ECE", "conf gap"]
-    head += eps_cols + pgd_cols
+    head += eps_cols + pgd_cols + [f"OOD AUROC {name.replace('_', ' ')}" for name in cfg.ood_sets]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, noise, runs in _groups(rows, cfg):
 
@@ -560,6 +606,7 @@ def summary_table(rows: list[dict[str, Any]], cfg: CompareConfig) -> str:
         ]
         cells += [col(f"best_fgsm@{e:g}", 100, 1) for e in cfg.eps]
         cells += [col(f"best_pgd@{e:g}", 100, 1) for e in cfg.eps] if cfg.pgd_steps else []
+        cells += [col(f"best_ood_{name}") for name in cfg.ood_sets]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -570,7 +617,11 @@ def write_summary(result: GridResult, cfg: CompareConfig, path: Path) -> None:
     model = (
         f"SmallCNN(width={cfg.width})" if cfg.digits else "PreActResNet18"
     ) + " + SoftLabelClassifier"
-    arms = "\n".join(f"- `{a}`: {_describe(cfg.arm_kwargs(a))}" for a in cfg.arms)
+    arms = "\n".join(
+        f"- `{a}`: {_describe(cfg.arm_kwargs(a))}"
+        + (" + TemperatureScaling()" if a.endswith(TS_SUFFIX) else "")
+        for a in cfg.arms
+    )
     done = len(result.rows)
     cut = (
         f"\n**Stopped by `--max-minutes {cfg.max_minutes:g}` after {done} of {result.planned} "
@@ -609,7 +660,11 @@ def write_summary(result: GridResult, cfg: CompareConfig, path: Path) -> None:
         "- **acc best**: test accuracy of the checkpoint with the best `val/acc`; **acc last**: "
         "after the last epoch. NLL, ECE (15 bins), conf gap (mean max-softmax confidence − "
         "accuracy; negative = under-confident) and FGSM accuracy (ε in [0, 1] pixel units of the "
-        "unnormalised image) are of the best checkpoint. Cells: mean ± sample std over seeds.",
+        "unnormalised image) are of the best checkpoint. OOD AUROC: how well max-softmax "
+        "confidence separates the test split from an out-of-distribution set (pure-noise images; "
+        "the left-out digit classes with `--classes`), 0.5 = chance. `+TS` arms divide the "
+        "logits by a temperature fitted on the validation split (each checkpoint its own). "
+        "Cells: mean ± sample std over seeds.",
         cut,
         "Arms:",
         "",

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from PIL import Image
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
+from lightning_mixup._seed import torch_generator
 from lightning_mixup.classification.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -408,6 +409,150 @@ def test_digits_without_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r'pip install "lightning-mixup\[digits\]"'):
         DigitsDataModule().setup()
+
+
+# ---------------------------------------------------------------------------- digits: classes, OOD
+def _raw_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return torch.from_numpy(digits.images).float().div(16), torch.from_numpy(digits.target)
+
+
+def test_digits_classes_filter_the_same_split_and_remap_labels() -> None:
+    raw_images, raw_labels = _raw_digits()
+    full = DigitsDataModule(seed=4)
+    full.setup()
+    dm = DigitsDataModule(seed=4, classes=[7, 2, 5])
+    assert dm.num_classes == 3 and DigitsDataModule.num_classes == 10 and full.num_classes == 10
+    dm.setup()
+    keep = torch.tensor([7, 2, 5])
+    for split in ("train", "val", "test"):
+        all_indices = getattr(full, f"{split}_indices")
+        kept = getattr(dm, f"{split}_indices")
+        # The same images as without `classes`, filtered, in the same order.
+        assert torch.equal(kept, all_indices[torch.isin(raw_labels[all_indices], keep)])
+        dataset = getattr(dm, f"{split}_dataset")
+        assert len(dataset) == len(kept) > 0
+        # Label i is digit classes[i].
+        assert torch.equal(keep[dataset.labels], raw_labels[kept])
+        expected = (raw_images[kept] - dm.mean) / dm.std
+        torch.testing.assert_close(dataset.images[:, 0], expected)
+    # Normalised with the kept training images' statistics.
+    train = raw_images[dm.train_indices]
+    assert dm.mean == pytest.approx(train.mean().item()) and dm.std == pytest.approx(
+        train.std().item()
+    )
+    batch = next(iter(dm.train_dataloader()))
+    assert batch[1].dtype == torch.int64 and set(batch[1].tolist()) <= {0, 1, 2}
+
+
+def test_digits_label_noise_acts_on_the_kept_classes() -> None:
+    _, raw_labels = _raw_digits()
+    dm = DigitsDataModule(classes=[3, 8], label_noise=0.25, seed=1)
+    dm.setup()
+    clean = (raw_labels[dm.train_indices] == 8).long()  # 3 -> 0, 8 -> 1
+    noisy = dm.train_dataset.labels
+    changed = (noisy != clean).nonzero().flatten()
+    assert torch.equal(changed, dm.noisy_indices)
+    assert len(changed) == round(0.25 * len(dm.train_dataset))
+    assert set(noisy.tolist()) == {0, 1}  # flipped to the other kept class, never to 2..9
+    assert torch.equal(dm.val_dataset.labels, (raw_labels[dm.val_indices] == 8).long())
+
+
+def test_digits_ood_sets() -> None:
+    raw_images, raw_labels = _raw_digits()
+    dm = DigitsDataModule(classes=[0, 1, 2, 3, 4], test_size=200, batch_size=32, seed=2)
+    dm.setup()
+    loaders = dm.ood_dataloaders()
+    assert list(loaders) == ["unseen_classes", "noise"]
+    reference = dm.test_dataloader()
+    for loader in loaders.values():
+        assert loader.batch_size == reference.batch_size and not loader.drop_last
+        assert isinstance(loader.sampler, SequentialSampler)
+        assert loader.num_workers == reference.num_workers
+        assert loader.pin_memory == reference.pin_memory
+    full = DigitsDataModule(test_size=200, seed=2)
+    full.setup()
+    unseen_indices = full.test_indices[raw_labels[full.test_indices] >= 5]
+    unseen = torch.cat([b[0] for b in loaders["unseen_classes"]])
+    labels = torch.cat([b[1] for b in loaders["unseen_classes"]])
+    assert len(unseen) == len(unseen_indices) == 200 - len(dm.test_dataset)
+    torch.testing.assert_close(unseen[:, 0], (raw_images[unseen_indices] - dm.mean) / dm.std)
+    assert labels.dtype == torch.int64 and (labels == -1).all()
+
+    noise = torch.cat([b[0] for b in loaders["noise"]])
+    assert noise.shape == (len(dm.test_dataset), 1, 8, 8)
+    # Uniform [0, 1] pixels from the (seed, "ood_noise") stream, normalised like real images.
+    pixels = torch.rand(noise.shape, generator=torch_generator(2, "ood_noise"))
+    torch.testing.assert_close(noise, (pixels - dm.mean) / dm.std)
+    assert (torch.cat([b[1] for b in loaders["noise"]]) == -1).all()
+    again = DigitsDataModule(classes=[0, 1, 2, 3, 4], test_size=200, batch_size=32, seed=2)
+    again.setup()
+    assert torch.equal(torch.cat([b[0] for b in again.ood_dataloaders()["noise"]]), noise)
+
+
+def test_digits_ood_without_classes_is_noise_only() -> None:
+    dm = DigitsDataModule(test_size=50)
+    with pytest.raises(
+        RuntimeError, match=r"`DigitsDataModule.ood_dataloaders\(\)` was called before"
+    ):
+        dm.ood_dataloaders()
+    dm.setup()
+    loaders = dm.ood_dataloaders()
+    assert list(loaders) == ["noise"] and len(loaders["noise"].dataset) == 50
+    permuted = DigitsDataModule(classes=list(range(9, -1, -1)))
+    permuted.setup()
+    assert list(permuted.ood_dataloaders()) == ["noise"]  # no other digit is left
+    _, raw_labels = _raw_digits()
+    assert torch.equal(permuted.test_dataset.labels, 9 - raw_labels[permuted.test_indices])
+
+
+@pytest.mark.parametrize(
+    ("classes", "match"),
+    [
+        ([3], r"`classes` must hold at least 2 digits, got \[3\]\."),
+        ([1, 1, 2], r"`classes` must not repeat a digit, got \[1, 1, 2\]\."),
+        ([0, 10], r"`classes` must hold digits, integers in 0\.\.9, got 10 in \[0, 10\]\."),
+        ([0, 1.0], r"integers in 0\.\.9, got 1\.0 in"),
+        ([True, 2], r"integers in 0\.\.9, got True in"),
+        (
+            "01",
+            r"`classes` must be a list of at least 2 distinct digits in 0\.\.9, or None, got '01'\.",
+        ),
+        (3, r"`classes` must be a list .* got 3\."),
+    ],
+)
+def test_digits_classes_errors(classes: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DigitsDataModule(classes=classes)
+
+
+def test_digits_classes_must_leave_images_in_every_split() -> None:
+    _, raw_labels = _raw_digits()
+    dm = DigitsDataModule(val_size=1, test_size=1, seed=0)
+    dm.setup()
+    val_digit = int(raw_labels[dm.val_indices[0]])
+    others = [d for d in range(10) if d != val_digit][:2]
+    with pytest.raises(
+        ValueError, match=r"leaves no validation images: the validation split \(1 images"
+    ):
+        DigitsDataModule(val_size=1, test_size=1, seed=0, classes=others).setup()
+
+
+def test_digits_classes_train_a_classifier_of_that_width() -> None:
+    from lightning_mixup import SmallCNN, SoftLabelClassifier
+
+    dm = DigitsDataModule(classes=[4, 9], batch_size=32)
+    model = SoftLabelClassifier(SmallCNN(num_classes=2, width=4), 2, lr_scheduler=None)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert trainer.state.finished
+    with pytest.raises(ValueError, match=r"datamodule has `num_classes` = 2"):
+        trainer.fit(SoftLabelClassifier(SmallCNN(num_classes=10, width=4), 10), datamodule=dm)
 
 
 def test_tensor_batches_fetch_a_batch_in_one_indexing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,7 +52,7 @@ def test_tiny_grid_writes_csv_summary_and_plots(tmp_path, capsys):
     assert main(["--arms", "erm", "cutmix", "--noise", "0.4", "--out", str(out), *TINY]) == 0
 
     columns, rows = read_rows(out / "results.csv")
-    per = ["acc", "nll", "ece", "conf_gap", *(f"fgsm@{e}" for e in EPS)]
+    per = ["acc", "nll", "ece", "conf_gap", *(f"fgsm@{e}" for e in EPS), "ood_noise"]
     assert columns == [
         "arm", "noise", "seed", "epochs", "best_epoch", "best_val_acc",
         *(f"best_{c}" for c in per), *(f"last_{c}" for c in per), "train_seconds",
@@ -91,6 +91,22 @@ def test_manifold_arm_mixes_at_the_small_cnns_blocks(tmp_path):
     assert want in summary
 
 
+def test_calibration_arms_and_held_out_classes(tmp_path):
+    out = tmp_path / "out"
+    argv = ["--arms", "regmixup", "erm+TS", "--noise", "0", "--classes", "0", "1", "2", "3", "4"]
+    assert main([*argv, "--out", str(out), *TINY]) == 0
+    columns, rows = read_rows(out / "results.csv")
+    assert [r["arm"] for r in rows] == ["regmixup", "erm+TS"]
+    assert {"best_ood_unseen_classes", "best_ood_noise", "last_ood_noise"} <= set(columns)
+    assert all(0 <= float(r["best_ood_unseen_classes"]) <= 1 for r in rows)
+    summary = (out / "summary.md").read_text()
+    assert "- `erm+TS`: no mixing + TemperatureScaling()" in summary
+    assert "- `regmixup`: MixupCallback(alpha=10.0, keep_clean=True)" in summary
+    assert "OOD AUROC unseen classes | OOD AUROC noise |" in summary
+    with pytest.raises(ValueError, match="`--classes` works with `--dataset digits` only"):
+        build_config(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--classes", "0", "1"])
+
+
 def test_time_budget_stops_after_the_first_run(tmp_path):
     out = tmp_path / "out"
     args = ["--arms", "erm", "mixup0.2", "--noise", "0", "--max-minutes", "1e-9"]
@@ -119,9 +135,12 @@ def test_cifar_grid_runs_on_written_files(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- configuration
 def test_defaults_are_the_documented_grid():
     cfg = build_config([])
-    assert cfg.arms == ["erm", "mixup0.2", "mixup1.0", "cutmix", "mixup_ramp", "manifold"]
+    assert cfg.arms == [
+        "erm", "mixup0.2", "mixup1.0", "cutmix", "mixup_ramp", "manifold", "regmixup", "mixup+TS",
+        "erm+TS",
+    ]  # fmt: skip
     assert cfg.noise == [0.0, 0.4] and cfg.seeds == [0, 1, 2]
-    assert len(cfg.arms) * len(cfg.noise) * len(cfg.seeds) == 36
+    assert len(cfg.arms) * len(cfg.noise) * len(cfg.seeds) == 54
     assert cfg.eps == [0.02, 0.05, 0.1] and cfg.out == Path("runs/compare")
     assert cfg.resolved_batch_size == 64 and cfg.resolved_lr == 0.05 and cfg.threads == 1
 
@@ -200,6 +219,7 @@ def test_unparsable_values_are_argparse_errors(capsys):
 def test_summary_cells_are_mean_and_sample_std_over_seeds():
     cfg = CompareConfig(arms=["erm", "mixup1.0"], noise=[0.0], eps=[0.1])
     base = {"noise": 0.0, "best_nll": 0.5, "best_ece": 0.1, "best_fgsm@0.1": 0.5}
+    base["best_ood_noise"] = 0.75
     rows = [
         {**base, "arm": "erm", "best_acc": 0.9, "last_acc": 0.8, "best_conf_gap": 0.02},
         {**base, "arm": "erm", "best_acc": 0.8, "last_acc": 0.8, "best_conf_gap": 0.04},
@@ -207,14 +227,15 @@ def test_summary_cells_are_mean_and_sample_std_over_seeds():
     ]
     lines = summary_table(rows, cfg).splitlines()
     assert lines[0] == (
-        "| arm | noise | acc best (%) | acc last (%) | NLL | ECE | conf gap | FGSM ε=0.1 (%) |"
+        "| arm | noise | acc best (%) | acc last (%) | NLL | ECE | conf gap | FGSM ε=0.1 (%) | "
+        "OOD AUROC noise |"
     )
     # (90, 80): mean 85, sample std 7.07; a single seed shows its value alone.
     assert lines[2] == (
         "| `erm` | 0% | 85.0 ± 7.1 | 80.0 ± 0.0 | 0.500 ± 0.000 | 0.100 ± 0.000 | "
-        "+0.030 ± 0.014 | 50.0 ± 0.0 |"
+        "+0.030 ± 0.014 | 50.0 ± 0.0 | 0.750 ± 0.000 |"
     )
-    assert lines[3] == "| `mixup1.0` | 0% | 95.0 | 90.0 | 0.500 | 0.100 | -0.100 | 50.0 |"
+    assert lines[3] == "| `mixup1.0` | 0% | 95.0 | 90.0 | 0.500 | 0.100 | -0.100 | 50.0 | 0.750 |"
 
 
 @pytest.mark.filterwarnings(
