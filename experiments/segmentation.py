@@ -138,7 +138,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("test mIoU (last epoch)")
     low = min(r["test/miou"] for r in rows)
     ax.set_ylim(max(0.0, low - 0.1), 1.0)
-    ax.legend(ncol=len(arms), fontsize="small", loc="lower center")
+    ax.legend(ncol=len(arms), fontsize="small", loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
