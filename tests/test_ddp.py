@@ -130,3 +130,16 @@ def test_mixing_at_a_layer_draws_per_rank_and_resumes_exactly(tmp_path):
         resumed = first[rank]["draws"] + second[rank]["draws"]
         assert draws_equal(resumed, full[rank]["draws"])
         assert [d["at"] for d in resumed] == [d["at"] for d in full[rank]["draws"]]
+
+
+def test_keep_clean_doubles_each_ranks_batch_with_its_own_draws(tmp_path):
+    r0, r1 = ddp_fit(tmp_path, MixupCallback(alpha=1.0, mode="elem", keep_clean=True, seed=1))
+    for rank in (r0, r1):
+        assert len(rank["draws"]) == 8  # 32 samples, 2 ranks, batch 4, 2 epochs
+        for d in rank["draws"]:
+            y = d["y"]
+            assert y.shape == (8, 32)
+            assert torch.equal(y[:4].max(1).values, torch.ones(4))  # clean one-hot rows
+            lam = d["lam"].float()[:, None]
+            torch.testing.assert_close(y[4:], lam * y[:4] + (1 - lam) * y[:4][d["partner"]])
+    assert not draws_equal(r0["draws"], r1["draws"])
