@@ -33,6 +33,7 @@ _ECE_BINS = 15
 # T is kept in [1/100, 100]: when every validation sample is right the NLL keeps falling as
 # T → 0 (and as T → ∞ when every one is wrong), and an unbounded search would reach 0 or ∞.
 _MAX_LOG_T = math.log(100.0)
+_MIN_T, _MAX_T = 0.01, 100.0
 
 
 # ---------------------------------------------------------------------------- the pure function
@@ -337,6 +338,10 @@ class TemperatureScaling(pl.Callback):
 
     Until a validation epoch has run (or a checkpoint restored T), T = 1: one warning says so
     when a fit ends without a validation epoch, or the validation set gives no labelled row.
+    When the fitted T lands on a bound of ``[0.01, 100]`` (typically every validation sample is
+    classified right, so the NLL keeps falling as T → 0), the split does not identify T: that
+    epoch keeps T = 1, with one warning, instead of a temperature that makes every prediction
+    certain.
 
     Args:
         target_key: Index (list/tuple batch) or key (dict batch) of the targets.
@@ -378,7 +383,7 @@ class TemperatureScaling(pl.Callback):
         self._logits: list[Tensor] = []
         self._targets: list[Tensor] = []
         self._missed = 0
-        self._warned = False
+        self._warned = self._warned_bound = False
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -492,10 +497,21 @@ class TemperatureScaling(pl.Callback):
         stats: list[float] | None = None
         if trainer.is_global_zero:
             temperature = _fit(logits, target, self.max_iter)
+            at_bound = not _MIN_T * 1.001 < temperature < _MAX_T / 1.001
+            temperature = 1.0 if at_bound else temperature
             stats = [temperature, *_scaled_metrics(logits, target, 1.0)]
-            stats += _scaled_metrics(logits, target, temperature)
+            stats += [*_scaled_metrics(logits, target, temperature), float(at_bound)]
         stats = trainer.strategy.broadcast(stats, src=0)
         self.temperature, self.fitted = float(stats[0]), True
+        if stats[-1] and not self._warned_bound:
+            self._warned_bound = True
+            rank_zero_warn(
+                "TemperatureScaling: the validation NLL has no minimum at a finite temperature "
+                "(typically every validation sample is classified right, and the NLL keeps "
+                "falling as T -> 0): the split does not identify T, so T = 1 (no scaling) is kept "
+                "for such epochs. A larger or harder validation split fixes this."
+            )
+        stats = stats[:-1]
         names = ("temperature", "nll_raw", "ece_raw", "nll_ts", "ece_ts")
         for name, value in zip(names, stats):
             pl_module.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True)

@@ -374,6 +374,26 @@ def test_without_validation_data_t_stays_one_with_one_warning(tmp_path, model, k
     torch.testing.assert_close(torch.cat(model.test_ratio), torch.ones(8, K))
 
 
+class SeparableVal(Probe):
+    """Validation labels are the model's own argmax: every sample right, T not identified."""
+
+    def val_dataloader(self):
+        x = probe_data(64, seed=1).tensors[0]
+        return DataLoader(TensorDataset(x, (x @ W_TRUE.T).argmax(1)), batch_size=32)
+
+
+def test_a_perfectly_classified_validation_split_keeps_t_at_one_with_a_warning(tmp_path):
+    cb = TemperatureScaling()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer_for(tmp_path, [cb]).fit(SeparableVal())
+    found = temperature_warnings(record)
+    assert len(found) == 1 and "has no minimum at a finite temperature" in found[0]
+    assert cb.temperature == 1.0 and cb.fitted
+    x, y = SeparableVal().val_dataloader().dataset.tensors
+    assert fit_temperature(x @ (3 * W_TRUE).T, y) == pytest.approx(0.01)  # the bound, not a fit
+
+
 def test_state_dict_round_trip_and_checks():
     cb = TemperatureScaling()
     cb.load_state_dict({"temperature": 2.5, "fitted": True})
