@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from lightning_mixup import MixupCallback, SoftLabelClassifier
+from lightning_mixup import MixupCallback, SoftLabelClassifier, TemperatureScaling
 from lightning_mixup.cli import ConfigError, main
 from tests.cifar_files import checksum_lists, write_cifar10, write_cifar100
 
@@ -68,6 +68,24 @@ def test_manifold_example_mixes_at_the_two_named_blocks(tmp_path):
     assert mix[0].last_params is not None
     assert mix[0].last_params.at in ("backbone.features.2", "backbone.features.6")
     assert {"test/acc", "test/nll", "test/ece"} <= set(cli.trainer.callback_metrics)
+
+
+def test_calibration_example_scales_and_measures_ood(tmp_path):
+    cli = main(
+        [
+            "fit",
+            f"--config={EXAMPLES / 'digits_calibration.yaml'}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=3",
+            *QUIET,
+        ]
+    )
+    metrics = set(cli.trainer.callback_metrics)
+    assert {"test/ece", "test/ood_auroc/unseen_classes", "test/ood_auroc/noise"} <= metrics
+    (scaling,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, TemperatureScaling)]
+    assert scaling.fitted and scaling.temperature != 1.0
+    assert cli.datamodule.num_classes == 5
 
 
 @pytest.mark.parametrize("n", [10, 100])
