@@ -207,3 +207,29 @@ def test_token_ids_at_the_inputs_point_to_mix_at():
     cb = MixupCallback(input_key="ids", target_key="label")
     with pytest.raises(TypeError, match="got dtype torch.int64.*`MixupCallback\\(mix_at=<layer"):
         tiny_trainer(callbacks=[cb]).fit(TokenClassifier(), loader)
+
+
+def test_the_first_tensor_of_a_tuple_list_or_dict_output_is_mixed():
+    from collections import namedtuple
+
+    from lightning_mixup._hidden import first_tensor
+
+    h, aux = torch.ones(2, 3), torch.zeros(2)
+    Out = namedtuple("Out", "meta features rest")
+    for output, where in (
+        (h, None),
+        (("label", h, aux), 1),
+        ([None, h, aux], 1),
+        ({"meta": 3, "features": h, "rest": aux}, "features"),
+        (Out("meta", h, aux), 1),
+    ):
+        tensor, put = first_tensor(output)
+        assert tensor is h
+        new = put(h * 2)
+        if where is None:
+            assert torch.equal(new, h * 2)
+            continue
+        assert type(new) is type(output) and torch.equal(new[where], h * 2)
+        rest = "rest" if isinstance(output, dict) else 2
+        assert new[rest] is aux  # the rest passes through
+    assert first_tensor(("no", "tensor"))[0] is None
