@@ -70,8 +70,11 @@ class MixupCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=datamodule, ckpt_path="best")
 
 
-def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI:
+def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI | int:
     """Run the ``lightning-mixup`` command line (also ``python -m lightning_mixup``).
+
+    ``lightning-mixup tune ...`` (``tune`` first) runs :func:`lightning_mixup.tune.main` instead
+    and returns its exit status; Optuna is imported only then.
 
     Args:
         args: Command-line arguments as a list (or dict); None reads ``sys.argv``.
@@ -79,11 +82,17 @@ def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI:
         **kwargs: More keyword arguments for :class:`lightning.pytorch.cli.LightningCLI`.
 
     Returns:
-        The CLI object, whose ``trainer``, ``model`` and ``datamodule`` hold the run's objects.
+        The CLI object, whose ``trainer``, ``model`` and ``datamodule`` hold the run's objects
+        (for ``tune``: the exit status).
 
     Example:
         >>> main(["fit", "--config", "examples/digits.yaml", "--trainer.fast_dev_run=true"])  # doctest: +SKIP
     """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and argv[:1] == ["tune"]:
+        from lightning_mixup.tune import main as tune
+
+        return tune(list(argv[1:]))
     options: dict[str, Any] = {
         "subclass_mode_model": True,
         "subclass_mode_data": True,
@@ -103,11 +112,11 @@ def console() -> int:
     that :func:`main` returns.)
     """
     try:
-        main()
+        result = main()
     except ConfigError as err:
         print(f"lightning-mixup: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 def _our_refusal(err: BaseException) -> tuple[type, str] | None:
