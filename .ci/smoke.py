@@ -40,7 +40,14 @@ def main() -> None:
     # The lazy layers stay unloaded until a name of theirs is used.
     loaded = [
         name
-        for name in ("sklearn", "lightning_mixup.classification", "lightning_mixup.evaluation")
+        for name in (
+            "sklearn",
+            "optuna",
+            "lightning_mixup.classification",
+            "lightning_mixup.segmentation",
+            "lightning_mixup.evaluation",
+            "lightning_mixup.tune",
+        )
         if name in sys.modules
     ]
     if loaded:
@@ -56,7 +63,13 @@ def main() -> None:
     if missing:
         _fail(f"names in `lightning_mixup.__all__` that do not resolve: {missing}")
     import lightning_mixup.classification
-    import lightning_mixup.evaluation  # noqa: F401
+    import lightning_mixup.evaluation
+    import lightning_mixup.segmentation
+    import lightning_mixup.tune.space  # noqa: F401  (tune's Optuna-free part; Optuna is an extra)
+
+    tune_files = {p.name for p in (module_file.parent / "tune").glob("*.py")}
+    if not {"__init__.py", "runner.py", "space.py", "report.py"} <= tune_files:
+        _fail(f"lightning_mixup/tune is incomplete in the wheel: {sorted(tune_files)}")
 
     _say(f"all {len(lightning_mixup.__all__)} public names resolve; subpackages import")
 
@@ -83,6 +96,14 @@ def main() -> None:
             cwd=run_dir,
         )
     _say("lightning-mixup fit --config examples/digits.yaml --trainer.fast_dev_run=true")
+
+    with tempfile.TemporaryDirectory() as run_dir:  # the [digits] install has no Optuna
+        done = subprocess.run(
+            [script, "tune", "--config", config], cwd=run_dir, capture_output=True, text=True
+        )
+    if done.returncode != 2 or "lightning-mixup[tune]" not in done.stderr:
+        _fail(f"`lightning-mixup tune` without Optuna: {done.returncode} {done.stderr[-500:]}")
+    _say("lightning-mixup tune without Optuna: one-line error naming the [tune] extra")
     _say("OK")
 
 
