@@ -169,6 +169,34 @@ class _SoftLabelModule(pl.LightningModule):
             )
 
     # ------------------------------------------------------------------ shared hooks
+    def setup(self, stage: str) -> None:
+        """Check ``num_classes`` against the datamodule and the backbone; settle smoothing at fit."""
+        self._check_datamodule_classes()
+        width = self._output_width()
+        if width is not None and width[0] != self.num_classes:
+            raise ValueError(
+                f"The backbone's last layer outputs {width[0]} {width[1]} but "
+                f"`num_classes` = {self.num_classes}; build the backbone with "
+                f"num_classes={self.num_classes}."
+            )
+        if stage == "fit":
+            self._settle_label_smoothing()
+
+    def _output_width(self) -> tuple[int, str] | None:
+        """``(width, what it counts)`` of the backbone's last layer when known before any data."""
+        return None
+
+    def _log_train_loss(self, loss: Tensor, batch_size: int) -> None:
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=batch_size,
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         """Return the backbone's logits for inputs ``x``."""
         return self.backbone(x)
@@ -294,18 +322,9 @@ class SoftLabelClassifier(_SoftLabelModule):
         )
 
     # ------------------------------------------------------------------ Lightning hooks
-    def setup(self, stage: str) -> None:
-        """Check the datamodule's ``num_classes``; at fit, settle who applies label smoothing."""
-        self._check_datamodule_classes()
+    def _output_width(self) -> tuple[int, str] | None:
         final = _last_linear(self.backbone)
-        if final is not None and final.out_features != self.num_classes:
-            raise ValueError(
-                f"The backbone's last layer outputs {final.out_features} values per sample but "
-                f"`num_classes` = {self.num_classes}; build the backbone with "
-                f"num_classes={self.num_classes}."
-            )
-        if stage == "fit":
-            self._settle_label_smoothing()
+        return None if final is None else (final.out_features, "values per sample")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Cross-entropy on index or (mixed) probability targets, with the training smoothing."""
@@ -313,15 +332,7 @@ class SoftLabelClassifier(_SoftLabelModule):
         logits = self._logits(x)
         loss = self.loss(logits, target, label_smoothing=self.train_label_smoothing)
         self.train_acc_dominant.update(logits.detach(), self._dominant(target))
-        self.log(
-            "train/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=x.shape[0],
-        )
+        self._log_train_loss(loss, x.shape[0])
         self.log("train/acc_dominant", self.train_acc_dominant, on_step=False, on_epoch=True)
         return loss
 

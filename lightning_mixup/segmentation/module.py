@@ -143,32 +143,15 @@ class SoftLabelSegmenter(_SoftLabelModule):
         )
 
     # ------------------------------------------------------------------ Lightning hooks
-    def setup(self, stage: str) -> None:
-        """Check the datamodule's ``num_classes``; at fit, settle who applies label smoothing."""
-        self._check_datamodule_classes()
+    def _output_width(self) -> tuple[int, str] | None:
         final = _last_conv(self.backbone)
-        if final is not None and final.out_channels != self.num_classes:
-            raise ValueError(
-                f"The backbone's last layer outputs {final.out_channels} channels but "
-                f"`num_classes` = {self.num_classes}; build the backbone with "
-                f"num_classes={self.num_classes}."
-            )
-        if stage == "fit":
-            self._settle_label_smoothing()
+        return None if final is None else (final.out_channels, "channels")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Per-pixel cross-entropy on an index or (mixed) soft mask, with the training smoothing."""
         x, target = self._unpack(batch)
         loss = self.loss(self._logits(x), target, label_smoothing=self.train_label_smoothing)
-        self.log(
-            "train/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=x.shape[0],
-        )
+        self._log_train_loss(loss, x.shape[0])
         return loss
 
     # ------------------------------------------------------------------ the loss
