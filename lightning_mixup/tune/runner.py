@@ -172,16 +172,20 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
 def _open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
     """The storage for ``url``; any failure to open it is a :class:`TuneError` before training.
 
-    Workers started together may race to create the tables of a new database; that error is
-    retried a few times.
+    Workers started together race to create the tables and the version rows of a new database
+    (``table ... already exists``, ``UNIQUE constraint failed``, ``database is locked``); those
+    errors are retried a few times, after which the other worker's tables are there.
     """
-    for attempt in range(5):
+    for attempt in range(6):
         try:
             return _storage(url, heartbeat, grace)
         except Exception as err:  # sqlalchemy, driver and file errors alike
             text = str(err)
-            if attempt < 4 and ("already exists" in text or "locked" in text):
-                time.sleep(0.5 + random.random())
+            racing = type(err).__name__ == "IntegrityError" or any(
+                s in text for s in ("already exists", "locked")
+            )
+            if attempt < 5 and racing:
+                time.sleep(0.2 + random.random())
                 continue
             first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
             raise TuneError(f"cannot open storage {url!r}: {first}") from None
