@@ -2,37 +2,31 @@
 
 from __future__ import annotations
 
-import csv
+import io
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lightning_mixup.tune.runner import write_atomically
+
 __all__ = ["write_reports"]
+
+#: The trials.csv columns: Optuna's own table of the study (one row per trial).
+_CSV_ATTRS = ("number", "state", "value", "datetime_start", "datetime_complete", "duration",
+              "params", "user_attrs")  # fmt: skip
 
 
 def write_reports(study: optuna.Study, out: Path, monitor: str) -> str:
     """Write ``summary.md``, ``trials.csv`` and the plots into ``out``; return the summary text."""
     trials = study.get_trials(deepcopy=False)
-    _write_csv(trials, out / "trials.csv")
+    frame = study.trials_dataframe(attrs=_CSV_ATTRS)
+    write_atomically(out / "trials.csv", frame.to_csv(index=False))
     notes = _plots(study, trials, out)
     text = _summary(study, trials, monitor, notes)
-    (out / "summary.md").write_text(text)
+    write_atomically(out / "summary.md", text)
     return text
-
-
-def _write_csv(trials: list[FrozenTrial], path: Path) -> None:
-    """One row per trial; written with :mod:`csv` so pandas is not needed."""
-    params = sorted({k for t in trials for k in t.params})
-    attrs = sorted({k for t in trials for k in t.user_attrs})
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["number", "state", "value", "last_step", "datetime_start", "datetime_complete",
-                    *(f"params_{k}" for k in params), *(f"user_attrs_{k}" for k in attrs)])  # fmt: skip
-        for t in trials:
-            w.writerow([t.number, t.state.name, t.value, t.last_step, t.datetime_start, t.datetime_complete,
-                        *(t.params.get(k, "") for k in params), *(t.user_attrs.get(k, "") for k in attrs)])  # fmt: skip
 
 
 def _label(t: FrozenTrial) -> str:
@@ -109,7 +103,7 @@ def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[st
     ax.set_ylabel(study.user_attrs.get("monitor", "value"))
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "alpha.png", dpi=100)
+    _save(fig, out / "alpha.png")
     plt.close(fig)
 
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -126,7 +120,7 @@ def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[st
     ax.set_ylabel(study.user_attrs.get("monitor", "value"))
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "history.png", dpi=100)
+    _save(fig, out / "history.png")
     plt.close(fig)
 
     try:
@@ -143,8 +137,15 @@ def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[st
         ax.barh(list(importances), list(importances.values()))
         ax.set_xlabel("importance (Optuna default evaluator)")
         fig.tight_layout()
-        fig.savefig(out / "importances.png", dpi=100)
+        _save(fig, out / "importances.png")
         plt.close(fig)
     else:
         notes.append("importances.png skipped: no parameter is shared by all completed trials.")
     return notes
+
+
+def _save(fig: object, path: Path) -> None:
+    """Save ``fig`` as PNG in one rename (workers may write the same report at once)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)  # type: ignore[attr-defined]
+    write_atomically(path, buffer.getvalue())

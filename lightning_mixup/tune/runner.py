@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import random
 import sys
 import time
@@ -28,13 +29,21 @@ from optuna.trial import TrialState
 
 from lightning_mixup.tune.space import default_space, load_space, suggest
 
-__all__ = ["TuneError", "run"]
+__all__ = ["TuneError", "open_storage", "run", "write_atomically"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class TuneError(RuntimeError):
     """A problem that makes the study pointless to continue (reported in one line)."""
+
+
+class Refused(Exception):
+    """MixupCallback refused a trial's combination of arguments: that trial fails, the study goes on."""
+
+
+#: Refused trials in a row after which the worker stops: the space is then mostly invalid.
+_MAX_REFUSED = 5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,7 +123,7 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     space = load_space(args.space) if args.space else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    storage = _open_storage(
+    storage = open_storage(
         args.storage or f"sqlite:///{out / 'study.db'}", args.heartbeat, args.grace
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -153,11 +162,13 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
             optuna.storages.fail_stale_trials(study)
     todo = _missing(study, args.n_trials, count_running=heartbeat)
     if todo > 0:
+        # No n_trials: refused trials do not count, so _Progress stops the worker once the study
+        # has enough finished trials.
         study.optimize(
             objective,
-            n_trials=todo,
             callbacks=[_Progress(args.n_trials, heartbeat)],
             gc_after_trial=True,
+            catch=(Refused,),
         )
     from lightning_mixup.tune.report import write_reports
 
@@ -169,7 +180,7 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0
 
 
-def _open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
     """The storage for ``url``; any failure to open it is a :class:`TuneError` before training.
 
     Workers started together race to create the tables and the version rows of a new database
@@ -190,6 +201,19 @@ def _open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storage
             first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
             raise TuneError(f"cannot open storage {url!r}: {first}") from None
     raise AssertionError("unreachable")
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and one rename.
+
+    Workers writing the same report at once then leave one whole file, never a mix of both.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
@@ -238,6 +262,7 @@ class _Progress:
 
     def __init__(self, n_trials: int, count_running: bool) -> None:
         self.n_trials, self.count_running = n_trials, count_running
+        self.refused = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = len(study.get_trials(deepcopy=False, states=_FINISHED))
@@ -250,12 +275,20 @@ class _Progress:
             value = f"value={trial.value:.4f}"
         elif trial.state == TrialState.PRUNED:
             value = f"pruned at epoch {trial.last_step}"
+        elif "refused" in trial.user_attrs:
+            value = f"refused by MixupCallback ({trial.user_attrs['refused']})"
         else:
             value = trial.state.name.lower()
         print(
             f"trial {done}/{self.n_trials} #{trial.number} {value} best so far={best} [{kind}]",
             flush=True,
         )
+        self.refused = self.refused + 1 if "refused" in trial.user_attrs else 0
+        if self.refused >= _MAX_REFUSED:
+            raise TuneError(
+                f"MixupCallback refused {self.refused} trials in a row, the last with: "
+                f"{trial.user_attrs['refused']} Narrow `--space` to valid combinations."
+            )
         if _missing(study, self.n_trials, self.count_running) <= 0:
             study.stop()
 
@@ -270,10 +303,17 @@ class _Report(pl.Callback):
     """Reads ``monitor`` after each validation epoch, reports it to Optuna and prunes.
 
     A small own callback: Optuna's ``PyTorchLightningPruningCallback`` targets ``pytorch_lightning``.
+    With ``max_epochs`` known it prunes only in the second half of the run (mixing trials learn
+    slowly at first, so early epochs say little about the last one) and never at the last epoch
+    (the trial is then done: its value is the result).
     """
 
-    def __init__(self, monitor: str, trial: optuna.Trial | None, prune: bool) -> None:
+    def __init__(
+        self, monitor: str, trial: optuna.Trial | None, prune: bool, max_epochs: int | None = None
+    ) -> None:
         self.monitor, self.trial, self.prune = monitor, trial, prune
+        known = max_epochs is not None and max_epochs > 0
+        self.window = (max_epochs // 2, max_epochs - 1) if known else (0, None)
         self.last: float | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -291,7 +331,9 @@ class _Report(pl.Callback):
             return
         epoch = trainer.current_epoch
         self.trial.report(self.last, epoch)
-        if self.prune and self.trial.should_prune():
+        first, last = self.window
+        in_window = first <= epoch and (last is None or epoch < last)
+        if self.prune and in_window and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
 
@@ -320,9 +362,17 @@ class _Objective:
                     self.space if self.space is not None else default_space(cli.trainer.max_epochs)
                 )
                 params = suggest(trial, space)
-            _set_mixup(cli, None if baseline else params)
+            try:
+                _set_mixup(cli, None if baseline else params)
+            except (ValueError, TypeError) as err:
+                trial.set_user_attr("refused", str(err))
+                raise Refused(str(err)) from None
             _write_config(cli, root / "config.yaml", None if baseline else params)
-            report = _Report(self.args.monitor, trial if i == 0 else None, not self.args.no_prune)
+            # The baseline reports no epochs: the pruner compares mixing trials with each other
+            # (plain training learns faster early, which would prune most mixing trials at once).
+            reporting = trial if i == 0 and not baseline else None
+            epochs = cli.trainer.max_epochs
+            report = _Report(self.args.monitor, reporting, not self.args.no_prune, epochs)
             cli.trainer.callbacks.append(report)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             if report.last is None:

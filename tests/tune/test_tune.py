@@ -56,6 +56,8 @@ def test_two_trial_study_then_resume(tmp_path, capsys):
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[0].user_attrs["baseline"] is True and trials[0].params == {}
     assert 0.05 <= trials[1].params["alpha"] <= 4.0
+    # Only mixing trials feed the pruner: the baseline reports no epochs.
+    assert trials[0].intermediate_values == {} and list(trials[1].intermediate_values) == [0]
     # The best config is a valid LightningCLI config.
     text = best.read_text()
     assert text.startswith("# lightning-mixup tune: best trial")
@@ -108,10 +110,10 @@ def test_two_workers_share_one_study(tmp_path):
 
 
 def _open(url: str) -> str:
-    from lightning_mixup.tune.runner import _open_storage
+    from lightning_mixup.tune.runner import open_storage
 
     try:
-        _open_storage(url, 60, None)
+        open_storage(url, 60, None)
     except Exception as err:  # the test reports any failure by name
         return f"{type(err).__name__}: {err}"
     return "ok"
@@ -197,6 +199,34 @@ def test_errors_stop_before_training(tmp_path, capsys):
     assert not list(out.glob("trial_*"))
 
 
+def test_a_refused_combination_fails_its_trial_and_the_study_goes_on(tmp_path, capsys):
+    out = tmp_path / "tune"
+    # alpha=0 without CutMix is refused by MixupCallback; alpha=1 is fine.
+    space = _space(
+        tmp_path,
+        "alpha: {type: categorical, choices: [0.0, 1.0]}\n"
+        "cutmix_alpha: {type: categorical, choices: [0.0]}\n",
+    )
+    argv = [*TINY, "--out", str(out), "--space", space, "--n-trials", "3", "--sampler-seed", "0"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    trials = _load(out).get_trials()
+    refused = [t for t in trials if "refused" in t.user_attrs]
+    assert refused and all(t.state.name == "FAIL" and t.params["alpha"] == 0 for t in refused)
+    assert "`alpha`" in refused[0].user_attrs["refused"]
+    assert "refused by MixupCallback (" in printed
+    assert len(_finished(_load(out))) == 3
+    assert not any((out / f"trial_{t.number}" / "checkpoints").exists() for t in refused)
+
+    # Only refused combinations: the worker stops after five in a row, with the reason.
+    only = _space(tmp_path, "alpha: {type: categorical, choices: [0.0]}\n")
+    argv = [*TINY, "--out", str(tmp_path / "t2"), "--space", only, "--n-trials", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "MixupCallback refused 5 trials in a row, the last with:" in err
+    assert "Narrow `--space` to valid combinations." in err
+
+
 def test_monitor_never_logged_lists_logged_names(tmp_path, capsys):
     out = tmp_path / "tune"
     assert main([*TINY, "--out", str(out), "--monitor", "val/accuracy", "--n-trials", "3"]) == 2
@@ -216,7 +246,7 @@ def test_missing_optuna_is_one_line(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)
     assert main(["--n-trials", "1"]) == 2
     assert capsys.readouterr().err.strip() == (
-        'lightning-mixup tune: error: Optuna is not installed; pip install "lightning-mixup[tune]"'
+        'lightning-mixup tune: error: optuna is not installed; pip install "lightning-mixup[tune]"'
     )
 
 
@@ -274,6 +304,17 @@ def test_report_callback_reports_and_prunes():
     with pytest.raises(optuna.TrialPruned, match="epoch 3"):
         _Report("val/acc", _FakeTrial(prune=True), prune=True).on_validation_end(trainer, None)
     _Report("val/acc", _FakeTrial(prune=True), prune=False).on_validation_end(trainer, None)
+    # With max_epochs known, epoch 3 is prunable in runs of 5 to 7 epochs only: not in the
+    # first half (8+ epochs), and not at the last epoch (4 epochs). It is reported either way.
+    for max_epochs, pruned in ((4, False), (5, True), (7, True), (8, False)):
+        fake = _FakeTrial(prune=True)
+        report = _Report("val/acc", fake, prune=True, max_epochs=max_epochs)
+        if pruned:
+            with pytest.raises(optuna.TrialPruned):
+                report.on_validation_end(trainer, None)
+        else:
+            report.on_validation_end(trainer, None)
+        assert fake.reported == [(3, 0.5)], max_epochs
     trainer.sanity_checking = True
     _Report("nope", trial, prune=True).on_validation_end(trainer, None)  # sanity check: skipped
 
