@@ -68,7 +68,10 @@ def main() -> None:
     import lightning_mixup.tune.space  # noqa: F401  (tune's Optuna-free part; Optuna is an extra)
 
     tune_files = {p.name for p in (module_file.parent / "tune").glob("*.py")}
-    if not {"__init__.py", "runner.py", "space.py", "report.py"} <= tune_files:
+    if (
+        not {"__init__.py", "runner.py", "space.py", "report.py", "compare.py", "compare_report.py"}
+        <= tune_files
+    ):
         _fail(f"lightning_mixup/tune is incomplete in the wheel: {sorted(tune_files)}")
 
     _say(f"all {len(lightning_mixup.__all__)} public names resolve; subpackages import")
@@ -104,6 +107,11 @@ def main() -> None:
     if done.returncode != 2 or "lightning-mixup[tune]" not in done.stderr:
         _fail(f"`lightning-mixup tune` without Optuna: {done.returncode} {done.stderr[-500:]}")
     _say("lightning-mixup tune without Optuna: one-line error naming the [tune] extra")
+    with tempfile.TemporaryDirectory() as run_dir:
+        done = subprocess.run([script, "compare"], cwd=run_dir, capture_output=True, text=True)
+    if done.returncode != 2 or "lightning-mixup[tune]" not in done.stderr:
+        _fail(f"`lightning-mixup compare` without Optuna: {done.returncode} {done.stderr[-500:]}")
+    _say("lightning-mixup compare without Optuna: one-line error naming the [tune] extra")
     _say("OK")
 
 

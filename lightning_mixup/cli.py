@@ -73,8 +73,9 @@ class MixupCLI(LightningCLI):
 def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI | int:
     """Run the ``lightning-mixup`` command line (also ``python -m lightning_mixup``).
 
-    ``lightning-mixup tune ...`` (``tune`` first) runs :func:`lightning_mixup.tune.main` instead
-    and returns its exit status; Optuna is imported only then.
+    ``lightning-mixup tune ...`` and ``lightning-mixup compare ...`` (the word first) run
+    :func:`lightning_mixup.tune.main` and :func:`lightning_mixup.tune.main_compare` instead and return
+    their exit status; Optuna is imported only then.
 
     Args:
         args: Command-line arguments as a list (or dict); None reads ``sys.argv``.
@@ -83,16 +84,17 @@ def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI | i
 
     Returns:
         The CLI object, whose ``trainer``, ``model`` and ``datamodule`` hold the run's objects
-        (for ``tune``: the exit status).
+        (for ``tune`` and ``compare``: the exit status).
 
     Example:
         >>> main(["fit", "--config", "examples/digits.yaml", "--trainer.fast_dev_run=true"])  # doctest: +SKIP
     """
     argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, (list, tuple)) and argv[:1] == ["tune"]:
-        from lightning_mixup.tune import main as tune
+    if isinstance(argv, (list, tuple)) and argv[:1] in (["tune"], ["compare"]):
+        from lightning_mixup import tune
 
-        return tune(list(argv[1:]))
+        run_command = tune.main if argv[0] == "tune" else tune.main_compare
+        return run_command(list(argv[1:]))
     options: dict[str, Any] = {
         "subclass_mode_model": True,
         "subclass_mode_data": True,

@@ -47,3 +47,20 @@ def test_benchmark_script_runs_and_prints_its_summary(args):
     if args[0] == "bench_mix.py":
         assert "\nGoals: ahead of both at every size (" in proc.stdout
         assert "x a copy: worst " in proc.stdout
+
+
+@pytest.mark.slow
+def test_compare_workers_benchmark_times_both_and_checks_the_results_match():
+    pytest.importorskip("optuna")
+    grid = ["--arms", "erm", "--noise", "0", "--seeds", "0", "--epochs", "1", "--width", "4"]
+    grid += ["--limit-train-batches", "1", "--limit-val-batches", "1", "--limit-test-batches", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_compare.py"), "--rounds", "1", "--", *grid],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 1, 1 worker(s): " in proc.stdout and "round 1, 2 worker(s): " in proc.stdout
+    assert "2 workers / 1 worker (medians): " in proc.stdout
+    assert "same results.csv metrics from both: yes" in proc.stdout

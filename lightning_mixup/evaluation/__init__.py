@@ -1,6 +1,7 @@
 """What mixing does to a model: adversarial robustness, calibration, OOD detection, pictures.
 
-The comparison runner (:mod:`lightning_mixup.evaluation.compare`) is imported on its own.
+The comparison runner that trains a grid of arms with these is ``lightning-mixup compare``
+(:mod:`lightning_mixup.tune.compare`, the ``[tune]`` extra).
 """
 
 from lightning_mixup.evaluation.calibration import TemperatureScaling, fit_temperature

@@ -1,7 +1,10 @@
-"""``lightning-mixup tune``: find MixupCallback arguments for your own config with Optuna.
+"""``lightning-mixup tune`` and ``lightning-mixup compare``, on Optuna.
 
-Optional extra: ``pip install "lightning-mixup[tune]"`` (Optuna, matplotlib). Importing this
-package does not import Optuna; :func:`main` does.
+``tune`` searches MixupCallback arguments for your own LightningCLI config; ``compare`` runs the
+fixed grid of mixing arms × label noise × seeds behind ``docs/evidence``. Both keep their runs in an
+Optuna study, so they resume and take several workers. Optional extra:
+``pip install "lightning-mixup[tune]"`` (Optuna, pandas, matplotlib). Importing this package
+imports none of them; :func:`main` and :func:`main_compare` do.
 
 Example:
     >>> main(["--config", "examples/digits.yaml", "--n-trials", "30"])  # doctest: +SKIP
@@ -12,19 +15,42 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "main_compare"]
+
+
+def _missing_extra(command: str, modules: Sequence[str]) -> bool:
+    """Print the one-line error when a module of the ``[tune]`` extra is missing."""
+    import importlib
+
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        print(
+            f"lightning-mixup {command}: error: {' and '.join(missing)} {verb} not installed; "
+            'pip install "lightning-mixup[tune]"',
+            file=sys.stderr,
+        )
+    return bool(missing)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lightning-mixup tune`` with ``argv`` (the arguments after ``tune``); the exit status."""
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        print(
-            'lightning-mixup tune: error: Optuna is not installed; pip install "lightning-mixup[tune]"',
-            file=sys.stderr,
-        )
+    if _missing_extra("tune", ["optuna"]):
         return 2
     from lightning_mixup.tune.runner import run
+
+    return run(sys.argv[2:] if argv is None else argv)
+
+
+def main_compare(argv: Sequence[str] | None = None) -> int:
+    """Run ``lightning-mixup compare`` with ``argv`` (the arguments after ``compare``)."""
+    if _missing_extra("compare", ["optuna", "pandas", "matplotlib"]):
+        return 2
+    from lightning_mixup.tune.compare import main as run
 
     return run(sys.argv[2:] if argv is None else argv)

@@ -1,55 +1,61 @@
-"""``lightning-mixup-compare``: train mixing arms × label-noise levels × seeds, then compare.
+"""``lightning-mixup compare``: mixing arms × label-noise levels × seeds as an Optuna grid study.
 
 Each run trains :class:`~lightning_mixup.SoftLabelClassifier` (``SmallCNN`` on scikit-learn's
 digits by default, ``PreActResNet18`` on CIFAR) with one *arm*, a ``MixupCallback``
 configuration or none (``+TS`` arms add ``TemperatureScaling``), on training labels with a given
 fraction of symmetric noise; on the digits, ``OODEval`` also measures out-of-distribution
-detection (pure noise, and the left-out classes with ``--classes``). The Trainer
-keeps the checkpoint with the best ``val/acc`` (validation labels are clean). Both the last-epoch
-weights and the best checkpoint are then tested with
+detection (pure noise, and the left-out classes with ``--classes``). The Trainer keeps the
+checkpoint with the best ``val/acc`` (validation labels are clean). Both the last-epoch weights and
+the best checkpoint are then tested with
 :class:`~lightning_mixup.evaluation.robustness.AdversarialEval` (FGSM, ε in [0, 1] pixel units).
 
-Output folder (``--out``):
+The grid is one Optuna study (``GridSampler`` over ``arm``, ``noise``, ``seed``) in the same kind
+of storage as ``lightning-mixup tune``: ``sqlite:///<out>/study.db`` by default, any Optuna URL with
+``--storage``. A trial is one run; its metrics are the trial's user attributes. So the command can
+be stopped and rerun (finished runs are kept, the rest run), ``--workers N`` runs N local worker
+processes on the study, and workers on other machines join with the same ``--storage`` and
+``--study-name``. A killed worker loses only its running run, which is retried once its heartbeat
+has been silent for ``--grace`` seconds.
 
-- ``results.csv``: one row per run (arm, noise, seed, best epoch, and for the best and last
-  weights: accuracy, NLL, ECE, confidence gap, FGSM accuracy per ε);
-- ``summary.md``: mean ± std over seeds per arm × noise, with the command, versions, date and wall
-  time;
+Output folder (``--out``), written from the study's records:
+
+- ``results.csv``: one row per finished run (arm, noise, seed, best epoch, and for the best and
+  last weights: accuracy, NLL, ECE, confidence gap, FGSM accuracy per ε);
+- ``summary.md``: mean ± std over seeds per arm × noise, with the command, versions and times;
 - ``accuracy_vs_noise.png``, ``fgsm_vs_eps.png`` and ``reliability.png`` (one diagram per arm and
   noise level, pooled over seeds, best checkpoints).
 
 Example::
 
-    lightning-mixup-compare --out runs/compare  # the default 30-run grid on the digits
-    lightning-mixup-compare --arms erm mixup1.0 --noise 0.4 --seeds 0 --epochs 5
-    lightning-mixup-compare --dataset cifar10 --data-dir ~/data --accelerator gpu --epochs 200
+    lightning-mixup compare --out runs/compare --workers 2  # the default 54-run digits grid
+    lightning-mixup compare --arms erm mixup1.0 --noise 0.4 --seeds 0 --epochs 5
+    lightning-mixup compare --dataset cifar10 --data-dir ~/data --accelerator gpu --epochs 200
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import logging
 import math
-import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning
 import lightning.pytorch as pl
 import numpy as np
+import optuna
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from optuna.trial import FrozenTrial, TrialState
 
 from lightning_mixup.callback import MixupCallback
 from lightning_mixup.classification.models import PreActResNet18, SmallCNN
@@ -57,9 +63,9 @@ from lightning_mixup.classification.module import SoftLabelClassifier
 from lightning_mixup.evaluation.calibration import TemperatureScaling
 from lightning_mixup.evaluation.ood import OODEval
 from lightning_mixup.evaluation.robustness import AdversarialEval
-from lightning_mixup.evaluation.visual import _figure, plot_reliability
+from lightning_mixup.tune.runner import TuneError, open_storage
 
-__all__ = ["ARMS", "CompareConfig", "build_config", "main", "run_grid"]
+__all__ = ["ARMS", "CompareConfig", "build_config", "main", "open_study", "run_one"]
 
 #: The arms: ``MixupCallback`` keyword arguments (None = no mixing). ``mixup_ramp``'s
 #: ``ramp_epochs`` is filled in per run as a quarter of the epochs (at least 1); ``manifold``'s
@@ -90,6 +96,9 @@ _DATASETS = ("digits", "cifar10", "cifar100")
 _METRICS = ("acc", "nll", "ece", "conf_gap")
 
 
+_POINT = ("arm", "noise", "seed")
+
+
 @dataclass
 class CompareConfig:
     """Everything a comparison needs, checked (see :func:`build_config`)."""
@@ -106,17 +115,47 @@ class CompareConfig:
     width: int = 32
     eps: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1])
     pgd_steps: int = 0
+    classes: list[int] | None = None
+    limit_train_batches: float | int | None = None
+    limit_val_batches: float | int | None = None
+    limit_test_batches: float | int | None = None
+    # How and where it runs; not part of what a run computes.
     out: Path = Path("runs/compare")
+    storage: str | None = None
+    study_name: str = "compare"
+    workers: int = 1
+    heartbeat: int = 60
+    grace: int | None = None
+    report: bool = True
+    report_only: bool = False
     max_minutes: float | None = None
     accelerator: str = "cpu"
     threads: int | None = 1
     num_workers: int | None = None
-    limit_train_batches: float | int | None = None
-    limit_val_batches: float | int | None = None
-    limit_test_batches: float | int | None = None
-    progress: bool = True
-    command: str = ""
-    classes: list[int] | None = None
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def command(self) -> str:
+        """The command line as typed."""
+        return shlex.join(["lightning-mixup", "compare", *self.argv])
+
+    @property
+    def storage_url(self) -> str:
+        """``--storage``, or the study database in ``--out``."""
+        return self.storage or f"sqlite:///{self.out / 'study.db'}"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What decides a run's numbers: workers joining one study must agree on all of it."""
+        keys = ("dataset", "data_dir", "val_size", "arms", "noise", "seeds", "epochs", "batch_size",
+                "lr", "width", "eps", "pgd_steps", "classes", "limit_train_batches",
+                "limit_val_batches", "limit_test_batches")  # fmt: skip
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+    @property
+    def points(self) -> list[tuple[str, float, int]]:
+        """Every run of the grid as ``(arm, noise, seed)``."""
+        return [(a, n, s) for a in self.arms for n in self.noise for s in self.seeds]
 
     @property
     def ood_sets(self) -> list[str]:
@@ -158,10 +197,11 @@ class CompareConfig:
 def _parser() -> argparse.ArgumentParser:
     arms = ", ".join(f"{k} ({_describe(ARMS[k])})" for k in ARMS)
     p = argparse.ArgumentParser(
-        prog="lightning-mixup-compare",
+        prog="lightning-mixup compare",
         description="Train a grid of MixUp/CutMix arms × label-noise levels × seeds and compare "
-        "clean accuracy, calibration and FGSM robustness. Writes results.csv, summary.md and "
-        "PNG plots to --out.",
+        "clean accuracy, calibration and FGSM robustness. The grid is an Optuna study: rerun the "
+        "command to continue it, or start more workers on it. Writes results.csv, summary.md "
+        "and PNG plots to --out.",
     )
     p.add_argument(
         "--dataset", default="digits", help="digits (offline, default), cifar10 or cifar100"
@@ -212,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-minutes",
         type=float,
         default=None,
-        help="start no new run after this many minutes; the summary says what ran",
+        help="start no new run after this many minutes (per worker); the summary says what ran",
     )
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: cpu)")
     p.add_argument(
@@ -230,7 +270,39 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help=f"Trainer limit_{stage}_batches: a batch count (4) or a fraction (0.5)",
         )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g = p.add_argument_group("study (Optuna)")
+    g.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL, or journal:PATH (default: sqlite:///<out>/study.db); workers "
+        "on several machines share one database URL",
+    )
+    g.add_argument("--study-name", default="compare", help="default: compare")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes on the study, each with --threads threads (default 1)",
+    )
+    g.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between heartbeats of a running run (database storages; default 60)",
+    )
+    g.add_argument(
+        "--grace",
+        type=int,
+        default=None,
+        help="seconds of silence after which a run counts as killed and is retried once "
+        "(default: 2 x --heartbeat)",
+    )
+    g.add_argument(
+        "--no-report", action="store_true", help="run, but leave the report to another command"
+    )
+    g.add_argument(
+        "--report-only", action="store_true", help="run nothing; write the report of the study"
+    )
     return p
 
 
@@ -318,6 +390,15 @@ def build_config(argv: Sequence[str] | None = None) -> CompareConfig:
         _distinct("--classes", a.classes)
     if a.num_workers is not None and a.num_workers < 0:
         raise ValueError(f"`--num-workers` must be an integer >= 0, got {a.num_workers!r}.")
+    for flag, value in (("--workers", a.workers), ("--heartbeat", a.heartbeat)):
+        if value < 1:
+            raise ValueError(f"`{flag}` must be an integer >= 1, got {value!r}.")
+    if a.grace is not None and a.grace <= a.heartbeat:
+        raise ValueError(
+            f"`--grace` must be longer than `--heartbeat` ({a.heartbeat}), got {a.grace!r}."
+        )
+    if a.report_only and a.no_report:
+        raise ValueError("`--report-only` and `--no-report` together would do nothing.")
     return CompareConfig(
         dataset=a.dataset,
         data_dir=a.data_dir,
@@ -339,9 +420,15 @@ def build_config(argv: Sequence[str] | None = None) -> CompareConfig:
         limit_train_batches=a.limit_train_batches,
         limit_val_batches=a.limit_val_batches,
         limit_test_batches=a.limit_test_batches,
-        progress=not a.no_progress,
-        command=shlex.join(["lightning-mixup-compare", *argv]),
         classes=None if a.classes is None else list(a.classes),
+        storage=a.storage,
+        study_name=a.study_name,
+        workers=a.workers,
+        heartbeat=a.heartbeat,
+        grace=a.grace,
+        report=not a.no_report,
+        report_only=a.report_only,
+        argv=argv,
     )
 
 
@@ -475,6 +562,7 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
         start = time.perf_counter()
         trainer.fit(model, datamodule=dm)
         train_seconds = time.perf_counter() - start
+        last_val = float(trainer.callback_metrics["val/acc"])
         trainer.test(model, datamodule=dm, verbose=False)
         last = _metrics(trainer, "last", cfg.eps, cfg.pgd_steps > 0, cfg.ood_sets)
         best_path = checkpoint.best_model_path
@@ -489,6 +577,7 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
         "epochs": cfg.epochs,
         "best_epoch": best_epoch,
         "best_val_acc": best_val,
+        "last_val_acc": last_val,
         **best,
         **last,
         "train_seconds": round(train_seconds, 2),
@@ -496,286 +585,148 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
     return RunResult(row, adversarial.confidences.numpy(), adversarial.correct.numpy())
 
 
-# ---------------------------------------------------------------------------- the grid
-@dataclass
-class GridResult:
-    """All finished runs, the pooled calibration data, and whether the time budget cut the grid."""
+# ---------------------------------------------------------------------------- the study
+def open_study(cfg: CompareConfig) -> optuna.Study:
+    """The grid study in ``cfg.storage_url``, created or joined.
 
-    rows: list[dict[str, Any]]
-    calibration: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]
-    planned: int
-    wall_seconds: float
-
-
-def run_grid(cfg: CompareConfig) -> GridResult:
-    """Run every seed × noise × arm, seeds outermost: a time budget cuts the last seeds first.
-
-    Args:
-        cfg: The configuration.
-
-    Returns:
-        The rows, the best checkpoints' confidences/hits pooled over seeds per (arm, noise),
-        the number of runs planned and the wall time.
+    Raises:
+        TuneError: When the storage cannot be opened, or the study was made with other settings
+            (its runs would not be comparable with this command's).
     """
-    from tqdm import tqdm
-
-    grid = [(arm, noise, seed) for seed in cfg.seeds for noise in cfg.noise for arm in cfg.arms]
-    rows: list[dict[str, Any]] = []
-    pooled: dict[tuple[str, float], list[tuple[np.ndarray, np.ndarray]]] = {}
-    start = time.perf_counter()
-    bar = tqdm(grid, desc="compare", unit="run", disable=not cfg.progress, file=sys.stderr)
-    for arm, noise, seed in bar:
-        elapsed = time.perf_counter() - start
-        if rows and cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes:
-            bar.write(
-                f"--max-minutes {cfg.max_minutes:g} reached: stopping after {len(rows)} runs."
-            )
-            break
-        bar.set_postfix_str(f"{arm} noise={noise:g} seed={seed}")
-        result = run_one(cfg, arm, noise, seed)
-        rows.append(result.row)
-        pooled.setdefault((arm, noise), []).append((result.confidences, result.correct))
-    bar.close()
-    calibration = {
-        key: (np.concatenate([c for c, _ in parts]), np.concatenate([h for _, h in parts]))
-        for key, parts in pooled.items()
-    }
-    return GridResult(rows, calibration, len(grid), time.perf_counter() - start)
-
-
-# ---------------------------------------------------------------------------- reporting
-def _columns(cfg: CompareConfig) -> list[str]:
-    per = list(_METRICS) + [f"fgsm@{e:g}" for e in cfg.eps]
-    if cfg.pgd_steps > 0:
-        per += [f"pgd@{e:g}" for e in cfg.eps]
-    per += [f"ood_{name}" for name in cfg.ood_sets]
-    head = ["arm", "noise", "seed", "epochs", "best_epoch", "best_val_acc"]
-    return head + [f"best_{c}" for c in per] + [f"last_{c}" for c in per] + ["train_seconds"]
-
-
-def write_csv(rows: list[dict[str, Any]], cfg: CompareConfig, path: Path) -> None:
-    """Write one row per run to ``path``."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_columns(cfg))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
-
-
-def _groups(rows: list[dict[str, Any]], cfg: CompareConfig) -> list[tuple[str, float, list[dict]]]:
-    out = []
-    for arm in cfg.arms:
-        for noise in cfg.noise:
-            runs = [r for r in rows if r["arm"] == arm and r["noise"] == noise]
-            if runs:
-                out.append((arm, noise, runs))
-    return out
-
-
-def _mean_std(values: list[float], scale: float, digits: int, signed: bool = False) -> str:
-    arr = np.asarray(values, dtype=np.float64) * scale
-    sign = "+" if signed else ""
-    mean = f"{arr.mean():{sign}.{digits}f}"
-    if len(arr) < 2:
-        return mean
-    return f"{mean} ± {arr.std(ddof=1):.{digits}f}"
-
-
-def summary_table(rows: list[dict[str, Any]], cfg: CompareConfig) -> str:
-    """The Markdown table: mean ± std (sample std) over seeds per arm × noise."""
-    eps_cols = [f"FGSM ε={e:g} (%)" for e in cfg.eps]
-    pgd_cols = [f"PGD-{cfg.pgd_steps} ε={e:g} (%)" for e in cfg.eps] if cfg.pgd_steps else []
-    head = ["arm", "noise", "acc best (%)", "acc last (%)", "NLL", "ECE", "conf gap"]
-    head += eps_cols + pgd_cols + [f"OOD AUROC {name.replace('_', ' ')}" for name in cfg.ood_sets]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm, noise, runs in _groups(rows, cfg):
-
-        def col(key: str, scale: float = 1.0, digits: int = 3, signed: bool = False) -> str:
-            return _mean_std([r[key] for r in runs], scale, digits, signed)  # noqa: B023
-
-        cells = [
-            f"`{arm}`",
-            f"{noise:.0%}",
-            col("best_acc", 100, 1),
-            col("last_acc", 100, 1),
-            col("best_nll"),
-            col("best_ece"),
-            col("best_conf_gap", signed=True),
-        ]
-        cells += [col(f"best_fgsm@{e:g}", 100, 1) for e in cfg.eps]
-        cells += [col(f"best_pgd@{e:g}", 100, 1) for e in cfg.eps] if cfg.pgd_steps else []
-        cells += [col(f"best_ood_{name}") for name in cfg.ood_sets]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_summary(result: GridResult, cfg: CompareConfig, path: Path) -> None:
-    """Write ``summary.md``: setup, the table, the plots, and whether the grid was cut short."""
-    seeds = sorted({r["seed"] for r in result.rows})
-    model = (
-        f"SmallCNN(width={cfg.width})" if cfg.digits else "PreActResNet18"
-    ) + " + SoftLabelClassifier"
-    arms = "\n".join(
-        f"- `{a}`: {_describe(cfg.arm_kwargs(a))}"
-        + (" + TemperatureScaling()" if a.endswith(TS_SUFFIX) else "")
-        for a in cfg.arms
+    storage = open_storage(cfg.storage_url, cfg.heartbeat, cfg.grace)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=cfg.study_name,
+        direction="maximize",
+        # A fixed seed gives every worker the same shuffled grid (Optuna's advice for workers).
+        sampler=optuna.samplers.GridSampler(
+            dict(zip(_POINT, (cfg.arms, cfg.noise, cfg.seeds))), seed=0
+        ),
+        pruner=optuna.pruners.NopPruner(),
+        load_if_exists=True,
     )
-    done = len(result.rows)
-    cut = (
-        f"\n**Stopped by `--max-minutes {cfg.max_minutes:g}` after {done} of {result.planned} "
-        "runs**; each cell covers the seeds that finished.\n"
-        if done < result.planned
-        else ""
-    )
-    limits = ", ".join(
-        f"limit_{s}_batches={v:g}"
-        for s, v in (
-            ("train", cfg.limit_train_batches),
-            ("val", cfg.limit_val_batches),
-            ("test", cfg.limit_test_batches),
+    known = study.user_attrs.get("settings")
+    if known is None:
+        study.set_user_attr("settings", cfg.settings)
+    elif known != cfg.settings:
+        key = next(k for k in cfg.settings if known.get(k) != cfg.settings[k])
+        flag = "--" + key.replace("_", "-")
+        raise TuneError(
+            f"study {cfg.study_name!r} in {cfg.storage_url} was run with {flag} {known.get(key)!r}, "
+            f"got {cfg.settings[key]!r}; use another --out, --storage or --study-name."
         )
-        if v is not None
-    )
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
-    threads = cfg.threads or torch.get_num_threads()
-    setup = f"{cfg.epochs} epochs" + (f", {limits}" if limits else "")
-    lines = [
-        f"# lightning-mixup-compare: {cfg.dataset}",
-        "",
-        "```",
-        cfg.command,
-        "```",
-        "",
-        f"- Date (UTC): {date}. Wall time of the whole grid: {result.wall_seconds / 60:.1f} min "
-        f"({done} runs; accelerator `{cfg.accelerator}`; {threads} torch thread(s)).",
-        f"- Versions: python {platform.python_version()}, torch {torch.__version__}, "
-        f"lightning {lightning.__version__}.",
-        f"- Model: {model}; SGD lr {cfg.resolved_lr:g} (Nesterov momentum 0.9, weight decay "
-        f"5e-4, cosine decay), batch {cfg.resolved_batch_size}, {setup}.",
-        "- Noise: that fraction of the *training* labels is replaced by a different class; "
-        f"validation and test labels are clean. Seeds: {' '.join(map(str, seeds))} (split, "
-        "noise, initialisation, shuffling, mixing).",
-        "- **acc best**: test accuracy of the checkpoint with the best `val/acc`; **acc last**: "
-        "after the last epoch. NLL, ECE (15 bins), conf gap (mean max-softmax confidence − "
-        "accuracy; negative = under-confident) and FGSM accuracy (ε in [0, 1] pixel units of the "
-        "unnormalised image) are of the best checkpoint. OOD AUROC: how well max-softmax "
-        "confidence separates the test split from an out-of-distribution set (pure-noise images; "
-        "the left-out digit classes with `--classes`), 0.5 = chance. `+TS` arms divide the "
-        "logits by a temperature fitted on the validation split (each checkpoint its own). "
-        "Cells: mean ± sample std over seeds.",
-        cut,
-        "Arms:",
-        "",
-        arms,
-        "",
-        summary_table(result.rows, cfg),
-        "",
-        "![test accuracy vs label noise](accuracy_vs_noise.png)",
-        "![FGSM accuracy vs ε](fgsm_vs_eps.png)",
-        "![reliability diagrams](reliability.png)",
-        "",
-    ]
-    text = "\n".join(lines)
-    path.write_text(text)
+    return study
 
 
-def _errorbar_lines(ax: Any, xs: list[float], series: dict[str, list[list[float]]]) -> None:
-    """One errorbar line per arm; arms are shifted sideways a little so their bars do not hide."""
-    span = (max(xs) - min(xs)) or 1.0
-    for j, (arm, per_x) in enumerate(series.items()):
-        shift = (j - (len(series) - 1) / 2) * 0.012 * span
-        pts = [(x + shift, np.mean(v), np.std(v, ddof=1) if len(v) > 1 else 0.0)
-               for x, v in zip(xs, per_x) if v]  # fmt: skip
-        if pts:
-            x, m, s = zip(*pts)
-            ax.errorbar(x, m, yerr=s, marker="o", markersize=4, capsize=3, label=arm)
+def _point(t: FrozenTrial) -> tuple | None:
+    """The grid point ``(arm, noise, seed)`` of a trial: its parameters, or those it was given."""
+    params = t.params if all(k in t.params for k in _POINT) else t.system_attrs.get("fixed_params")
+    return None if not params else tuple(params[k] for k in _POINT)
 
 
-def plot_accuracy_vs_noise(rows: list[dict[str, Any]], cfg: CompareConfig, path: Path) -> None:
-    """Test accuracy (best checkpoint and last epoch, mean ± std over seeds) against noise."""
-    fig = _figure(9.0, 3.6)
-    for i, (key, title) in enumerate((("best_acc", "best val/acc checkpoint"),
-                                      ("last_acc", "last epoch"))):  # fmt: skip
-        ax = fig.add_subplot(1, 2, i + 1)
-        series = {
-            arm: [[100 * r[key] for r in rows if r["arm"] == arm and r["noise"] == n]
-                  for n in cfg.noise]
-            for arm in cfg.arms
-        }  # fmt: skip
-        _errorbar_lines(ax, [100 * n for n in cfg.noise], series)
-        ax.set_xlabel("training label noise (%)")
-        ax.set_ylabel("clean test accuracy (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
-    fig.suptitle(f"{cfg.dataset}: accuracy vs label noise (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+def _untaken(trials: list[FrozenTrial], cfg: CompareConfig) -> list[tuple]:
+    """Grid points that no trial has finished, is running or waits to run, in grid order."""
+    taken = {
+        _point(t)
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        and not t.user_attrs.get("duplicate_of")
+    }
+    return [p for p in cfg.points if p not in taken]
 
 
-def plot_fgsm(rows: list[dict[str, Any]], cfg: CompareConfig, path: Path) -> None:
-    """FGSM accuracy against ε (ε = 0: clean accuracy), one panel per noise level."""
-    fig = _figure(4.5 * len(cfg.noise), 3.6)
-    xs = [0.0, *cfg.eps]
-    for i, noise in enumerate(cfg.noise):
-        ax = fig.add_subplot(1, len(cfg.noise), i + 1)
-        series = {}
-        for arm in cfg.arms:
-            runs = [r for r in rows if r["arm"] == arm and r["noise"] == noise]
-            keys = ["best_acc"] + [f"best_fgsm@{e:g}" for e in cfg.eps]
-            series[arm] = [[100 * r[k] for r in runs] for k in keys]
-        _errorbar_lines(ax, xs, series)
-        ax.set_xlabel("FGSM ε (pixel units)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"label noise {noise:.0%}", fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
-    fig.suptitle(f"{cfg.dataset}: FGSM accuracy, best checkpoints (mean ± std)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+def _work_left(trials: list[FrozenTrial], cfg: CompareConfig) -> bool:
+    """Whether a worker has something to start: a queued trial, or a point nobody has taken."""
+    return any(t.state == TrialState.WAITING for t in trials) or bool(_untaken(trials, cfg))
 
 
-def plot_reliability_grid(
-    calibration: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]],
-    cfg: CompareConfig,
-    path: Path,
-) -> None:
-    """Reliability diagrams, one row per noise level and one column per arm, seeds pooled."""
-    rows, cols = len(cfg.noise), len(cfg.arms)
-    fig = _figure(2.6 * cols, 2.8 * rows)
-    for i, noise in enumerate(cfg.noise):
-        for j, arm in enumerate(cfg.arms):
-            ax = fig.add_subplot(rows, cols, i * cols + j + 1)
-            if (arm, noise) not in calibration:
-                ax.set_axis_off()
-                continue
-            conf, hit = calibration[(arm, noise)]
-            plot_reliability(ax, conf, hit, 15, title=f"{arm}, noise {noise:.0%}")
-            ax.xaxis.label.set_fontsize(7)
-            ax.yaxis.label.set_fontsize(7)
-            ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+class _Objective:
+    """One trial = one run of :func:`run_one`; its row and calibration data: user attribute ``run``."""
+
+    def __init__(self, cfg: CompareConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = self.cfg
+        point = (
+            trial.suggest_categorical("arm", cfg.arms),
+            trial.suggest_categorical("noise", cfg.noise),
+            trial.suggest_categorical("seed", cfg.seeds),
+        )
+        # A second trial of one point can only come from workers racing at the end of the grid
+        # (or two restarts re-queueing one failed run): the lowest-numbered one runs, the others
+        # step aside, so no run is done twice.
+        for t in trial.study.get_trials(deepcopy=False):
+            if (
+                t.number < trial.number
+                and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+                and _point(t) == point
+                and not t.user_attrs.get("duplicate_of")
+            ):
+                trial.set_user_attr("duplicate_of", t.number)
+                raise optuna.TrialPruned(f"run {point} is trial {t.number}'s")
+        result = run_one(cfg, *point)
+        run = {k: v for k, v in result.row.items() if k not in _POINT}
+        run["confidences"] = [round(float(c), 6) for c in result.confidences]
+        run["correct"] = [int(h) for h in result.correct]
+        trial.set_user_attr("run", run)  # one write: the row and the calibration data
+        return float(result.row["best_val_acc"])
 
 
-# ---------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
-    """Run ``lightning-mixup-compare`` (also ``python -m lightning_mixup.evaluation.compare``).
+class _Progress:
+    """One line per trial; stops the worker when every point is finished or taken by a worker."""
 
-    Args:
-        argv: Arguments without the program name; None reads ``sys.argv[1:]``.
+    def __init__(self, cfg: CompareConfig) -> None:
+        self.cfg = cfg
 
-    Returns:
-        0 on success, 2 on a bad argument (the message goes to stderr).
-    """
-    try:
-        cfg = build_config(argv)
-    except ValueError as err:
-        print(f"lightning-mixup-compare: error: {err}", file=sys.stderr)
-        return 2
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        arm, noise, seed = _point(trial) or ("?", math.nan, -1)
+        what = f"{arm} noise={noise:g} seed={seed} (trial {trial.number})"
+        trials = study.get_trials(deepcopy=False)
+        if trial.state == TrialState.COMPLETE:
+            done = sum(t.state == TrialState.COMPLETE and "run" in t.user_attrs for t in trials)
+            a = trial.user_attrs["run"]
+            print(
+                f"run {done}/{len(self.cfg.points)}: {what}: best val/acc {a['best_val_acc']:.4f}, "
+                f"test acc {a['best_acc']:.4f} (trained in {a['train_seconds']:.1f} s)",
+                flush=True,
+            )
+        elif trial.user_attrs.get("duplicate_of") is not None:
+            print(f"skipped {what}: trial {trial.user_attrs['duplicate_of']} runs it", flush=True)
+        else:
+            print(f"{what}: {trial.state.name.lower()}", flush=True)
+        if not _work_left(trials, self.cfg):
+            study.stop()
+
+
+def _work(cfg: CompareConfig, study: optuna.Study) -> None:
+    """Run grid points in this process until none is left to start (or ``--max-minutes``)."""
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a killed worker's run: FAIL + a retry
+    deadline = None if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
+    while True:
+        # A run that failed and is not queued again yet (a crash in an earlier command, or a
+        # second heartbeat failure) is queued again, so every point left is one never started.
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if _point(t) in _untaken(study.get_trials(deepcopy=False), cfg):
+                study.enqueue_trial(dict(zip(_POINT, _point(t))), skip_if_exists=False)
+        if not _work_left(study.get_trials(deepcopy=False), cfg):
+            return
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            return
+        # GridSampler stops this call once every point has been tried, even with queued runs
+        # still waiting: the loop then calls it again.
+        study.optimize(
+            _Objective(cfg), timeout=timeout, callbacks=[_Progress(cfg)], gc_after_trial=True
+        )
+
+
+def _work_here(cfg: CompareConfig, study: optuna.Study) -> None:
+    """:func:`_work` with ``--threads`` torch threads and Lightning's info lines muted."""
     threads = torch.get_num_threads()
     pl_logger = logging.getLogger("lightning.pytorch")
     level = pl_logger.level
@@ -787,19 +738,57 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", PossibleUserWarning)
             # Lightning 2.6 on torch ≥ 2.10 warns about torch's LeafSpec on every run.
             warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
-            result = run_grid(cfg)
+            _work(cfg, study)
     finally:
         torch.set_num_threads(threads)
         pl_logger.setLevel(level)
-    write_csv(result.rows, cfg, cfg.out / "results.csv")
-    write_summary(result, cfg, cfg.out / "summary.md")
-    plot_accuracy_vs_noise(result.rows, cfg, cfg.out / "accuracy_vs_noise.png")
-    plot_fgsm(result.rows, cfg, cfg.out / "fgsm_vs_eps.png")
-    plot_reliability_grid(result.calibration, cfg, cfg.out / "reliability.png")
-    print(summary_table(result.rows, cfg))
-    print(f"\n{len(result.rows)} runs in {result.wall_seconds / 60:.1f} min; wrote {cfg.out}/")
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _work_with_helpers(cfg: CompareConfig, study: optuna.Study) -> int:
+    """Work here beside ``cfg.workers - 1`` worker processes; 1 if one of them failed, else 0."""
+    cmd = [sys.executable, "-m", "lightning_mixup", "compare", *cfg.argv]
+    cmd += ["--workers", "1", "--no-report"]
+    helpers = [subprocess.Popen(cmd) for _ in range(cfg.workers - 1)]
+    try:
+        _work_here(cfg, study)
+        codes = [p.wait() for p in helpers]
+    except BaseException:
+        for p in helpers:
+            p.terminate()
+        raise
+    return 1 if any(codes) else 0
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lightning-mixup compare`` with ``argv`` (the arguments after ``compare``).
+
+    Returns:
+        0 on success, 1 when a worker process failed, 2 on a bad argument or a study that cannot
+        be opened or joined (the message goes to stderr).
+    """
+    try:
+        cfg = build_config(argv)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        study = open_study(cfg)
+    except (ValueError, TuneError) as err:
+        print(f"lightning-mixup compare: error: {err}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    status = 0
+    if not cfg.report_only:
+        status = _work_with_helpers(cfg, study)
+    seconds = time.perf_counter() - start
+    if not cfg.report:
+        return status
+    from lightning_mixup.tune.compare_report import summary_table, write_reports
+
+    runs = write_reports(study, cfg)
+    print(summary_table(runs, cfg))
+    left = len(cfg.points) - len(runs)
+    print(
+        f"\n{len(runs)} of {len(cfg.points)} runs finished; this command took "
+        f"{seconds / 60:.1f} min; wrote {cfg.out}/"
+        + (f" ({left} runs left: rerun the command to continue)" if left else "")
+    )
+    return status
