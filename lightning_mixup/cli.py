@@ -13,6 +13,17 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 __all__ = ["ConfigError", "MixupCLI", "console", "main"]
 
 
+#: What ``lightning-mixup --help`` says first: the LightningCLI subcommands, and the two commands
+#: of the ``[tune]`` extra that the subcommand list cannot show.
+_DESCRIPTION = (
+    "Train and test with MixupCallback from a LightningCLI config: `lightning-mixup fit --config "
+    "CONFIG` (subcommands below). Two more commands, each with its own --help (extra: pip install "
+    "'lightning-mixup[tune]'): `lightning-mixup tune --config CONFIG` searches MixupCallback's "
+    "arguments for your config on Optuna; `lightning-mixup compare` trains the grid of mixing arms "
+    "x label noise x seeds behind the published evidence."
+)
+
+
 class ConfigError(ValueError):
     """A value in the configuration that one of our classes refused, with the key it came from."""
 
@@ -102,6 +113,7 @@ def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI | i
         "auto_configure_optimizers": False,
     }
     options.update(kwargs)
+    options["parser_kwargs"] = {"description": _DESCRIPTION, **(kwargs.get("parser_kwargs") or {})}
     return MixupCLI(pl.LightningModule, pl.LightningDataModule, args=args, run=run, **options)
 
 

@@ -197,6 +197,9 @@ def test_console_script_and_module_help(tmp_path):
     proc = run(str(script), "--help")
     assert proc.returncode == 0, proc.stderr
     assert all(cmd in proc.stdout for cmd in ("fit", "validate", "test", "predict"))
+    # The commands of the [tune] extra are named too, since the subcommand list cannot show them.
+    text = " ".join(proc.stdout.split())
+    assert "`lightning-mixup tune --config CONFIG`" in text and "`lightning-mixup compare`" in text
     # A successful run exits with status 0 (the script must not hand the CLI object to sys.exit).
     proc = run(
         str(script),
