@@ -69,7 +69,15 @@ def main() -> None:
 
     tune_files = {p.name for p in (module_file.parent / "tune").glob("*.py")}
     if (
-        not {"__init__.py", "runner.py", "space.py", "report.py", "compare.py", "compare_report.py"}
+        not {
+            "__init__.py",
+            "runner.py",
+            "space.py",
+            "report.py",
+            "compare.py",
+            "compare_report.py",
+            "_study.py",
+        }
         <= tune_files
     ):
         _fail(f"lightning_mixup/tune is incomplete in the wheel: {sorted(tune_files)}")

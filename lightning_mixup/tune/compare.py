@@ -63,7 +63,7 @@ from lightning_mixup.classification.module import SoftLabelClassifier
 from lightning_mixup.evaluation.calibration import TemperatureScaling
 from lightning_mixup.evaluation.ood import OODEval
 from lightning_mixup.evaluation.robustness import AdversarialEval
-from lightning_mixup.tune.runner import TuneError, open_storage
+from lightning_mixup.tune._study import TuneError, add_study_arguments, open_storage
 
 __all__ = ["ARMS", "CompareConfig", "build_config", "main", "open_study", "run_one"]
 
@@ -271,31 +271,12 @@ def _parser() -> argparse.ArgumentParser:
             help=f"Trainer limit_{stage}_batches: a batch count (4) or a fraction (0.5)",
         )
     g = p.add_argument_group("study (Optuna)")
-    g.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL, or journal:PATH (default: sqlite:///<out>/study.db); workers "
-        "on several machines share one database URL",
-    )
-    g.add_argument("--study-name", default="compare", help="default: compare")
+    add_study_arguments(g, study_name="compare", what="run")
     g.add_argument(
         "--workers",
         type=int,
         default=1,
         help="local worker processes on the study, each with --threads threads (default 1)",
-    )
-    g.add_argument(
-        "--heartbeat",
-        type=int,
-        default=60,
-        help="seconds between heartbeats of a running run (database storages; default 60)",
-    )
-    g.add_argument(
-        "--grace",
-        type=int,
-        default=None,
-        help="seconds of silence after which a run counts as killed and is retried once "
-        "(default: 2 x --heartbeat)",
     )
     g.add_argument(
         "--no-report", action="store_true", help="run, but leave the report to another command"
@@ -710,8 +691,10 @@ def _work(cfg: CompareConfig, study: optuna.Study) -> None:
     while True:
         # A run that failed and is not queued again yet (a crash in an earlier command, or a
         # second heartbeat failure) is queued again, so every point left is one never started.
+        untaken = set(_untaken(study.get_trials(deepcopy=False), cfg))
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if _point(t) in _untaken(study.get_trials(deepcopy=False), cfg):
+            if _point(t) in untaken:  # once per point, however often it failed
+                untaken.discard(_point(t))
                 study.enqueue_trial(dict(zip(_POINT, _point(t))), skip_if_exists=False)
         if not _work_left(study.get_trials(deepcopy=False), cfg):
             return

@@ -7,7 +7,6 @@ statistics; matplotlib draws.
 
 from __future__ import annotations
 
-import io
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +20,8 @@ import torch
 from optuna.trial import TrialState
 
 from lightning_mixup.evaluation.visual import _figure, plot_reliability
+from lightning_mixup.tune._study import save_png, write_atomically
 from lightning_mixup.tune.compare import _METRICS, _POINT, TS_SUFFIX, CompareConfig, _describe
-from lightning_mixup.tune.runner import write_atomically
 
 __all__ = ["load_runs", "summary_table", "write_reports"]
 
@@ -193,7 +192,7 @@ def plot_accuracy_vs_noise(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -
     fig.axes[0].legend(fontsize=8)
     fig.suptitle(f"{cfg.dataset}: accuracy vs label noise (mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_fgsm(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
@@ -215,7 +214,7 @@ def plot_fgsm(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
     fig.axes[0].legend(fontsize=8)
     fig.suptitle(f"{cfg.dataset}: FGSM accuracy, best checkpoints (mean ± std)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_reliability_grid(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
@@ -236,14 +235,7 @@ def plot_reliability_grid(runs: pd.DataFrame, cfg: CompareConfig, path: Path) ->
             ax.yaxis.label.set_fontsize(7)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> None:
-    """Save ``fig`` as PNG in one rename, so a reader never sees half a file."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    write_atomically(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def write_reports(study: optuna.Study, cfg: CompareConfig) -> pd.DataFrame:

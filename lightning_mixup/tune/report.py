@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_mixup.tune.runner import write_atomically
+from lightning_mixup.tune._study import save_png, write_atomically
 
 __all__ = ["write_reports"]
 
@@ -103,7 +102,7 @@ def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[st
     ax.set_ylabel(study.user_attrs.get("monitor", "value"))
     ax.legend()
     fig.tight_layout()
-    _save(fig, out / "alpha.png")
+    save_png(fig, out / "alpha.png", dpi=100)
     plt.close(fig)
 
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -120,7 +119,7 @@ def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[st
     ax.set_ylabel(study.user_attrs.get("monitor", "value"))
     ax.legend()
     fig.tight_layout()
-    _save(fig, out / "history.png")
+    save_png(fig, out / "history.png", dpi=100)
     plt.close(fig)
 
     try:
@@ -137,15 +136,8 @@ def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[st
         ax.barh(list(importances), list(importances.values()))
         ax.set_xlabel("importance (Optuna default evaluator)")
         fig.tight_layout()
-        _save(fig, out / "importances.png")
+        save_png(fig, out / "importances.png", dpi=100)
         plt.close(fig)
     else:
         notes.append("importances.png skipped: no parameter is shared by all completed trials.")
     return notes
-
-
-def _save(fig: object, path: Path) -> None:
-    """Save ``fig`` as PNG in one rename (workers may write the same report at once)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)  # type: ignore[attr-defined]
-    write_atomically(path, buffer.getvalue())

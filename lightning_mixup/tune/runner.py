@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import os
-import random
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,15 +24,12 @@ import lightning.pytorch as pl
 import optuna
 from optuna.trial import TrialState
 
+from lightning_mixup.tune._study import TuneError, add_study_arguments, open_storage
 from lightning_mixup.tune.space import default_space, load_space, suggest
 
-__all__ = ["TuneError", "open_storage", "run", "write_atomically"]
+__all__ = ["Refused", "TuneError", "run"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-class TuneError(RuntimeError):
-    """A problem that makes the study pointless to continue (reported in one line)."""
 
 
 class Refused(Exception):
@@ -79,23 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="runs/tune", help="Folder for trial_<n>/, summary.md, trials.csv, plots."
     )
-    p.add_argument(
-        "--storage", help="Optuna storage URL, or journal:PATH (default: sqlite:///<out>/study.db)."
-    )
-    p.add_argument("--study-name", default="lightning-mixup")
     p.add_argument("--no-prune", action="store_true", help="Turn off the MedianPruner.")
-    p.add_argument(
-        "--heartbeat",
-        type=int,
-        default=60,
-        help="Seconds between heartbeats of a running trial (database storages only; journal storage has none, so a killed worker's trial stays RUNNING there). At the start of each trial, a trial silent for --grace seconds is marked FAIL and retried once with the same arguments.",
-    )
-    p.add_argument(
-        "--grace",
-        type=int,
-        default=None,
-        help="Seconds before a silent trial counts as dead (default: 2 x --heartbeat).",
-    )
+    add_study_arguments(p, study_name="lightning-mixup", what="trial")
     p.add_argument(
         "--print-best-config",
         metavar="FILE",
@@ -178,71 +157,6 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         _print_best_config(study, passthrough, Path(args.print_best_config))
         print(f"best config written to {args.print_best_config}")
     return 0
-
-
-def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
-    """The storage for ``url``; any failure to open it is a :class:`TuneError` before training.
-
-    Workers started together race to create the tables and the version rows of a new database
-    (``table ... already exists``, ``UNIQUE constraint failed``, ``database is locked``); those
-    errors are retried a few times, after which the other worker's tables are there.
-    """
-    for attempt in range(6):
-        try:
-            return _storage(url, heartbeat, grace)
-        except Exception as err:  # sqlalchemy, driver and file errors alike
-            text = str(err)
-            racing = type(err).__name__ == "IntegrityError" or any(
-                s in text for s in ("already exists", "locked")
-            )
-            if attempt < 5 and racing:
-                time.sleep(0.2 + random.random())
-                continue
-            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            raise TuneError(f"cannot open storage {url!r}: {first}") from None
-    raise AssertionError("unreachable")
-
-
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and one rename.
-
-    Workers writing the same report at once then leave one whole file, never a mix of both.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(url[len("journal:") :])
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"no folder {str(path.parent)!r}")
-        return JournalStorage(JournalFileBackend(str(path)))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    # Optuna 4.9 renamed the callback run on a trial whose heartbeat stopped, and its argument.
-    storages = optuna.storages
-    if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
-        name, retry_cls = (
-            "heartbeat_stale_trial_callback",
-            storages.RetryHeartbeatStaleTrialCallback,
-        )
-    else:  # pragma: no cover - Optuna < 4.9
-        name, retry_cls = "failed_trial_callback", storages.RetryFailedTrialCallback
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=grace,
-            **{name: retry_cls(max_retry=1)},
-        )
 
 
 def _missing(study: optuna.Study, n_trials: int, count_running: bool) -> int:
