@@ -1,16 +1,22 @@
-"""Reading a training batch and finding where the mixed one goes back.
+"""Reading a training batch and writing the mixed one back.
 
 A batch is a list or a dict whose ``input_key``/``target_key`` entries are tensors: the callback
 writes the mixed tensors back into that container (a tuple cannot be written into). With several
 training dataloaders, Lightning's ``CombinedLoader`` hands over one such sub-batch per loader.
+Besides inputs and targets, a padding mask (``mask_key``) is mixed too, and with RegMixup's
+``keep_clean`` every other per-sample entry is repeated for the mixed copies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from torch import Tensor
+
+from lightning_mixup import functional as F
+from lightning_mixup.policies import MixParams
 
 
 def loader_parts(loaders: Any, batch: Any) -> list[str | int] | None:
@@ -80,3 +86,48 @@ def lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"`batch[{key!r}]` must be a tensor, got {type(value).__name__}.")
     return value
+
+
+def join_masks(
+    batch: list | MutableMapping,
+    mask_key: int | str,
+    marks: Literal["tokens", "padding"],
+    params: MixParams,
+    enabled: Tensor | None,
+    keep_clean: bool,
+) -> None:
+    """Give each mixed sample the real tokens of both its sources in ``batch[mask_key]``.
+
+    ``marks="tokens"``: 1/True marks real tokens (the union is a maximum); ``"padding"``: True
+    marks padding (a minimum). With ``keep_clean`` the clean masks come first, then the joined.
+
+    Raises:
+        ValueError: If the mask does not hold one row per sample.
+    """
+    mask = lookup(batch, "mask_key", mask_key)
+    if mask.shape[0] != len(params.partner):
+        raise ValueError(
+            f"`batch[{mask_key!r}]` holds {mask.shape[0]} samples but the batch "
+            f"{len(params.partner)}."
+        )
+    partner = F.to_device(params.partner, mask.device)
+    mixed = F.to_device(params.lam < 1.0, mask.device).view(-1, *([1] * (mask.ndim - 1)))
+    other = mask.index_select(0, partner)
+    joined = torch.maximum(mask, other) if marks == "tokens" else torch.minimum(mask, other)
+    union = torch.where(mixed, joined, mask)
+    if enabled is not None:
+        union = torch.where(enabled.to(mask.device), union, mask)
+    batch[mask_key] = torch.cat([mask, union]) if keep_clean else union
+
+
+def repeat_samples(batch: list | MutableMapping, n: int, skip: tuple[Any, ...]) -> None:
+    """Double every per-sample entry but ``skip`` (tensors or lists of ``n`` rows) in place."""
+    keys = batch.keys() if isinstance(batch, Mapping) else range(len(batch))
+    for key in list(keys):
+        if key in skip:
+            continue
+        value = batch[key]
+        if isinstance(value, Tensor) and value.ndim and value.shape[0] == n:
+            batch[key] = torch.cat([value, value])
+        elif isinstance(value, (list, tuple)) and len(value) == n:
+            batch[key] = type(value)([*value, *value]) if isinstance(value, list) else value + value

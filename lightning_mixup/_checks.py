@@ -78,3 +78,27 @@ def stats(name: str, value: Any) -> Tensor | None:
     if out.numel() == 0 or not bool(torch.isfinite(out).all()):
         raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
     return out
+
+
+def optional_integer(name: str, value: Any) -> int | None:
+    """Return ``value`` if it is None or an integer; raise ``ValueError`` otherwise."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"`{name}` must be an integer or None, got {value!r}.")
+    return value
+
+
+def key(name: str, value: Any, *, optional: bool = False) -> int | str | None:
+    """Return ``value`` if it is a list index or a dict key (None too when ``optional``)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        also = "None, " if optional else ""
+        raise ValueError(f"`{name}` must be {also}a list index or a dict key, got {value!r}.")
+    return value
+
+
+def identifier(name: str, value: Any) -> str | None:
+    """Return ``value`` if it is None or a Python identifier; raise ``ValueError`` otherwise."""
+    if value is not None and (not isinstance(value, str) or not value.isidentifier()):
+        raise ValueError(f"`{name}` must be None or a Python identifier, got {value!r}.")
+    return value

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import difflib
+import inspect
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_mixup import _checks as C
-from lightning_mixup import functional as F
-from lightning_mixup import policies as P
-from lightning_mixup._batch import loader_parts, lookup, unpack
-from lightning_mixup._hidden import LayerHook, is_compiled
+from lightning_mixup._batch import join_masks, loader_parts, repeat_samples, unpack
+from lightning_mixup._guard import Guard
+from lightning_mixup._hidden import HiddenLayers
 from lightning_mixup._seed import numpy_generator
-from lightning_mixup.policies import CutMix, Draft, MixParams, MixUp, MixUpOrCutMix, Mode
+from lightning_mixup._targets import Targets
+from lightning_mixup.policies import MixParams, Mode, make_policy
 from lightning_mixup.schedule import Schedule
 
 __all__ = ["MixupCallback"]
@@ -159,7 +157,7 @@ class MixupCallback(pl.Callback):
         keep_clean: bool = False,
     ) -> None:
         # The policy checks alpha, cutmix_alpha, switch_prob and mode; the rest is checked here.
-        self.policy = _make_policy(alpha, cutmix_alpha, switch_prob, mode)
+        self.policy = make_policy(alpha, cutmix_alpha, switch_prob, mode)
         self.alpha, self.cutmix_alpha = float(alpha), float(cutmix_alpha)
         self.switch_prob, self.mode = float(switch_prob), mode
         self.p = C.number("p", p, 0.0, 1.0)
@@ -168,47 +166,23 @@ class MixupCallback(pl.Callback):
             ramp_start_epoch, ramp_epochs, stop_epoch, ramp_start_step, ramp_steps, stop_step,
             ramp_shape,
         )  # fmt: skip
-        self.ramp_start_epoch, self.ramp_epochs, self.stop_epoch = (
-            ramp_start_epoch,
-            ramp_epochs,
-            stop_epoch,
-        )
-        self.ramp_start_step, self.ramp_steps, self.stop_step = (
-            ramp_start_step,
-            ramp_steps,
-            stop_step,
-        )
-        self.ramp_shape = ramp_shape
+        self.ramp_start_epoch, self.ramp_epochs = ramp_start_epoch, ramp_epochs
+        self.ramp_start_step, self.ramp_steps = ramp_start_step, ramp_steps
+        self.stop_epoch, self.stop_step, self.ramp_shape = stop_epoch, stop_step, ramp_shape
         self.ramp_target = C.choice("ramp_target", ramp_target, _RAMP_TARGETS)
         self.num_classes = None if num_classes is None else C.integer("num_classes", num_classes, 1)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
-        for argument, key in (("input_key", input_key), ("target_key", target_key)):
-            if isinstance(key, bool) or not isinstance(key, (int, str)):
-                raise ValueError(f"`{argument}` must be a list index or a dict key, got {key!r}.")
-        self.input_key, self.target_key = input_key, target_key
-        self.seed, self.same_on_all_ranks = seed, bool(same_on_all_ranks)
+        self.seed = C.optional_integer("seed", seed)
+        self.input_key = C.key("input_key", input_key)
+        self.target_key = C.key("target_key", target_key)
+        self.same_on_all_ranks = bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
-        if name is not None and (not isinstance(name, str) or not name.isidentifier()):
-            raise ValueError(f"`name` must be None or a Python identifier, got {name!r}.")
-        self.name = name
-        if ignore_index is not None and (
-            isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
-        ):
-            raise ValueError(f"`ignore_index` must be an integer or None, got {ignore_index!r}.")
-        self.ignore_index = ignore_index
-        self._mix_at = _check_mix_at(mix_at)
-        self.mix_at = mix_at if isinstance(mix_at, str) else list(self._mix_at)
-        if mask_key is not None and (
-            isinstance(mask_key, bool) or not isinstance(mask_key, (int, str))
-        ):
-            raise ValueError(
-                f"`mask_key` must be None, a list index or a dict key, got {mask_key!r}."
-            )
-        self.mask_key = mask_key
+        self.name = C.identifier("name", name)
+        self.ignore_index = C.optional_integer("ignore_index", ignore_index)
+        self._layers = HiddenLayers(mix_at)
+        self.mix_at = self._layers.mix_at
+        self.mask_key = C.key("mask_key", mask_key, optional=True)
         self.mask_marks = C.choice("mask_marks", mask_marks, _MASK_MARKS)
         self.keep_clean = C.boolean("keep_clean", keep_clean)
-        self._hooks: dict[str, LayerHook] = {}
         self.last_params: MixParams | dict[str | int, MixParams] | None = None
         """Parameters of the most recent batch, for inspection; None when it was not mixed. With
         several training loaders, a dict from loader name (or index) to the parameters of each
@@ -216,12 +190,9 @@ class MixupCallback(pl.Callback):
         self._seed = seed if seed is not None else _DEFAULT_SEED
         self._restored_seed: int | None = None
         self._salt = 0
-        self._num_classes = self.num_classes
-        self._ignore_index = ignore_index
-        self._checked_labels = False
-        self._warned_soft_smoothing = self._warned_nonfinite = False
+        self._targets = Targets(self.num_classes, self.label_smoothing, self.ignore_index)
+        self._guard = Guard(self.skip_nonfinite)
         self._buffers: dict[str | int | None, Tensor] = {}  # one per training loader
-        self._stats = _EpochStats()
 
     @property
     def state_key(self) -> str:
@@ -233,15 +204,12 @@ class MixupCallback(pl.Callback):
         return type(self).__name__ if self.name is None else f"{type(self).__name__}[{self.name}]"
 
     def _arguments(self) -> dict[str, Any]:
-        """The arguments that shape the mix, as stored in the checkpoint (to report changes)."""
-        keys = (
-            "alpha", "cutmix_alpha", "switch_prob", "p", "mode", "label_smoothing", "num_classes",
-            "ramp_start_epoch", "ramp_epochs", "ramp_shape", "ramp_target", "stop_epoch",
-            "ramp_start_step", "ramp_steps", "stop_step",
-            "input_key", "target_key", "seed", "same_on_all_ranks", "skip_nonfinite",
-            "ignore_index", "mix_at", "mask_key", "mask_marks", "keep_clean",
-        )  # fmt: skip
-        return {key: getattr(self, key) for key in keys}
+        """The arguments that shape the mix, as stored in the checkpoint (to report changes).
+
+        Every ``__init__`` argument but ``name``, which sets the checkpoint key itself.
+        """
+        keys = inspect.signature(MixupCallback).parameters
+        return {key: getattr(self, key) for key in keys if key != "name"}
 
     def _describe(self) -> str:
         return (
@@ -271,15 +239,9 @@ class MixupCallback(pl.Callback):
                     "(`ramp_start_epoch` of one at or after the other's `stop_epoch`, or the same "
                     "with `*_step`)."
                 )
+        self._targets.setup(trainer, pl_module, stage)
         if stage == "fit":
-            self._num_classes = self.num_classes or _find_num_classes(trainer, pl_module)
-            self._hooks = self._find_layers(pl_module)
-            self._ignore_index = (
-                self.ignore_index
-                if self.ignore_index is not None
-                else _find_attribute(trainer, pl_module, "ignore_index", low=None)
-            )
-        self._checked_labels = False
+            self._layers.bind(pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         """Store the resolved seed and the arguments that shape the mix.
@@ -326,7 +288,7 @@ class MixupCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Reset the epoch's statistics (logged at the epoch's end)."""
-        self._stats = _EpochStats()
+        self._guard.new_epoch()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -343,12 +305,7 @@ class MixupCallback(pl.Callback):
         batch is disabled on the device and counted there, the count being read at epoch end.
         """
         parts = loader_parts(trainer.train_dataloader, batch)
-        if parts is not None and self._hooks:
-            raise ValueError(
-                f"`mix_at` = {self.mix_at!r} mixes a layer inside the network, which sees the "
-                f"sub-batches of the {len(parts)} training loaders in calls the callback cannot "
-                "tell apart; with several training loaders, mix at the inputs."
-            )
+        self._layers.refuse_loaders(parts)
         if parts is not None:  # several loaders: one sub-batch each
             drawn = {part: self._mix(trainer, batch[part], batch_idx, part) for part in parts}
             mixed = {part: params for part, params in drawn.items() if params is not None}
@@ -365,171 +322,60 @@ class MixupCallback(pl.Callback):
         mask) are mixed here, and the layer's output by a hook during this step.
         """
         key = self._draw_key(trainer, batch_idx) + (() if part is None else (part,))
-        at = self._choose_layer(key)
+        at = self._layers.choose(key)
         hidden = at != "input"
         container, x, target = unpack(
             batch, self.input_key, self.target_key, part, float_inputs=not hidden
         )
-        if not hidden:
-            self.policy.check_shape(x.shape)  # every batch, mixed or not: a bad shape fails at once
-        form = F.target_form(x.shape, target)
-        if hidden and form.endswith("mask") and self.policy._cut_prob > 0:
-            raise ValueError(
-                f"CutMix at the hidden layer {at!r} would cut a box on the layer's grid, which "
-                f"the {form.replace('_', ' ')} of the inputs' pixels does not follow; mix dense "
-                "targets at the inputs (`mix_at='input'`) or use MixUp alone (`cutmix_alpha=0`)."
-            )
+        form = self._layers.target_form(at, x.shape, target, self.policy)
         on_host = _reads_back_cheaply(x.device)
         strength = self.strength(
             trainer.current_epoch, batch_idx, trainer.num_training_batches, trainer.global_step
         )
         p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
-        check_range = on_host or not self._checked_labels
-        if form == "index_mask":  # stays an index mask unless smoothing or a blend needs rows
-            if check_range:
-                F.check_indices(target, self._num_classes, self._ignore_index)
-            y = self._soft_targets(target, False) if self.label_smoothing > 0 else target
-        else:
-            y = self._soft_targets(target, check_range)
-        self._checked_labels = True
-        clean_x, clean_y, doubled = x, y, False
-        params = None
+        y = self._targets.prepare(form, target, on_host)
+        clean_x, clean_y, doubled, params = x, y, False, None
         if p > 0 and scale > 0 and x.shape[0] > 1:
-            finite = None
-            if self.skip_nonfinite:  # soft targets and soft masks can hold NaN/Inf too
-                finite = F.all_finite(y) if form.startswith("soft") else torch.tensor(True)
-                if x.is_floating_point():
-                    finite = F.all_finite(x) & finite.to(x.device)
-                self._stats.nonfinite += ~finite
+            finite = self._guard.finite(x, y, form)
             if on_host and finite is not None and not bool(finite):
                 where = "" if part is None else f" of loader {part!r}"
-                self._warn_nonfinite(f"batch {batch_idx}{where} in epoch {trainer.current_epoch}")
+                self._guard.warn(f"batch {batch_idx}{where} in epoch {trainer.current_epoch}")
             else:
                 generator = numpy_generator(*key)
                 enabled = None if on_host else finite
                 if hidden:
                     draft = self.policy.draft(x.shape[0], generator, p=p, alpha_scale=scale)
-                    params, y = self._mix_hidden(at, draft, generator, form, target, y, enabled)
-                    doubled = self.keep_clean and not params.identity
+                    params = self._layers.requested(draft, generator, at)
                 else:
                     params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
-                    y, unlabelled = self._target_rows(form, target, y, params)
+                clean_y, unlabelled = self._targets.rows(form, target, y, params)
+                if hidden:
+                    y = self._layers.arm(
+                        at, draft, generator, params, clean_y, unlabelled, enabled,
+                        self.keep_clean, self._boxes_drawn,
+                    )  # fmt: skip
+                    doubled = self.keep_clean and not params.identity
+                else:
                     if self.keep_clean and not params.identity:  # mix a copy: keep the clean x
                         x = x.clone(memory_format=torch.contiguous_format)
                     buffer = self._reuse_buffer(x, part)
-                    x, y = self.policy.apply(x, y, params, buffer, enabled, unlabelled)
+                    x, y = self.policy.apply(x, clean_y, params, buffer, enabled, unlabelled)
                 if self.mask_key is not None and not params.identity:
-                    mask = lookup(container, "mask_key", self.mask_key)
-                    union = self._union_mask(mask, params, enabled)
-                    container[self.mask_key] = (
-                        torch.cat([mask, union]) if self.keep_clean else union
+                    join_masks(
+                        container, self.mask_key, self.mask_marks, params, enabled, self.keep_clean
                     )
         if self.keep_clean:  # the clean samples, then their mixed copies
-            if not doubled:
-                if y.is_floating_point() and not clean_y.is_floating_point():
-                    clean_y = self._soft_targets(target, False)  # an index mask, as soft rows
-                y = torch.cat([clean_y, y])
-            x = torch.cat([clean_x, x])
-            _repeat_samples(
-                container, len(clean_x), (self.input_key, self.target_key, self.mask_key)
-            )
-        container[self.target_key] = y
-        container[self.input_key] = x
-        self._stats.add(strength, params)
+            x, y = torch.cat([clean_x, x]), y if doubled else torch.cat([clean_y, y])
+            # A joined mask already holds 2B rows; an unmixed batch's mask is doubled here.
+            repeat_samples(container, len(clean_x), (self.input_key, self.target_key))
+        container[self.target_key], container[self.input_key] = y, x
+        self._guard.add(strength, params)
         return None if params is None or params.identity else params
 
-    def _target_rows(
-        self, form: str, target: Tensor, y: Tensor, params: MixParams
-    ) -> tuple[Tensor, Tensor | None]:
-        """An index mask as soft rows when a blend needs them, and its unlabelled pixels."""
-        if form != "index_mask" or params.identity or not params.blends:
-            return y, None
-        if not y.is_floating_point():
-            y = self._soft_targets(target, False)
-        unlabelled = None if self._ignore_index is None else target == self._ignore_index
-        return y, unlabelled
-
-    def _mix_hidden(
-        self,
-        at: str,
-        draft: Draft,
-        generator: np.random.Generator,
-        form: str,
-        target: Tensor,
-        y: Tensor,
-        enabled: Tensor | None,
-    ) -> tuple[MixParams, Tensor]:
-        """Mix the targets now and arm the layer's hook; return the params and mixed targets.
-
-        CutMix's box is drawn on the layer's grid, known only when the layer runs: the targets
-        are first mixed with the requested λ, and the hook rewrites them in place with the exact
-        kept area before the loss reads them.
-        """
-        blended = replace(draft, cut=np.zeros_like(draft.cut))  # no boxes: draws nothing more
-        params = replace(blended.finish((), generator), at=at)
-        if params.identity:
-            return params, y
-        y, unlabelled = self._target_rows(form, target, y, params)
-        mixed = P.mix_target(y, params, unlabelled)
-        if enabled is not None:
-            mixed = torch.where(enabled, mixed, y)
-        batch_size = len(draft.partner)
-        out = mixed
-        if self.keep_clean:  # clean rows, then the mixed ones; the hook rewrites the second half
-            out = torch.cat([y, mixed])
-            mixed = out[batch_size:]
-        rows = 2 * batch_size if self.keep_clean else batch_size
-
-        def mix(h: Tensor) -> Tensor:
-            final = params
-            if h.shape[0] != rows:
-                raise ValueError(
-                    f"MixupCallback(mix_at={at!r}): the layer's output holds {h.shape[0]} samples "
-                    f"but the batch {rows}; choose a layer that keeps the batch dimension."
-                )
-            clean, h = (h[:batch_size], h[batch_size:]) if self.keep_clean else (None, h)
-            if draft.needs_boxes:
-                if not 3 <= h.ndim <= 5:
-                    raise ValueError(
-                        f"CutMix at the layer {at!r} needs an output of shape (B, C, *spatial) "
-                        f"with 1 to 3 spatial dimensions, got shape {tuple(h.shape)}; use MixUp "
-                        "there (`cutmix_alpha=0`) or mix at another layer."
-                    )
-                final = replace(draft.finish(h.shape[2:], generator), at=at)
-                exact = P.mix_target(y, final, unlabelled)
-                mixed.copy_(exact if enabled is None else torch.where(enabled, exact, y))
-                self._stats.lam += float(final.lam.mean()) - float(params.lam.mean())
-                self.last_params = None if final.identity else final
-            new = P.mix_features(h, final)
-            new = new if enabled is None else torch.where(enabled, new, h)
-            return new if clean is None else torch.cat([clean, new])
-
-        self._hooks[at].arm(mix)
-        return params, out
-
-    def _choose_layer(self, key: tuple) -> str:
-        """Where this batch is mixed: the one ``mix_at`` entry, or one drawn from the list."""
-        if len(self._mix_at) == 1:
-            return self._mix_at[0]
-        return self._mix_at[int(numpy_generator(*key, "mix_at").integers(len(self._mix_at)))]
-
-    def _union_mask(self, mask: Tensor, params: MixParams, enabled: Tensor | None) -> Tensor:
-        """The ``mask_key`` mask where each mixed sample keeps every real token of both sources."""
-        if mask.shape[0] != len(params.partner):
-            raise ValueError(
-                f"`batch[{self.mask_key!r}]` holds {mask.shape[0]} samples but the batch "
-                f"{len(params.partner)}."
-            )
-        partner = F.to_device(params.partner, mask.device)
-        mixed = F.to_device(params.lam < 1.0, mask.device).view(-1, *([1] * (mask.ndim - 1)))
-        other = mask.index_select(0, partner)
-        joined = (
-            torch.maximum(mask, other)
-            if self.mask_marks == "tokens"
-            else torch.minimum(mask, other)
-        )
-        union = torch.where(mixed, joined, mask)
-        return union if enabled is None else torch.where(enabled.to(mask.device), union, mask)
+    def _boxes_drawn(self, requested: MixParams, final: MixParams) -> None:
+        """A hidden layer's CutMix boxes were drawn: count and report the exact parameters."""
+        self._guard.correct(requested, final)
+        self.last_params = None if final.identity else final
 
     def on_train_batch_end(
         self,
@@ -540,57 +386,17 @@ class MixupCallback(pl.Callback):
         batch_idx: int,
     ) -> None:
         """Remove the hidden layer's hook; refuse a step that mixed the targets but not the layer."""
-        for name, hook in self._hooks.items():
-            if hook.armed and not hook.disarm() and outputs is not None:
-                raise RuntimeError(
-                    f"MixupCallback(mix_at={name!r}): the layer did not run in this training step, "
-                    "so the targets were mixed but not the features. Name a layer that the "
-                    "training step calls (see `named_modules()`), or mix at the inputs."
-                )
+        self._layers.finish_step(outputs)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         """Remove any hook left by a training step that raised."""
-        for hook in self._hooks.values():
-            hook.disarm()
-
-    def _find_layers(self, pl_module: pl.LightningModule) -> dict[str, LayerHook]:
-        """The hooks for the named ``mix_at`` layers; unknown names and compiled modules refused."""
-        layers = [name for name in self._mix_at if name != "input"]
-        if not layers:
-            return {}
-        modules = dict(pl_module.named_modules())
-        for name in layers:
-            if name not in modules:
-                valid = [n for n in modules if n]
-                near = difflib.get_close_matches(name, valid, n=5, cutoff=0.5) or valid[:8]
-                raise ValueError(
-                    f"`mix_at` names {name!r}, which is not a submodule of "
-                    f"{type(pl_module).__name__}; the nearest valid names: {near} (all come from "
-                    "`named_modules()`; 'input' mixes the inputs)."
-                )
-        if is_compiled(pl_module):
-            raise ValueError(
-                f"`mix_at` = {self.mix_at!r} mixes a hidden layer through a forward hook, which a "
-                "`torch.compile`d module may trace once and then skip, or never see: silently no "
-                "mix. Train the module uncompiled with `mix_at`, or mix at the inputs."
-            )
-        return {name: LayerHook(name, modules[name]) for name in layers}
+        self._layers.disarm_all()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the epoch's mean strength and λ, and the count of non-finite batches."""
-        stats, prefix = self._stats, self._log_prefix
-        n = max(stats.batches, 1)
-        kwargs = {"on_step": False, "on_epoch": True, "sync_dist": True}
-        pl_module.log(f"{prefix}/strength", stats.strength / n, **kwargs)
-        pl_module.log(f"{prefix}/lambda_mean", stats.lam / n, **kwargs)
-        if self.skip_nonfinite:
-            count = torch.as_tensor(stats.nonfinite, dtype=torch.float32, device=pl_module.device)
-            total = float(trainer.strategy.reduce(count, reduce_op="sum"))
-            if total:
-                self._warn_nonfinite(f"epoch {trainer.current_epoch}")
-            pl_module.log(f"{prefix}/nonfinite_batches", total, on_step=False, on_epoch=True)
+        self._guard.log(trainer, pl_module, self._log_prefix)
 
     # ------------------------------------------------------------------ helpers
     def strength(
@@ -610,135 +416,13 @@ class MixupCallback(pl.Callback):
         rank = 0 if self.same_on_all_ranks else trainer.global_rank
         return self._seed, rank, trainer.current_epoch, batch_idx, self._salt
 
-    def _warn_nonfinite(self, where: str) -> None:
-        if not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            rank_zero_warn(
-                f"MixupCallback: training inputs or targets in {where} contain NaN or Inf; such "
-                "batches are left unmixed so the bad values do not spread to other samples. "
-                "`mixup/nonfinite_batches` counts them per epoch."
-            )
-
     def _reuse_buffer(self, x: Tensor, part: str | int | None) -> Tensor:
         buf = self._buffers.get(part)
         if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
             buf = self._buffers[part] = torch.empty_like(x, memory_format=torch.contiguous_format)
         return buf
 
-    def _soft_targets(self, target: Tensor, check_range: bool) -> Tensor:
-        if (
-            target.is_floating_point()
-            and self.label_smoothing > 0
-            and not self._warned_soft_smoothing
-        ):
-            self._warned_soft_smoothing = True
-            rank_zero_warn(
-                "MixupCallback: `label_smoothing` applies to class-index targets only; these "
-                "floating point targets are mixed as given, without smoothing."
-            )
-        return F.soft_targets(
-            target,
-            self._num_classes,
-            self.label_smoothing,
-            check_range=check_range,
-            ignore_index=self._ignore_index,
-        )
-
 
 def _reads_back_cheaply(device: torch.device) -> bool:
     """Whether reading a value of ``device`` on the host costs nothing (no queue to wait for)."""
     return device.type == "cpu"
-
-
-class _EpochStats:
-    """What one epoch of one callback logs: batches seen, summed strength and λ, bad batches."""
-
-    def __init__(self) -> None:
-        self.batches, self.strength, self.lam = 0, 0.0, 0.0
-        self.nonfinite: int | Tensor = 0  # a device tensor on accelerators: never read per batch
-
-    def add(self, strength: float, params: MixParams | None) -> None:
-        self.batches += 1
-        self.strength += strength
-        self.lam += 1.0 if params is None else float(params.lam.mean())
-
-
-def _make_policy(
-    alpha: float, cutmix_alpha: float, switch_prob: float, mode: Mode
-) -> MixUp | CutMix | MixUpOrCutMix:
-    """The policy for the callback's arguments (each policy checks its own)."""
-    mixup, cutmix = MixUp(alpha, mode), CutMix(cutmix_alpha, mode)
-    either = MixUpOrCutMix(mixup, cutmix, switch_prob)
-    if mixup.alpha == 0 and cutmix.alpha == 0:
-        raise ValueError(
-            "`alpha` and `cutmix_alpha` are both 0, so nothing would be mixed; set `alpha` > 0 "
-            f"for MixUp and/or `cutmix_alpha` > 0 for CutMix, got alpha={alpha!r}, "
-            f"cutmix_alpha={cutmix_alpha!r}."
-        )
-    if cutmix.alpha == 0:
-        return mixup
-    if mixup.alpha == 0:
-        return cutmix
-    return either
-
-
-def _repeat_samples(container: Any, n: int, skip: tuple[Any, ...]) -> None:
-    """Double every other per-sample entry of a batch (tensors or lists of ``n`` rows) in place."""
-    keys = container.keys() if isinstance(container, Mapping) else range(len(container))
-    for key in list(keys):
-        if key in skip:
-            continue
-        value = container[key]
-        if isinstance(value, Tensor) and value.ndim and value.shape[0] == n:
-            container[key] = torch.cat([value, value])
-        elif isinstance(value, (list, tuple)) and len(value) == n:
-            container[key] = (
-                type(value)([*value, *value]) if isinstance(value, list) else (value + value)
-            )
-
-
-def _check_mix_at(mix_at: Any) -> tuple[str, ...]:
-    """``mix_at`` as a tuple of names: ``"input"`` or layer names, at least one, no repeats."""
-    names = (mix_at,) if isinstance(mix_at, str) else mix_at
-    if (
-        not isinstance(names, (list, tuple))
-        or not names
-        or not all(isinstance(n, str) and n for n in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ValueError(
-            "`mix_at` must be 'input', a layer name from `named_modules()` or a list of distinct "
-            f"such names, got {mix_at!r}."
-        )
-    return tuple(names)
-
-
-def _find_attribute(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, low: int | None
-) -> int | None:
-    """The first integer ``name`` of the module, its hparams or the datamodule, or None.
-
-    With ``low``, only values ``>= low`` count.
-    """
-    hparams = getattr(pl_module, "hparams", {})
-    datamodule = trainer.datamodule
-    candidates = (
-        getattr(pl_module, name, None),
-        hparams.get(name) if isinstance(hparams, Mapping) else None,
-        getattr(datamodule, name, None) if datamodule is not None else None,
-    )
-    for value in candidates:
-        if isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low):
-            return value
-    return None
-
-
-def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-    found = _find_attribute(trainer, pl_module, "num_classes", low=1)
-    if found is not None:
-        return found
-    raise ValueError(
-        "MixupCallback could not find `num_classes`: it looked at `pl_module.num_classes`, "
-        "`pl_module.hparams.num_classes` and `trainer.datamodule.num_classes`. Pass "
-        "`MixupCallback(num_classes=...)` or set one of those attributes."
-    )

@@ -22,6 +22,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -293,23 +294,29 @@ def cutmix_boxes(
 def _boxes(
     lam: np.ndarray, spatial: Sequence[int], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    d = len(spatial)
-    if not 1 <= d <= 3:
-        raise ValueError(
-            f"CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions, "
-            f"got {d} spatial dimensions."
-        )
-    sizes = np.array(spatial, dtype=np.float64)
+    sizes, halves, total = _grid(tuple(spatial))
     # λ lies in [0, 1] here (Beta draws; cutmix_boxes clips what users pass), so 1 - λ does too.
-    half = np.rint((1.0 - lam)[:, None] ** (1.0 / d) * (sizes / 2.0))
+    half = np.rint((1.0 - lam)[:, None] ** (1.0 / len(sizes)) * halves)
     # A centre drawn uniformly from the integer positions 0..size-1 of every dimension.
-    centre = np.floor(rng.random((len(lam), d)) * sizes)
+    centre = np.floor(rng.random((len(lam), len(sizes))) * sizes)
     lo = np.maximum(centre - half, 0.0)
     hi = np.minimum(centre + half, sizes)
-    side = hi - lo
-    area = side[:, 0] if d == 1 else side[:, 0] * side[:, 1] if d == 2 else side.prod(axis=1)
-    kept = 1.0 - area / math.prod(spatial)
+    kept = 1.0 - (hi - lo).prod(axis=1) / total
     return lo.astype(np.int64), hi.astype(np.int64), kept
+
+
+@functools.lru_cache(maxsize=32)
+def _grid(spatial: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The sizes of a CutMix grid as floats, their halves and the number of cells (checked)."""
+    if not 1 <= len(spatial) <= 3:
+        raise ValueError(
+            f"CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions, "
+            f"got {len(spatial)} spatial dimensions."
+        )
+    sizes = np.array(spatial, dtype=np.float64)
+    halves = sizes / 2.0
+    sizes.flags.writeable = halves.flags.writeable = False
+    return sizes, halves, math.prod(spatial)
 
 
 def mix_(
@@ -383,8 +390,9 @@ def mix_pairs_(
     if boxes is not None:
         lo, hi = boxes[1].tolist(), boxes[2].tolist()
         regions = [(slice(None), *map(slice, start, end)) for start, end in zip(lo, hi)]
+    partners = partner.tolist()
     for a in first:
-        b = partner[a].item()
+        b = partners[a]
         xa, xb = x[a], x[b]
         if cut[a]:  # a's new value differs from a only inside its box: keep the partner's box
             saved = xb[regions[a]].clone()

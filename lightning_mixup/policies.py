@@ -33,6 +33,7 @@ __all__ = [
     "MixUpOrCutMix",
     "Mode",
     "mix_features",
+    "make_policy",
     "mix_target",
 ]
 
@@ -127,13 +128,15 @@ class Draft:
             if per_batch:
                 corner_lo, corner_hi = corner_lo.repeat(n, axis=0), corner_hi.repeat(n, axis=0)
             lo, hi = torch.from_numpy(corner_lo), torch.from_numpy(corner_hi)
-        if per_batch:
+        if per_batch:  # one λ: the batch changes unless it keeps all (or holds one sample)
+            identity = n < 2 or lam[0] >= 1.0
             lam, cut = lam.repeat(n), cut.repeat(n)
         else:
             lam = lam.copy()
         if n % 2:  # the sample an odd batch pairs with itself keeps all of itself
             lam[self.partner == np.arange(n)] = 1.0
-        identity = n < 2 or not (lam < 1.0).any()
+        if not per_batch:
+            identity = n < 2 or not (lam < 1.0).any()
         return MixParams(
             torch.from_numpy(self.partner),
             torch.from_numpy(lam),
@@ -440,3 +443,32 @@ class MixUpOrCutMix(_Policy):
             cutmix.alpha,
             self.switch_prob,
         )
+
+
+def make_policy(
+    alpha: float, cutmix_alpha: float, switch_prob: float = 0.5, mode: Mode = "batch"
+) -> MixUp | CutMix | MixUpOrCutMix:
+    """The policy for MixUp ``alpha`` and CutMix ``cutmix_alpha``: one of them, or the switch.
+
+    An α of 0 turns its policy off; each policy checks its own arguments.
+
+    Raises:
+        ValueError: If both α are 0 (nothing would be mixed) or an argument is out of range.
+
+    Example:
+        >>> type(make_policy(alpha=0.2, cutmix_alpha=0.0)).__name__
+        'MixUp'
+    """
+    mixup, cutmix = MixUp(alpha, mode), CutMix(cutmix_alpha, mode)
+    either = MixUpOrCutMix(mixup, cutmix, switch_prob)
+    if mixup.alpha == 0 and cutmix.alpha == 0:
+        raise ValueError(
+            "`alpha` and `cutmix_alpha` are both 0, so nothing would be mixed; set `alpha` > 0 "
+            f"for MixUp and/or `cutmix_alpha` > 0 for CutMix, got alpha={alpha!r}, "
+            f"cutmix_alpha={cutmix_alpha!r}."
+        )
+    if cutmix.alpha == 0:
+        return mixup
+    if mixup.alpha == 0:
+        return cutmix
+    return either

@@ -9,7 +9,10 @@ from pathlib import Path
 import lightning_mixup
 
 PACKAGE = Path(lightning_mixup.__file__).parent
-CORE = ("functional", "policies", "schedule", "callback", "_batch", "_checks", "_hidden", "_seed")
+CORE = (
+    "functional", "policies", "schedule", "callback",
+    "_batch", "_checks", "_guard", "_hidden", "_seed", "_targets",
+)  # fmt: skip
 HEAVY = (
     "sklearn",
     "lightning_mixup.classification",

@@ -148,3 +148,44 @@ def test_dense_targets_keep_a_clean_half_in_the_mixed_halfs_form(kw, index):
             assert y.dtype == torch.float32 and y.shape == (2 * B, 5, 6, 6)
             want = torch.nn.functional.one_hot(mask, 5).permute(0, 3, 1, 2).float()
             assert torch.equal(y[:B], want)
+
+
+class _Tokens(torch.utils.data.Dataset):
+    """Sample i: features all i, label i, a token mask whose first i % 4 + 1 tokens are real."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        mask = torch.arange(8) <= i % 4
+        return {"x": torch.full((32,), float(i)), "y": i, "mask": mask}
+
+
+class _MaskProbe(RecordingModule):
+    def __init__(self):
+        super().__init__(num_classes=K, in_features=32)
+        self.masks = []
+
+    def training_step(self, batch, batch_idx):
+        self.masks.append((self.current_epoch, batch["mask"].clone(), batch["x"].shape[0]))
+        return torch.nn.functional.cross_entropy(self.layer(batch["x"]), batch["y"])
+
+
+def test_the_mask_is_doubled_with_the_batch_also_when_nothing_is_mixed():
+    # Epoch 0 has strength 0 (ramp_start_epoch=1): the batch is doubled unmixed, and so must be
+    # its mask; epoch 1 mixes: clean masks first, then the joined ones.
+    cb = MixupCallback(
+        alpha=1.0, keep_clean=True, ramp_start_epoch=1, input_key="x", target_key="y",
+        mask_key="mask",
+    )  # fmt: skip
+    module = _MaskProbe()
+    data = DataLoader(_Tokens(), batch_size=B)
+    tiny_trainer(callbacks=[cb], max_epochs=2).fit(module, data)
+    assert len(module.masks) == 4
+    for epoch, mask, rows in module.masks:
+        assert rows == 2 * B and mask.shape == (2 * B, 8)
+        assert torch.equal(mask[:B], torch.arange(8) <= (torch.arange(B) % 4)[:, None])
+        if epoch == 0:
+            assert torch.equal(mask[B:], mask[:B])
+        else:  # each mixed sample's real tokens are the union of both sources' real tokens
+            assert torch.all(mask[B:] >= mask[:B]) and not torch.equal(mask[B:], mask[:B])

@@ -1,0 +1,128 @@
+"""A training batch's targets as the policy mixes them: soft rows, or an index mask kept as indices.
+
+Class indices become float32 probability rows (smoothed once, when asked); probability targets
+pass through. An index mask stays an index mask, which CutMix can paste, until smoothing or a
+blend needs rows. ``num_classes`` and ``ignore_index`` come from the callback's arguments or, when
+not given, from the module or datamodule at ``setup``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_mixup import functional as F
+from lightning_mixup.policies import MixParams
+
+
+class Targets:
+    """Turns a batch's targets into what is mixed, with the classes resolved at ``setup``.
+
+    Args:
+        num_classes: Number of classes, or None to find it at ``setup``.
+        label_smoothing: ε applied once, to class-index targets.
+        ignore_index: Index of unlabelled pixels, or None to look for one at ``setup``.
+    """
+
+    def __init__(
+        self, num_classes: int | None, label_smoothing: float, ignore_index: int | None
+    ) -> None:
+        self.given = num_classes, ignore_index
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.label_smoothing = label_smoothing
+        self.checked = False  # class indices range-checked in this fit (always on the CPU)
+        self._warned_soft_smoothing = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve ``num_classes`` and ``ignore_index`` when fitting; check the next indices."""
+        if stage == "fit":
+            num_classes, ignore_index = self.given
+            self.num_classes = num_classes or _find_num_classes(trainer, pl_module)
+            self.ignore_index = (
+                ignore_index
+                if ignore_index is not None
+                else _find_attribute(trainer, pl_module, "ignore_index", low=None)
+            )
+        self.checked = False
+
+    def prepare(self, form: str, target: Tensor, on_host: bool) -> Tensor:
+        """The targets before mixing: soft rows, or an index mask as it is unless smoothed.
+
+        With ``on_host`` (the CPU) class indices are range-checked at every batch; on an
+        accelerator on the first batch of a fit only, so the host does not wait for the device
+        (``scatter_``'s own bounds check still stops a bad index).
+        """
+        check_range = on_host or not self.checked
+        if form == "index_mask":  # stays an index mask unless smoothing or a blend needs rows
+            if check_range:
+                F.check_indices(target, self.num_classes, self.ignore_index)
+            y = self.soft(target, False) if self.label_smoothing > 0 else target
+        else:
+            y = self.soft(target, check_range)
+        self.checked = True
+        return y
+
+    def rows(
+        self, form: str, target: Tensor, y: Tensor, params: MixParams
+    ) -> tuple[Tensor, Tensor | None]:
+        """An index mask as soft rows when a blend needs them, and its unlabelled pixels."""
+        if form != "index_mask" or params.identity or not params.blends:
+            return y, None
+        if not y.is_floating_point():
+            y = self.soft(target, False)
+        unlabelled = None if self.ignore_index is None else target == self.ignore_index
+        return y, unlabelled
+
+    def soft(self, target: Tensor, check_range: bool) -> Tensor:
+        """``target`` as float32 probability rows; warns once that float targets stay unsmoothed."""
+        if (
+            target.is_floating_point()
+            and self.label_smoothing > 0
+            and not self._warned_soft_smoothing
+        ):
+            self._warned_soft_smoothing = True
+            rank_zero_warn(
+                "MixupCallback: `label_smoothing` applies to class-index targets only; these "
+                "floating point targets are mixed as given, without smoothing."
+            )
+        return F.soft_targets(
+            target,
+            self.num_classes,
+            self.label_smoothing,
+            check_range=check_range,
+            ignore_index=self.ignore_index,
+        )
+
+
+def _find_attribute(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, low: int | None
+) -> int | None:
+    """The first integer ``name`` of the module, its hparams or the datamodule, or None.
+
+    With ``low``, only values ``>= low`` count.
+    """
+    hparams = getattr(pl_module, "hparams", {})
+    datamodule = trainer.datamodule
+    candidates = (
+        getattr(pl_module, name, None),
+        hparams.get(name) if isinstance(hparams, Mapping) else None,
+        getattr(datamodule, name, None) if datamodule is not None else None,
+    )
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low):
+            return value
+    return None
+
+
+def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    found = _find_attribute(trainer, pl_module, "num_classes", low=1)
+    if found is not None:
+        return found
+    raise ValueError(
+        "MixupCallback could not find `num_classes`: it looked at `pl_module.num_classes`, "
+        "`pl_module.hparams.num_classes` and `trainer.datamodule.num_classes`. Pass "
+        "`MixupCallback(num_classes=...)` or set one of those attributes."
+    )
