@@ -34,16 +34,25 @@ class Guard:
         self.batches, self.strength, self.lam = 0, 0.0, 0.0
         self.nonfinite: int | Tensor = 0  # a device tensor on accelerators: never read per batch
 
-    def finite(self, x: Tensor, y: Tensor, form: str) -> Tensor | None:
-        """A 0-d bool on ``x``'s device, True when the batch may be mixed (counted when False).
+    def finite(self, x: Tensor, y: Tensor, form: str, on_host: bool) -> bool | Tensor | None:
+        """Whether the batch may be mixed (counted when it may not); None when not screening.
 
-        None when not screening. Soft targets and soft masks can hold NaN/Inf too.
+        On the host (``on_host``) the answer is a bool, read at once; otherwise a 0-d bool tensor
+        on ``x``'s device that is never read per batch. Soft targets and soft masks can hold
+        NaN/Inf too.
         """
         if not self.skip_nonfinite:
             return None
-        finite = F.all_finite(y) if form.startswith("soft") else torch.tensor(True)
-        if x.is_floating_point():
-            finite = F.all_finite(x) & finite.to(x.device)
+        checks = [F.all_finite(x)] if x.is_floating_point() else []
+        if form.startswith("soft"):
+            checks.append(F.all_finite(y).to(x.device))
+        if on_host:
+            ok = all(bool(check) for check in checks)
+            self.nonfinite += not ok
+            return ok
+        finite = torch.ones((), dtype=torch.bool, device=x.device)
+        for check in checks:
+            finite = finite & check
         self.nonfinite += ~finite
         return finite
 

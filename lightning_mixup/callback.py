@@ -336,13 +336,13 @@ class MixupCallback(pl.Callback):
         y = self._targets.prepare(form, target, on_host)
         clean_x, clean_y, doubled, params = x, y, False, None
         if p > 0 and scale > 0 and x.shape[0] > 1:
-            finite = self._guard.finite(x, y, form)
-            if on_host and finite is not None and not bool(finite):
+            finite = self._guard.finite(x, y, form, on_host)
+            if finite is False:  # read on the host: leave the batch as it is
                 where = "" if part is None else f" of loader {part!r}"
                 self._guard.warn(f"batch {batch_idx}{where} in epoch {trainer.current_epoch}")
             else:
                 generator = numpy_generator(*key)
-                enabled = None if on_host else finite
+                enabled = None if on_host else finite  # a device flag, or None
                 if hidden:
                     draft = self.policy.draft(x.shape[0], generator, p=p, alpha_scale=scale)
                     params = self._layers.requested(draft, generator, at)
