@@ -96,12 +96,6 @@ def _rows(logits: Any, target: Any, ignore_index: int | None) -> tuple[Tensor, T
     return flat_logits[labelled], flat_target[labelled]
 
 
-def _check_ignore_index(value: Any) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"`ignore_index` must be an integer or None, got {value!r}.")
-    return value
-
-
 def _nll(logits: Tensor, target: Tensor, temperature: float | Tensor) -> Tensor:
     """Mean cross-entropy of ``logits / temperature`` (float64 rows) against index/soft rows."""
     return F.cross_entropy(logits / temperature, target)
@@ -176,7 +170,7 @@ def fit_temperature(
         >>> round(fit_temperature(z * 3, y), 1)  # logits 3 times too sharp
         3.0
     """
-    ignore_index = _check_ignore_index(ignore_index)
+    ignore_index = C.optional_integer("ignore_index", ignore_index)
     max_iter = C.positive_integer("max_iter", max_iter)
     rows, target_rows = _rows(logits, target, ignore_index)
     if rows.shape[0] == 0:
@@ -367,11 +361,7 @@ class TemperatureScaling(pl.Callback):
     """
 
     def __init__(self, target_key: int | str = 1, max_iter: int = 50) -> None:
-        if isinstance(target_key, bool) or not isinstance(target_key, (int, str)):
-            raise ValueError(
-                f"`target_key` must be a list index or a dict key, got {target_key!r}."
-            )
-        self.target_key = target_key
+        self.target_key = C.key("target_key", target_key)
         self.max_iter = C.positive_integer("max_iter", max_iter)
         #: The temperature: 1.0 until fitted or restored from a checkpoint.
         self.temperature: float = 1.0

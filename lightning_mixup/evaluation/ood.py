@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryAUROC
 
+from lightning_mixup import _checks as C
 from lightning_mixup.evaluation.calibration import _batch_item, _ForwardTap, _gather_rows
 
 __all__ = ["OODEval", "max_softmax", "ood_auroc"]
@@ -167,9 +168,7 @@ class OODEval(pl.Callback):
                 _check_name(name, "ood_loaders")
             ood_loaders = dict(ood_loaders)
         self.ood_loaders = ood_loaders
-        if isinstance(input_key, bool) or not isinstance(input_key, (int, str)):
-            raise ValueError(f"`input_key` must be a list index or a dict key, got {input_key!r}.")
-        self.input_key = input_key
+        self.input_key = C.key("input_key", input_key)
         #: ``{name: AUROC}`` of the last ``test``.
         self.results: dict[str, float] = {}
         self._trainer: pl.Trainer | None = None

@@ -394,10 +394,8 @@ class AdversarialEval(pl.Callback):
         self.seed = seed
         self.n_bins = C.integer("n_bins", n_bins, 1)
         self.save_diagram = bool(save_diagram)
-        for name, key in (("input_key", input_key), ("target_key", target_key)):
-            if isinstance(key, bool) or not isinstance(key, (int, str)):
-                raise ValueError(f"`{name}` must be a list index or a dict key, got {key!r}.")
-        self.input_key, self.target_key = input_key, target_key
+        self.input_key = C.key("input_key", input_key)
+        self.target_key = C.key("target_key", target_key)
         #: Clean max-softmax confidences of the last ``test`` (all processes), on the CPU.
         self.confidences: Tensor = torch.empty(0)
         #: Whether each clean top-1 prediction of the last ``test`` was right (1.0/0.0).
