@@ -1,10 +1,12 @@
 """The benchmark scripts still run end to end (tiny sizes; their numbers are not checked here)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--threads", "1", "--repeats", "1", "--min-time", "0.001"]
@@ -64,3 +66,17 @@ def test_compare_workers_benchmark_times_both_and_checks_the_results_match():
     assert "round 1, 1 worker(s): " in proc.stdout and "round 1, 2 worker(s): " in proc.stdout
     assert "2 workers / 1 worker (medians): " in proc.stdout
     assert "same results.csv metrics from both: yes" in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the check would run in full")
+def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path):
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "torch sees no CUDA device here" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before the check passes
