@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one prepared GPU check, for a task that is lent a GPU machine: the CUDA-only
-# tests, then bench_mix and bench_step on the GPU. About 5 minutes on one H100; run it once, from
+# tests, then bench_mix and bench_step on the GPU, sized for one 10-minute device call (not timed
+# on a GPU yet: none has been lent to this project). Run it once, from
 # the repository root, with a 10-minute limit:
 #
 #   bash benchmarks/gpu_check.sh
