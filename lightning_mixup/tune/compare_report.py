@@ -164,14 +164,31 @@ def write_summary(study: optuna.Study, runs: pd.DataFrame, cfg: CompareConfig, p
     write_atomically(path, "\n".join(lines))
 
 
-def _errorbars(ax: Any, xs: list[float], arms: dict[str, pd.DataFrame]) -> None:
-    """One errorbar line per arm (rows = x values, columns mean/std); shifted so bars do not hide."""
+def _errorbars(
+    ax: Any, xs: list[float], arms: dict[str, pd.DataFrame], xlabel: str, ylabel: str, title: str
+) -> None:
+    """One panel with its labels and grid: an errorbar line per arm, shifted apart.
+
+    ``arms`` maps each arm to a frame whose rows are the x values and columns mean/std.
+    """
     span = (max(xs) - min(xs)) or 1.0
     for j, (arm, stats) in enumerate(arms.items()):
         shift = (j - (len(arms) - 1) / 2) * 0.012 * span
         x = [x + shift for x in xs]
         ax.errorbar(x, stats["mean"], yerr=stats["std"].fillna(0), marker="o", markersize=4,
                     capsize=3, label=arm)  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def _save_panels(fig: Any, title: str, path: Path) -> None:
+    """The arms' legend on the first panel, the figure's title, then the PNG."""
+    fig.axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def plot_accuracy_vs_noise(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
@@ -184,15 +201,10 @@ def plot_accuracy_vs_noise(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -
         stats = stats.agg(["mean", "std"]).reindex(
             pd.MultiIndex.from_product([cfg.arms, cfg.noise], names=["arm", "noise"])
         )
-        _errorbars(ax, [100 * n for n in cfg.noise], {a: stats.loc[a] for a in cfg.arms})
-        ax.set_xlabel("training label noise (%)")
-        ax.set_ylabel("clean test accuracy (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
-    fig.suptitle(f"{cfg.dataset}: accuracy vs label noise (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    save_png(fig, path)
+        arms = {a: stats.loc[a] for a in cfg.arms}
+        noise = [100 * n for n in cfg.noise]
+        _errorbars(ax, noise, arms, "training label noise (%)", "clean test accuracy (%)", title)
+    _save_panels(fig, f"{cfg.dataset}: accuracy vs label noise (mean ± std over seeds)", path)
 
 
 def plot_fgsm(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
@@ -206,15 +218,9 @@ def plot_fgsm(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
         for arm in cfg.arms:
             values = 100 * at.loc[at["arm"] == arm, keys]
             series[arm] = pd.DataFrame({"mean": values.mean(), "std": values.std()})
-        _errorbars(ax, [0.0, *cfg.eps], series)
-        ax.set_xlabel("FGSM ε (pixel units)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"label noise {noise:.0%}", fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
-    fig.suptitle(f"{cfg.dataset}: FGSM accuracy, best checkpoints (mean ± std)", fontsize=10)
-    fig.tight_layout()
-    save_png(fig, path)
+        title = f"label noise {noise:.0%}"
+        _errorbars(ax, [0.0, *cfg.eps], series, "FGSM ε (pixel units)", "test accuracy (%)", title)
+    _save_panels(fig, f"{cfg.dataset}: FGSM accuracy, best checkpoints (mean ± std)", path)
 
 
 def plot_reliability_grid(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
