@@ -52,12 +52,17 @@ def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages
 
     Workers started together race to create the tables and the version rows of a new database
     (``table ... already exists``, ``UNIQUE constraint failed``, ``database is locked``); those
-    errors are retried a few times, after which the other worker's tables are there.
+    errors are retried a few times, after which the other worker's tables are there. A database
+    driver that is not installed is named, with the extra that brings it for ``postgresql://``.
+    The password in ``url``, if any, is not repeated in the message.
     """
     for attempt in range(6):
         try:
             return _storage(url, heartbeat, grace)
         except Exception as err:  # sqlalchemy, driver and file errors alike
+            missing = _missing_driver(err, url)
+            if missing is not None:
+                raise TuneError(f"cannot open storage {_shown(url)!r}: {missing}") from None
             text = str(err)
             racing = type(err).__name__ == "IntegrityError" or any(
                 s in text for s in ("already exists", "locked")
@@ -66,8 +71,39 @@ def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages
                 time.sleep(0.2 + random.random())
                 continue
             first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            raise TuneError(f"cannot open storage {url!r}: {first}") from None
+            raise TuneError(f"cannot open storage {_shown(url)!r}: {first}") from None
     raise AssertionError("unreachable")
+
+
+def _missing_driver(err: BaseException | None, url: str) -> str | None:
+    """What to install when ``err`` comes from a database driver module that is not installed.
+
+    Optuna wraps SQLAlchemy's failed import of the driver in an ``ImportError`` of its own; the
+    missing module is the ``ModuleNotFoundError`` in the chain of causes.
+    """
+    for _ in range(8):  # a short chain; never follow a cycle
+        if err is None or isinstance(err, ModuleNotFoundError):
+            break
+        err = err.__cause__ or err.__context__
+    if not isinstance(err, ModuleNotFoundError):
+        return None
+    extra = 'pip install "lightning-mixup[postgres]"'
+    if err.name == "psycopg":  # what SQLAlchemy >= 2.1 opens postgresql:// URLs with
+        return f"the PostgreSQL driver psycopg is not installed; {extra}"
+    hint = f", or write postgresql:// and {extra}" if url.startswith("postgresql") else ""
+    return f"its database driver module {err.name!r} is not installed; install it{hint}"
+
+
+def _shown(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages."""
+    if "://" not in url or "@" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can read: nothing it could hide either
+        return url
 
 
 def write_atomically(path: Path, data: str | bytes) -> None:
