@@ -136,28 +136,37 @@ def test_workers_opening_a_new_database_together_all_get_it(tmp_path):
 @pytest.mark.slow
 def test_killed_worker_trial_is_failed_and_retried(tmp_path):
     out = tmp_path / "tune"
-    beat = ["--heartbeat", "1", "--grace", "2"]
+    check_killed_worker_is_retried(out, lambda: _load(out))
+
+
+def check_killed_worker_is_retried(out: Path, load, *storage: str) -> None:
+    """Kill a 3-trial worker in its second trial; the next run fails that trial and retries it.
+
+    ``load()`` reads the study back; ``storage`` are the workers' ``--storage`` arguments.
+    """
+    beat = [*storage, "--heartbeat", "1", "--grace", "2"]
     worker = _worker(out, 3, *beat)
     deadline = time.monotonic() + 120
+    # config.yaml is written once the trial (and its heartbeat) has started, before training.
     while not (out / "trial_1" / "config.yaml").exists():
         assert worker.poll() is None, worker.communicate()[0]
         assert time.monotonic() < deadline
         time.sleep(0.05)
     worker.send_signal(signal.SIGKILL)
     worker.communicate()
-    before = {t.number: (t.state.name, t.datetime_complete) for t in _load(out).get_trials()}
+    before = {t.number: (t.state.name, t.datetime_complete) for t in load().get_trials()}
     assert before[0][0] == "COMPLETE" and before[1][0] == "RUNNING", before
     time.sleep(2.5)  # past the grace period
     worker = _worker(out, 3, *beat)
     log = worker.communicate(timeout=240)[0]
     assert worker.returncode == 0, log
-    trials = _load(out).get_trials()
+    trials = load().get_trials()
     assert trials[0].datetime_complete == before[0][1]  # finished work kept
     assert trials[1].state.name == "FAIL"  # the dead worker's trial, failed by the heartbeat
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
-    assert retried[0].params == trials[1].params
-    assert len(_finished(_load(out))) == 3
+    assert retried[0].params == trials[1].params  # the same arguments again
+    assert len(_finished(load())) == 3
     assert not [t for t in trials if t.state.name == "RUNNING"]
 
 
