@@ -327,3 +327,50 @@ class TokenData(Dataset):
         real = torch.arange(6) < length
         mask = real.long() if self.marks == "tokens" else ~real  # HF style, or PyTorch padding
         return {"ids": ids, "mask": mask, "label": i % 3}
+
+
+class DrawLog(pl.Callback):
+    """Records ``MixupCallback.last_params`` and the mixed targets of every training batch.
+
+    For runs in other processes (the CLI, launched per node): name it in the config or on the
+    command line (``--trainer.callbacks+=tests.probes.DrawLog --trainer.callbacks.out_dir=DIR``);
+    at the end of training each rank saves its records to ``DIR/rank<global rank>.pt``.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.draws: list[dict[str, Any]] = []
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        from lightning_mixup import MixupCallback
+
+        cb = next(c for c in trainer.callbacks if isinstance(c, MixupCallback))
+        params = cb.last_params
+        self.draws.append(
+            {
+                "epoch": trainer.current_epoch,
+                "batch_idx": batch_idx,
+                "partner": None if params is None else params.partner.clone(),
+                "lam": None if params is None else params.lam.clone(),
+                "cut": None if params is None else params.cut.clone(),
+                "y": batch[1].detach().clone(),  # the targets as mixed for this step
+            }
+        )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import os
+
+        record = {
+            "global_rank": trainer.global_rank,
+            "node_rank": trainer.node_rank,
+            "world_size": trainer.world_size,
+            "draws": self.draws,
+        }
+        torch.save(record, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
