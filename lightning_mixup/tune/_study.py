@@ -12,7 +12,14 @@ from typing import Any
 
 import optuna
 
-__all__ = ["TuneError", "add_study_arguments", "open_storage", "save_png", "write_atomically"]
+__all__ = [
+    "TuneError",
+    "add_study_arguments",
+    "hide_password",
+    "open_storage",
+    "save_png",
+    "write_atomically",
+]
 
 
 class TuneError(RuntimeError):
@@ -62,7 +69,7 @@ def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages
         except Exception as err:  # sqlalchemy, driver and file errors alike
             missing = _missing_driver(err, url)
             if missing is not None:
-                raise TuneError(f"cannot open storage {_shown(url)!r}: {missing}") from None
+                raise TuneError(f"cannot open storage {hide_password(url)!r}: {missing}") from None
             text = str(err)
             racing = type(err).__name__ == "IntegrityError" or any(
                 s in text for s in ("already exists", "locked")
@@ -71,7 +78,7 @@ def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages
                 time.sleep(0.2 + random.random())
                 continue
             first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            raise TuneError(f"cannot open storage {_shown(url)!r}: {first}") from None
+            raise TuneError(f"cannot open storage {hide_password(url)!r}: {first}") from None
     raise AssertionError("unreachable")
 
 
@@ -94,10 +101,16 @@ def _missing_driver(err: BaseException | None, url: str) -> str | None:
     return f"its database driver module {err.name!r} is not installed; install it{hint}"
 
 
-def _shown(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages."""
+def hide_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and reports.
+
+    Also takes a command-line argument ``--flag=URL``; anything else comes back unchanged.
+    """
     if "://" not in url or "@" not in url:
         return url
+    if url.startswith("--") and "=" in url:
+        flag, _, value = url.partition("=")
+        return f"{flag}={hide_password(value)}"
     from sqlalchemy.engine import make_url
 
     try:

@@ -63,7 +63,12 @@ from lightning_mixup.classification.module import SoftLabelClassifier
 from lightning_mixup.evaluation.calibration import TemperatureScaling
 from lightning_mixup.evaluation.ood import OODEval
 from lightning_mixup.evaluation.robustness import AdversarialEval
-from lightning_mixup.tune._study import TuneError, add_study_arguments, open_storage
+from lightning_mixup.tune._study import (
+    TuneError,
+    add_study_arguments,
+    hide_password,
+    open_storage,
+)
 
 __all__ = ["ARMS", "CompareConfig", "build_config", "main", "open_study", "run_one"]
 
@@ -136,8 +141,8 @@ class CompareConfig:
 
     @property
     def command(self) -> str:
-        """The command line as typed."""
-        return shlex.join(["lightning-mixup", "compare", *self.argv])
+        """The command line as typed, any password in a storage URL shown as ``***``."""
+        return shlex.join(["lightning-mixup", "compare", *map(hide_password, self.argv)])
 
     @property
     def storage_url(self) -> str:
@@ -594,7 +599,7 @@ def open_study(cfg: CompareConfig) -> optuna.Study:
         key = next(k for k in cfg.settings if known.get(k) != cfg.settings[k])
         flag = "--" + key.replace("_", "-")
         raise TuneError(
-            f"study {cfg.study_name!r} in {cfg.storage_url} was run with {flag} {known.get(key)!r}, "
+            f"study {cfg.study_name!r} in {hide_password(cfg.storage_url)} was run with {flag} {known.get(key)!r}, "
             f"got {cfg.settings[key]!r}; use another --out, --storage or --study-name."
         )
     return study

@@ -20,7 +20,7 @@ import torch
 from optuna.trial import TrialState
 
 from lightning_mixup.evaluation.visual import _figure, plot_reliability
-from lightning_mixup.tune._study import save_png, write_atomically
+from lightning_mixup.tune._study import hide_password, save_png, write_atomically
 from lightning_mixup.tune.compare import _METRICS, _POINT, TS_SUFFIX, CompareConfig, _describe
 
 __all__ = ["load_runs", "summary_table", "write_reports"]
@@ -131,7 +131,7 @@ def write_summary(study: optuna.Study, runs: pd.DataFrame, cfg: CompareConfig, p
         cfg.command,
         "```",
         "",
-        f"- Written (UTC): {date}, from study `{cfg.study_name}` in `{cfg.storage_url}` "
+        f"- Written (UTC): {date}, from study `{cfg.study_name}` in `{hide_password(cfg.storage_url)}` "
         f"(trials: {counts}). Runs: {_times(study, runs)}; accelerator `{cfg.accelerator}`, "
         f"{cfg.threads or torch.get_num_threads()} torch thread(s) per worker.",
         f"- Versions: python {platform.python_version()}, torch {torch.__version__}, "

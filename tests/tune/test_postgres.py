@@ -74,6 +74,25 @@ def test_missing_driver_in_compare_and_other_drivers(tmp_path, monkeypatch, caps
         open_storage(other, 60, None)
 
 
+def test_a_password_in_the_storage_url_is_never_shown(postgres_url, tmp_path, capsys):
+    from lightning_mixup.tune._study import hide_password
+    from lightning_mixup.tune.compare import build_config, open_study
+
+    url = postgres_url.replace("mixup@", "mixup:secret@")  # trust auth: the server ignores it
+    argv = ["--arms", "erm", "--storage", url, "--out", str(tmp_path / "c")]
+    open_study(build_config([*argv, "--epochs", "2"]))
+    assert main_compare([*argv, "--epochs", "3"]) == 2  # refused: another grid, no training
+    err = capsys.readouterr().err
+    assert "was run with --epochs 2, got 3" in err and "mixup:***@127.0.0.1" in err
+    # The command line that summary.md shows, with either way of writing the flag.
+    for args in (argv, [f"--storage={url}"]):
+        command = build_config(args).command
+        assert "secret" not in command and "mixup:***@127.0.0.1" in command, command
+    assert "secret" not in err
+    for plain in ("sqlite:///runs/study.db", "journal:/a@b/j.log", "postgresql://mixup@h/db"):
+        assert hide_password(plain) == plain
+
+
 # ---------------------------------------------------------------------------- tune
 @pytest.mark.slow
 def test_two_tune_workers_share_one_study_on_postgres(postgres_url, tmp_path):
