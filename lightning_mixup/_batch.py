@@ -18,6 +18,11 @@ from torch import Tensor
 from lightning_mixup import functional as F
 from lightning_mixup.policies import MixParams
 
+#: The keys a dict batch's inputs and targets are looked for under when ``input_key`` and
+#: ``target_key`` are left at None, in this order (torchvision, torchgeo, Hugging Face, ...).
+INPUT_NAMES = ("image", "input", "inputs", "x", "pixel_values", "input_ids")
+TARGET_NAMES = ("label", "labels", "target", "y", "mask")
+
 
 def loader_parts(loaders: Any, batch: Any) -> list[str | int] | None:
     """The names (dict) or indices (list) of the training loaders, or None for a single loader.
@@ -36,15 +41,47 @@ def loader_parts(loaders: Any, batch: Any) -> list[str | int] | None:
     return parts
 
 
+def resolve_keys(
+    batch: list | Mapping, input_key: int | str | None, target_key: int | str | None
+) -> tuple[int | str, int | str]:
+    """The keys of the inputs and targets in ``batch``; None means: find the usual one.
+
+    For a list batch None is 0 (inputs) and 1 (targets). For a dict batch it is the one key of
+    :data:`INPUT_NAMES` (:data:`TARGET_NAMES`) that the batch holds.
+
+    Raises:
+        ValueError: If a dict batch holds none of the usual keys, or several.
+    """
+    if not isinstance(batch, Mapping):
+        return (0 if input_key is None else input_key), (1 if target_key is None else target_key)
+    return (
+        input_key if input_key is not None else _usual_key(batch, "input_key", INPUT_NAMES),
+        target_key if target_key is not None else _usual_key(batch, "target_key", TARGET_NAMES),
+    )
+
+
+def _usual_key(batch: Mapping, name: str, names: tuple[str, ...]) -> str:
+    present = [key for key in names if key in batch]
+    if len(present) == 1:
+        return present[0]
+    what = "none" if not present else f"several ({', '.join(map(repr, present))})"
+    raise ValueError(
+        f"`{name}` is None, so MixupCallback looks for one of {names} in the dict batch and "
+        f"found {what}; the batch has the keys {list(batch.keys())}. Name the entry: "
+        f"`MixupCallback({name}=...)`."
+    )
+
+
 def unpack(
     batch: Any,
-    input_key: int | str,
-    target_key: int | str,
+    input_key: int | str | None,
+    target_key: int | str | None,
     part: str | int | None = None,
     float_inputs: bool = True,
-) -> tuple[MutableMapping | list, Tensor, Tensor]:
-    """``(container, inputs, targets)`` of a list or dict batch, checked for mixing.
+) -> tuple[MutableMapping | list, Tensor, Tensor, tuple[int | str, int | str]]:
+    """``(container, inputs, targets, keys)`` of a list or dict batch, checked for mixing.
 
+    ``keys`` are the resolved ``(input_key, target_key)`` (see :func:`resolve_keys`).
     ``float_inputs=False`` accepts integer inputs (token ids), for a mix inside the network.
 
     Raises:
@@ -59,6 +96,7 @@ def unpack(
             f"or a dict, got {type(batch).__name__}. Return a list (e.g. `[x, y]`; the default "
             "collate does this for tuple samples) or a dict from your dataset/collate_fn."
         )
+    input_key, target_key = resolve_keys(batch, input_key, target_key)
     x = lookup(batch, "input_key", input_key)
     target = lookup(batch, "target_key", target_key)
     if float_inputs and not x.is_floating_point():
@@ -73,7 +111,7 @@ def unpack(
             f"Inputs and targets must share the batch dimension, got shapes {tuple(x.shape)} "
             f"and {tuple(target.shape)}."
         )
-    return batch, x, target
+    return batch, x, target, (input_key, target_key)
 
 
 def lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:

@@ -221,30 +221,33 @@ class HiddenLayers:
         draft: Draft,
         generator: np.random.Generator,
         params: MixParams,
-        y: Tensor,
+        y: Tensor | None,
         unlabelled: Tensor | None,
         enabled: Tensor | None,
         keep_clean: bool,
         boxes_drawn: Callable[[MixParams, MixParams], None],
-    ) -> Tensor:
+    ) -> Tensor | None:
         """Mix the targets ``y`` now with ``params`` (:meth:`requested`) and arm the layer's hook.
 
         Returns the mixed targets, after the clean ones with ``keep_clean``; the hook mixes the
         layer's output (the second half of it with ``keep_clean``). CutMix's box is drawn on the
         layer's grid, known only when the layer runs: the hook then rewrites the targets in place
         with the exact kept area before the loss reads them, and calls ``boxes_drawn(params,
-        final)`` with the final parameters.
+        final)`` with the final parameters. With ``y`` None (``targets="loss"``) only the
+        layer's output is mixed, and None is returned.
         """
         if params.identity:
             return y
-        mixed = P.mix_target(y, params, unlabelled)
-        if enabled is not None:
-            mixed = torch.where(enabled, mixed, y)
         batch_size = len(draft.partner)
-        out = mixed
-        if keep_clean:  # clean rows, then the mixed ones; the hook rewrites the second half
-            out = torch.cat([y, mixed])
-            mixed = out[batch_size:]
+        out = mixed = None
+        if y is not None:
+            mixed = P.mix_target(y, params, unlabelled)
+            if enabled is not None:
+                mixed = torch.where(enabled, mixed, y)
+            out = mixed
+            if keep_clean:  # clean rows, then the mixed ones; the hook rewrites the second half
+                out = torch.cat([y, mixed])
+                mixed = out[batch_size:]
         rows = 2 * batch_size if keep_clean else batch_size
 
         def mix(h: Tensor) -> Tensor:
@@ -263,8 +266,9 @@ class HiddenLayers:
                         "there (`cutmix_alpha=0`) or mix at another layer."
                     )
                 final = replace(draft.finish(h.shape[2:], generator), at=at)
-                exact = P.mix_target(y, final, unlabelled)
-                mixed.copy_(exact if enabled is None else torch.where(enabled, exact, y))
+                if y is not None and mixed is not None:
+                    exact = P.mix_target(y, final, unlabelled)
+                    mixed.copy_(exact if enabled is None else torch.where(enabled, exact, y))
                 boxes_drawn(params, final)
             new = P.mix_features(h, final)
             new = new if enabled is None else torch.where(enabled, new, h)

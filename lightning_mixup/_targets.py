@@ -33,19 +33,36 @@ class Targets:
         self.given = num_classes, ignore_index
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.label_smoothing = label_smoothing
+        self.as_given = False  # True with targets="loss": the targets stay as they are
         self.checked = False  # class indices range-checked in this fit (always on the CPU)
         self._warned_soft_smoothing = False
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Resolve ``num_classes`` and ``ignore_index`` when fitting; check the next indices."""
+    def setup(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        stage: str,
+        as_given: bool = False,
+        criterion: object = None,
+    ) -> None:
+        """Resolve ``num_classes`` and ``ignore_index`` when fitting; check the next indices.
+
+        With ``as_given`` (``targets="loss"``) nothing is made of the classes but the range
+        check, so ``num_classes`` may stay unknown (the check is then skipped), and the
+        ``ignore_index`` of the module's ``criterion`` counts when nothing else names one.
+        """
+        self.as_given = as_given
         if stage == "fit":
             num_classes, ignore_index = self.given
-            self.num_classes = num_classes or _find_num_classes(trainer, pl_module)
-            self.ignore_index = (
-                ignore_index
-                if ignore_index is not None
-                else _find_attribute(trainer, pl_module, "ignore_index", low=None)
-            )
+            found = num_classes or _find_attribute(trainer, pl_module, "num_classes", low=1)
+            if found is None and not as_given:
+                _find_num_classes(trainer, pl_module)  # raises, naming where it looked
+            self.num_classes = found
+            if ignore_index is None:
+                ignore_index = _find_attribute(trainer, pl_module, "ignore_index", low=None)
+            if ignore_index is None and as_given:
+                ignore_index = _integer(getattr(criterion, "ignore_index", None))
+            self.ignore_index = ignore_index
         self.checked = False
 
     def prepare(self, form: str, target: Tensor, on_host: bool) -> Tensor:
@@ -56,6 +73,11 @@ class Targets:
         (``scatter_``'s own bounds check still stops a bad index).
         """
         check_range = on_host or not self.checked
+        if self.as_given:  # targets="loss": as they are, class indices range-checked
+            if check_range and not target.is_floating_point() and self.num_classes is not None:
+                F.check_indices(target, self.num_classes, self.ignore_index)
+            self.checked = True
+            return target
         if form == "index_mask":  # stays an index mask unless smoothing or a blend needs rows
             if check_range:
                 F.check_indices(target, self.num_classes, self.ignore_index)
@@ -69,7 +91,7 @@ class Targets:
         self, form: str, target: Tensor, y: Tensor, params: MixParams
     ) -> tuple[Tensor, Tensor | None]:
         """An index mask as soft rows when a blend needs them, and its unlabelled pixels."""
-        if form != "index_mask" or params.identity or not params.blends:
+        if self.as_given or form != "index_mask" or params.identity or not params.blends:
             return y, None
         if not y.is_floating_point():
             y = self.soft(target, False)
@@ -112,9 +134,13 @@ def _find_attribute(
         getattr(datamodule, name, None) if datamodule is not None else None,
     )
     for value in candidates:
-        if isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low):
+        if _integer(value) is not None and (low is None or value >= low):
             return value
     return None
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:

@@ -10,16 +10,24 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_mixup import _checks as C
 from lightning_mixup._batch import join_masks, loader_parts, repeat_samples, unpack
+from lightning_mixup._criterion import (
+    CRITERION_NAMES,
+    ELEM_NEEDS_REDUCTION,
+    CriterionSwap,
+    LossMix,
+    find_criterion,
+    reducible,
+)
 from lightning_mixup._guard import Guard
 from lightning_mixup._hidden import HiddenLayers
 from lightning_mixup._seed import numpy_generator
 from lightning_mixup._targets import Targets
-from lightning_mixup.policies import MixParams, Mode, make_policy
+from lightning_mixup.policies import MixParams, Mode, make_policy, mix_target
 from lightning_mixup.schedule import Schedule
 
 __all__ = ["MixupCallback"]
@@ -27,14 +35,28 @@ __all__ = ["MixupCallback"]
 _DEFAULT_SEED = 0
 _RAMP_TARGETS = ("p", "alpha")
 _MASK_MARKS = ("tokens", "padding")
+_TARGETS = ("auto", "soft", "loss")
 
 
 class MixupCallback(pl.Callback):
     """Mix each training batch with MixUp and/or CutMix right before ``training_step``.
 
     Implements mixup (Zhang et al., ICLR 2018) and CutMix (Yun et al., ICCV 2019). The batch must
-    be a list or a dict; its inputs (``batch[input_key]``) are replaced by the mixed inputs and its
-    targets (``batch[target_key]``) by float32 ``(B, num_classes)`` probabilities. The inputs are
+    be a list or a dict; its inputs (``batch[input_key]``) are replaced by the mixed inputs.
+
+    **Targets: two ways to mix them** (``targets``). ``"soft"``: the targets
+    (``batch[target_key]``) are replaced by float32 ``(B, num_classes)`` probabilities, which a
+    loss such as ``F.cross_entropy`` takes as they are. ``"loss"``: the targets stay exactly as
+    the dataloader gave them (class indices, index masks), and for each training step the
+    module's criterion attribute (``self.criterion``, say) is replaced by its mix,
+    ``λ·L(ŷ, y_i) + (1-λ)·L(ŷ, y_j)``, so the module's own loss (class weights, ``ignore_index``,
+    label smoothing), its training metrics and its labels keep working; the original criterion
+    is back after the step (and when the step raises). ``"auto"`` (the default) chooses
+    ``"loss"`` when the module has a criterion attribute and ``"soft"`` otherwise, and says
+    which in one info line at ``setup``. For cross-entropy both give the same loss. How the two
+    losses are blended in each mode: the guide "Use it with your own module".
+
+    The inputs are
     mixed in place when the batch owns their memory (a fresh tensor from the collate or the
     device transfer); a view of longer-lived data (e.g. slices of a dataset kept as one tensor)
     is copied first, so that data is never changed. A mixed sample
@@ -85,8 +107,11 @@ class MixupCallback(pl.Callback):
             arguments must then keep their defaults.
         ramp_steps: Optimizer steps to go from strength 0 to 1 (0 or None: at once).
         stop_step: From this optimizer step (0-based) on, no mixing; None never stops.
-        input_key: Index (list batch) or key (dict batch) of the inputs.
-        target_key: Index or key of the targets.
+        input_key: Index (list batch) or key (dict batch) of the inputs. None: 0 for a list
+            batch; for a dict batch the one of ``"image"``, ``"input"``, ``"inputs"``, ``"x"``,
+            ``"pixel_values"``, ``"input_ids"`` that it holds.
+        target_key: Index or key of the targets. None: 1 for a list batch; for a dict batch the
+            one of ``"label"``, ``"labels"``, ``"target"``, ``"y"``, ``"mask"`` that it holds.
         seed: Seed of the mixing draws; None uses the seed given to ``seed_everything``, else 0.
         same_on_all_ranks: Leave the rank out of the seed so every DDP rank draws the same.
         skip_nonfinite: Check each batch's inputs for NaN/Inf before mixing (one reduction per
@@ -115,6 +140,13 @@ class MixupCallback(pl.Callback):
             The batch is always doubled, also where the schedule mixes nothing (the second half
             is then a clean copy), so its shape never changes; it costs twice the memory and
             compute of a step. ``last_params`` describe the mixed half (its rows ``B..2B-1``).
+        targets: ``"soft"``, ``"loss"`` or ``"auto"`` (see above). With ``"loss"``,
+            ``label_smoothing`` belongs on the criterion (``nn.CrossEntropyLoss(label_smoothing=
+            ...)``), ``mode="elem"`` needs a criterion with a ``reduction`` attribute (torch's
+            losses), and a training step that never calls the criterion is refused.
+        criterion: The module's attribute holding its loss, for ``targets="loss"``/``"auto"``;
+            None takes the first of ``criterion``, ``loss_fn``, ``loss_func``, ``loss`` set on
+            the module (an ``nn.Module`` or a function, not a method of its class).
 
     To look at the mixed images, add :class:`~lightning_mixup.evaluation.MixedGridLogger`.
 
@@ -144,8 +176,8 @@ class MixupCallback(pl.Callback):
         ramp_start_step: int | None = None,
         ramp_steps: int | None = None,
         stop_step: int | None = None,
-        input_key: int | str = 0,
-        target_key: int | str = 1,
+        input_key: int | str | None = None,
+        target_key: int | str | None = None,
         seed: int | None = None,
         same_on_all_ranks: bool = False,
         skip_nonfinite: bool = True,
@@ -155,6 +187,8 @@ class MixupCallback(pl.Callback):
         mask_key: int | str | None = None,
         mask_marks: Literal["tokens", "padding"] = "tokens",
         keep_clean: bool = False,
+        targets: Literal["auto", "soft", "loss"] = "auto",
+        criterion: str | None = None,
     ) -> None:
         # The policy checks alpha, cutmix_alpha, switch_prob and mode; the rest is checked here.
         self.policy = make_policy(alpha, cutmix_alpha, switch_prob, mode)
@@ -172,8 +206,8 @@ class MixupCallback(pl.Callback):
         self.ramp_target = C.choice("ramp_target", ramp_target, _RAMP_TARGETS)
         self.num_classes = None if num_classes is None else C.integer("num_classes", num_classes, 1)
         self.seed = C.optional_integer("seed", seed)
-        self.input_key = C.key("input_key", input_key)
-        self.target_key = C.key("target_key", target_key)
+        self.input_key = C.key("input_key", input_key, optional=True)
+        self.target_key = C.key("target_key", target_key, optional=True)
         self.same_on_all_ranks = bool(same_on_all_ranks)
         self.skip_nonfinite = bool(skip_nonfinite)
         self.name = C.identifier("name", name)
@@ -183,6 +217,13 @@ class MixupCallback(pl.Callback):
         self.mask_key = C.key("mask_key", mask_key, optional=True)
         self.mask_marks = C.choice("mask_marks", mask_marks, _MASK_MARKS)
         self.keep_clean = C.boolean("keep_clean", keep_clean)
+        self.targets = C.choice("targets", targets, _TARGETS)
+        self.criterion = C.identifier("criterion", criterion)
+        if self.criterion is not None and self.targets == "soft":
+            raise ValueError(
+                f"`criterion` = {criterion!r} names the loss that targets='loss' mixes, but "
+                "`targets` is 'soft'; use targets='loss' (or 'auto'), or leave `criterion` unset."
+            )
         self.last_params: MixParams | dict[str | int, MixParams] | None = None
         """Parameters of the most recent batch, for inspection; None when it was not mixed. With
         several training loaders, a dict from loader name (or index) to the parameters of each
@@ -193,6 +234,9 @@ class MixupCallback(pl.Callback):
         self._targets = Targets(self.num_classes, self.label_smoothing, self.ignore_index)
         self._guard = Guard(self.skip_nonfinite)
         self._buffers: dict[str | int | None, Tensor] = {}  # one per training loader
+        self._swap: CriterionSwap | None = None  # set at setup when the loss is mixed
+        self._loss_mixes: dict[str | int | None, LossMix] = {}  # this step's, per loader
+        self._pending: tuple[Tensor, bool, Tensor | None] | None = None  # a hidden CutMix's
 
     @property
     def state_key(self) -> str:
@@ -239,9 +283,59 @@ class MixupCallback(pl.Callback):
                     "(`ramp_start_epoch` of one at or after the other's `stop_epoch`, or the same "
                     "with `*_step`)."
                 )
-        self._targets.setup(trainer, pl_module, stage)
         if stage == "fit":
+            self._swap = self._choose_targets(pl_module)
             self._layers.bind(pl_module)
+        swap = self._swap
+        criterion = None if swap is None else swap.original
+        self._targets.setup(trainer, pl_module, stage, swap is not None, criterion)
+
+    def _choose_targets(self, pl_module: pl.LightningModule) -> CriterionSwap | None:
+        """Resolve ``targets`` for this module; the criterion swap when the loss is mixed.
+
+        Says in one info line which form was chosen and why.
+        """
+        module = type(pl_module).__name__
+        found = None if self.targets == "soft" else find_criterion(pl_module, self.criterion)
+        if self.targets == "loss" and found is None:
+            raise ValueError(
+                f"targets='loss' mixes the module's own criterion, but {module} has none of the "
+                f"attributes {CRITERION_NAMES} holding a loss. Set one in `__init__` (e.g. "
+                "`self.criterion = nn.CrossEntropyLoss()`) and compute the training loss with it, "
+                "name it with `criterion='<attribute>'`, or use targets='soft'."
+            )
+        if found is None:
+            why = (
+                "targets='soft' was asked for"
+                if self.targets == "soft"
+                else f"{module} has none of the attributes {CRITERION_NAMES} holding a loss"
+            )
+            rank_zero_info(
+                f"{self.state_key}: targets='soft' ({why}): training_step receives float32 "
+                "(B, num_classes) probability targets (soft masks for dense targets), which its "
+                "loss must accept (F.cross_entropy does). To keep the dataloader's class indices, "
+                "hold the loss in an attribute such as `self.criterion = nn.CrossEntropyLoss()`, "
+                "compute the loss with it and use targets='loss'."
+            )
+            return None
+        name, criterion = found
+        chosen = "asked for" if self.targets == "loss" else f"{module} has `{name}`"
+        if self.label_smoothing > 0:
+            raise ValueError(
+                f"`label_smoothing` = {self.label_smoothing!r} smooths soft targets, but "
+                f"targets='loss' ({chosen}) keeps the class indices and mixes `{module}.{name}`; "
+                "set the smoothing on the criterion (e.g. `nn.CrossEntropyLoss(label_smoothing="
+                "0.1)`), or use targets='soft'."
+            )
+        if self.mode == "elem" and not reducible(criterion):
+            what = f"`{module}.{name}` ({type(criterion).__name__})"
+            raise ValueError(ELEM_NEEDS_REDUCTION.format(name=what))
+        rank_zero_info(
+            f"{self.state_key}: targets='loss' ({chosen}): the batch keeps its targets as the "
+            f"dataloader gives them, and during each training step `{name}` is replaced by its "
+            "mix, λ·loss(prediction, own targets) + (1-λ)·loss(prediction, partner's targets)."
+        )
+        return CriterionSwap(name, criterion)
 
     def state_dict(self) -> dict[str, Any]:
         """Store the resolved seed and the arguments that shape the mix.
@@ -306,12 +400,15 @@ class MixupCallback(pl.Callback):
         """
         parts = loader_parts(trainer.train_dataloader, batch)
         self._layers.refuse_loaders(parts)
+        self._loss_mixes, self._pending = {}, None
         if parts is not None:  # several loaders: one sub-batch each
             drawn = {part: self._mix(trainer, batch[part], batch_idx, part) for part in parts}
             mixed = {part: params for part, params in drawn.items() if params is not None}
             self.last_params = mixed or None
         else:
             self.last_params = self._mix(trainer, batch, batch_idx, None)
+        if self._swap is not None:
+            self._swap.install(pl_module, self._loss_mixes)
 
     def _mix(
         self, trainer: pl.Trainer, batch: Any, batch_idx: int, part: str | int | None
@@ -324,9 +421,10 @@ class MixupCallback(pl.Callback):
         key = self._draw_key(trainer, batch_idx) + (() if part is None else (part,))
         at = self._layers.choose(key)
         hidden = at != "input"
-        container, x, target = unpack(
+        container, x, target, keys = unpack(
             batch, self.input_key, self.target_key, part, float_inputs=not hidden
         )
+        as_given = self._swap is not None  # targets="loss": the criterion is mixed instead
         form = self._layers.target_form(at, x.shape, target, self.policy)
         on_host = _reads_back_cheaply(x.device)
         strength = self.strength(
@@ -334,7 +432,7 @@ class MixupCallback(pl.Callback):
         )
         p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
         y = self._targets.prepare(form, target, on_host)
-        clean_x, clean_y, doubled, params = x, y, False, None
+        clean_x, clean_y, doubled, params, enabled = x, y, False, None, None
         if p > 0 and scale > 0 and x.shape[0] > 1:
             finite = self._guard.finite(x, y, form, on_host)
             if finite is False:  # read on the host: leave the batch as it is
@@ -350,16 +448,21 @@ class MixupCallback(pl.Callback):
                     params = self.policy.sample(x.shape, generator, p=p, alpha_scale=scale)
                 clean_y, unlabelled = self._targets.rows(form, target, y, params)
                 if hidden:
-                    y = self._layers.arm(
-                        at, draft, generator, params, clean_y, unlabelled, enabled,
-                        self.keep_clean, self._boxes_drawn,
+                    mixed_y = self._layers.arm(
+                        at, draft, generator, params, None if as_given else clean_y, unlabelled,
+                        enabled, self.keep_clean, self._boxes_drawn,
                     )  # fmt: skip
-                    doubled = self.keep_clean and not params.identity
+                    y = clean_y if mixed_y is None else mixed_y
+                    doubled = self.keep_clean and not params.identity and not as_given
                 else:
                     if self.keep_clean and not params.identity:  # mix a copy: keep the clean x
                         x = x.clone(memory_format=torch.contiguous_format)
                     buffer = self._reuse_buffer(x, part)
-                    x, y = self.policy.apply(x, clean_y, params, buffer, enabled, unlabelled)
+                    if as_given:  # the inputs; a mask follows the cuts, the loss the blends
+                        x = self.policy.mix_inputs(x, params, buffer, enabled)
+                        y = _pasted(form, clean_y, params, enabled)
+                    else:
+                        x, y = self.policy.apply(x, clean_y, params, buffer, enabled, unlabelled)
                 if self.mask_key is not None and not params.identity:
                     join_masks(
                         container, self.mask_key, self.mask_marks, params, enabled, self.keep_clean
@@ -367,8 +470,15 @@ class MixupCallback(pl.Callback):
         if self.keep_clean:  # the clean samples, then their mixed copies
             x, y = torch.cat([clean_x, x]), y if doubled else torch.cat([clean_y, y])
             # A joined mask already holds 2B rows; an unmixed batch's mask is doubled here.
-            repeat_samples(container, len(clean_x), (self.input_key, self.target_key))
-        container[self.target_key], container[self.input_key] = y, x
+            repeat_samples(container, len(clean_x), keys)
+        container[keys[1]], container[keys[0]] = y, x
+        if as_given and params is not None:
+            dense = form.endswith("mask")
+            mix = LossMix.build(params, y, dense, self.keep_clean, enabled)
+            if mix is not None:
+                self._loss_mixes[part] = mix
+            if hidden:  # a CutMix box on the layer's grid: λ is final when the layer runs
+                self._pending = (y, dense, enabled)
         self._guard.add(strength, params)
         return None if params is None or params.identity else params
 
@@ -376,6 +486,9 @@ class MixupCallback(pl.Callback):
         """A hidden layer's CutMix boxes were drawn: count and report the exact parameters."""
         self._guard.correct(requested, final)
         self.last_params = None if final.identity else final
+        if self._swap is not None and self._pending is not None:
+            y, dense, enabled = self._pending
+            self._swap.update(None, LossMix.build(final, y, dense, self.keep_clean, enabled))
 
     def on_train_batch_end(
         self,
@@ -385,14 +498,24 @@ class MixupCallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Remove the hidden layer's hook; refuse a step that mixed the targets but not the layer."""
-        self._layers.finish_step(outputs)
+        """Remove the hooks of the step; refuse a step that mixed only half of what it must.
+
+        With a hidden layer: the targets mixed but not the layer. With ``targets="loss"``: the
+        inputs mixed but the criterion never called.
+        """
+        try:
+            self._layers.finish_step(outputs)
+        finally:
+            if self._swap is not None:
+                self._swap.finish_step(outputs)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        """Remove any hook left by a training step that raised."""
+        """Remove any hook left by a training step that raised; restore the criterion."""
         self._layers.disarm_all()
+        if self._swap is not None:
+            self._swap.restore()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the epoch's mean strength and λ, and the count of non-finite batches."""
@@ -421,6 +544,19 @@ class MixupCallback(pl.Callback):
         if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
             buf = self._buffers[part] = torch.empty_like(x, memory_format=torch.contiguous_format)
         return buf
+
+
+def _pasted(form: str, target: Tensor, params: MixParams, enabled: Tensor | None) -> Tensor:
+    """The targets under ``targets="loss"``: masks get the partner's in CutMix boxes, else as given.
+
+    A blended sample keeps its own mask (its loss is blended instead); labels stay as they are.
+    """
+    if not form.endswith("mask"):
+        return target
+    pasted = mix_target(target, params.cuts_only())
+    if enabled is not None and pasted is not target:
+        pasted = torch.where(enabled, pasted, target)
+    return pasted
 
 
 def _reads_back_cheaply(device: torch.device) -> bool:

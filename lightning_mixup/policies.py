@@ -15,7 +15,7 @@ sample itself and partners form a random perfect matching.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -85,6 +85,15 @@ class MixParams:
         A blended pixel is a mix of two classes, so an integer index mask cannot hold it.
         """
         return bool(((self.lam < 1.0) & ~self.cut).any())
+
+    def cuts_only(self) -> MixParams:
+        """These parameters with every blended sample left as it is: what a mask follows exactly.
+
+        Used by ``targets="loss"``, where an index mask stays an index mask: cut samples get the
+        partner's mask in the box, blended ones keep their own (their loss is blended instead).
+        """
+        lam = torch.where(self.cut, self.lam, torch.ones_like(self.lam))
+        return replace(self, lam=lam, identity=self.identity or not bool((lam < 1.0).any()))
 
 
 @dataclass(frozen=True)
@@ -263,8 +272,22 @@ class _Policy:
         Returns:
             ``(mixed inputs, mixed targets)``.
         """
+        x = self.mix_inputs(x, params, buffer, enabled)
+        mixed_target = mix_target(target, params, unlabelled)
+        if enabled is not None and not params.identity:  # disabled: the targets as they were
+            mixed_target = torch.where(enabled, mixed_target, target)
+        return x, mixed_target
+
+    def mix_inputs(
+        self,
+        x: Tensor,
+        params: MixParams,
+        buffer: Tensor | None = None,
+        enabled: Tensor | None = None,
+    ) -> Tensor:
+        """Mix the inputs alone with drawn parameters (see :meth:`apply`); use what is returned."""
         if params.identity:
-            return x, target
+            return x
         original = x
         if enabled is not None or not F.owns_memory(x):
             x = x.clone(memory_format=torch.contiguous_format)
@@ -282,11 +305,9 @@ class _Policy:
             F.mix_(x, partner, 1.0 - float(params.lam.min()), buffer)  # a self-paired sample: 1
         else:
             F.mix_(x, partner, _partner_weights(params, x.shape, device, x.dtype), buffer)
-        mixed_target = mix_target(target, params, unlabelled)
-        if enabled is not None:  # where disabled, the batch comes back bit for bit as it was
+        if enabled is not None:  # where disabled, the inputs come back bit for bit as they were
             x = torch.where(enabled, x, original)
-            mixed_target = torch.where(enabled, mixed_target, target)
-        return x, mixed_target
+        return x
 
 
 def _box(params: MixParams) -> tuple[slice, ...]:

@@ -8,12 +8,12 @@ an active exception", SIGABRT) after the test itself has passed.
 """
 
 import atexit
+import sys
 
 
 def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # never import torch at exit
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -374,3 +374,63 @@ class DrawLog(pl.Callback):
             "draws": self.draws,
         }
         torch.save(record, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+class CriterionModule(pl.LightningModule):
+    """A linear classifier whose training loss is ``self.criterion(logits, y)``; records each step.
+
+    Each training step records its inputs, targets, logits, loss and the type of
+    ``self.criterion`` it saw; each validation step the type it saw.
+    """
+
+    def __init__(
+        self,
+        criterion: nn.Module | None = None,
+        num_classes: int = 32,
+        in_features: int = 32,
+        input_key: Any = 0,
+        target_key: Any = 1,
+        out_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.out_dir = num_classes, out_dir
+        self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.input_key, self.target_key = input_key, target_key
+        self.layer = nn.Linear(in_features, num_classes)
+        self.records: list[dict[str, Any]] = []
+        self.val_criteria: list[str] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.flatten(1).to(self.layer.weight.dtype)).float()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        from lightning_mixup import MixupCallback
+
+        x, y = batch[self.input_key], batch[self.target_key]
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        cb = next((c for c in self.trainer.callbacks if isinstance(c, MixupCallback)), None)
+        self.records.append(
+            {
+                "params": None if cb is None else cb.last_params,
+                "x": x.detach().clone(),
+                "y": y.detach().clone(),
+                "logits": logits.detach().clone(),
+                "loss": loss.detach().clone(),
+                "criterion": type(self.criterion).__name__,
+            }
+        )
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.val_criteria.append(type(self.criterion).__name__)
+
+    def on_train_end(self) -> None:
+        if self.out_dir is not None:  # under ddp_spawn the parent reads what each rank saved
+            import os
+
+            path = os.path.join(self.out_dir, f"rank{self.global_rank}.pt")
+            torch.save({"records": self.records}, path)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -287,7 +287,9 @@ def fit_with_batch(batch, cb=None, **module_kw):
         (Pair(torch.zeros(2, 32), torch.zeros(2, dtype=torch.long)), TypeError, "got Pair.*Return a list"),
         (torch.zeros(2, 32), TypeError, "must be a list or a dict, got Tensor"),
         ([torch.zeros(2, 32)], ValueError, r"`target_key` = 1 is not in the batch \(it has 1 elements\)"),
-        ({"x": torch.zeros(2, 32)}, ValueError, r"`input_key` = 0 is not in the batch \(it has \['x'\]\)"),
+        ({"x": torch.zeros(2, 32)}, ValueError, r"`target_key` is None, .*found none; the batch has the keys \['x'\]"),
+        ({"x": torch.zeros(2, 32), "y": torch.zeros(2, dtype=torch.long), "label": torch.zeros(2, dtype=torch.long)},
+         ValueError, r"`target_key` is None, .*found several \('label', 'y'\)"),
         ([torch.zeros(2, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)], TypeError,
          r"must be floating point to be mixed, got dtype torch.uint8.*x.float\(\) / 255"),
         ([torch.zeros(2, 32), torch.tensor([0, 16])], ValueError, r"\[0, 16\), got values \[16\]"),
@@ -325,7 +327,7 @@ def test_bad_batches_raise_before_any_training_step(batch, error, match):
         ({"ramp_target": "lam"}, r"`ramp_target` must be one of \('p', 'alpha'\), got 'lam'"),
         ({"num_classes": 0}, "`num_classes` must be an integer >= 1, got 0"),
         ({"seed": 1.5}, "`seed` must be an integer or None, got 1.5"),
-        ({"input_key": 1.0}, "`input_key` must be a list index or a dict key, got 1.0"),
+        ({"input_key": 1.0}, "`input_key` must be None, a list index or a dict key, got 1.0"),
     ],
 )
 def test_argument_errors(kwargs, match):

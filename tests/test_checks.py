@@ -40,7 +40,12 @@ def test_bad_values_are_named_with_the_value_received(check, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"target_key": [1]}, r"`target_key` must be a list index or a dict key, got \[1\]\."),
+        (
+            {"target_key": [1]},
+            r"`target_key` must be None, a list index or a dict key, got \[1\]\.",
+        ),
+        ({"targets": "hard"}, r"`targets` must be one of \(.auto., .soft., .loss.\), got .hard.\."),
+        ({"criterion": "2nd"}, r"`criterion` must be None or a Python identifier, got .2nd.\."),
         ({"mask_key": 1.0}, r"`mask_key` must be None, a list index or a dict key, got 1\.0\."),
         ({"name": 3}, r"`name` must be None or a Python identifier, got 3\."),
         ({"ignore_index": True}, r"`ignore_index` must be an integer or None, got True\."),

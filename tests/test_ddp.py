@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_mixup import MixupCallback
-from tests.probes import DrawRecorder, loader, tiny_trainer
+from tests.probes import CriterionModule, DrawRecorder, loader, tiny_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +143,23 @@ def test_keep_clean_doubles_each_ranks_batch_with_its_own_draws(tmp_path):
             lam = d["lam"].float()[:, None]
             torch.testing.assert_close(y[4:], lam * y[:4] + (1 - lam) * y[:4][d["partner"]])
     assert not draws_equal(r0["draws"], r1["draws"])
+
+
+def test_loss_mode_under_ddp_keeps_each_ranks_labels_and_mixes_their_losses(tmp_path):
+    pl.seed_everything(0)
+    module = CriterionModule(num_classes=32, out_dir=str(tmp_path))
+    cb = MixupCallback(alpha=1.0, cutmix_alpha=1.0, mode="elem", targets="loss")
+    trainer = tiny_trainer(devices=2, strategy="ddp_spawn", max_epochs=1, callbacks=[cb])
+    trainer.fit(module, loader(32, 4, shuffle=True, shape=(2, 4, 4)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False)["records"] for r in (0, 1)]
+    assert [len(r) for r in ranks] == [4, 4]
+    assert not torch.equal(ranks[0][0]["params"].lam, ranks[1][0]["params"].lam)
+    for records in ranks:
+        for record in records:
+            y, params = record["y"], record["params"]
+            assert y.dtype == torch.int64 and y.shape == (4,)
+            onehot = torch.nn.functional.one_hot(y, 32).float()
+            lam = params.lam.float()[:, None]
+            soft = lam * onehot + (1 - lam) * onehot[params.partner]
+            expected = torch.nn.functional.cross_entropy(record["logits"], soft)
+            torch.testing.assert_close(record["loss"], expected, rtol=1e-5, atol=1e-6)

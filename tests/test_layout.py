@@ -11,7 +11,7 @@ import lightning_mixup
 PACKAGE = Path(lightning_mixup.__file__).parent
 CORE = (
     "functional", "policies", "schedule", "callback",
-    "_batch", "_checks", "_guard", "_hidden", "_seed", "_targets",
+    "_batch", "_checks", "_criterion", "_guard", "_hidden", "_seed", "_targets",
 )  # fmt: skip
 HEAVY = (
     "sklearn",
