@@ -293,8 +293,8 @@ class MixedGridLogger(pl.Callback):
     It looks at what the network is fed: the inputs and soft targets of the first batch a
     :class:`~lightning_mixup.MixupCallback` mixed in the epoch, read from the batch after the
     training step, titled with their soft-label weights. The grid goes to TensorBoard when a
-    ``TensorBoardLogger`` is attached, else to ``mixed_grid_epoch{N}.png`` in the run's log
-    folder (see :func:`log_mixed_grid`). Epochs are 0-based: grids are drawn in epochs 0, N, 2N...
+    ``TensorBoardLogger`` is attached, else to ``mixed_grid_epoch{N}.png`` in ``trainer.log_dir``
+    (see :func:`log_mixed_grid`). Epochs are 0-based: grids are drawn in epochs 0, N, 2N...
     Needs matplotlib (``pip install "lightning-mixup[plots]"``) and image batches
     ``(B, C, H, W)`` with 1 or 3 channels; other inputs warn once and are not drawn.
 
