@@ -30,16 +30,6 @@ def positive_integer(name: str, value: Any) -> int:
     return value
 
 
-def _is_number(value: Any, low: float, high: float, open_low: bool, open_high: bool) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (low < value if open_low else low <= value)
-        and (value < high if open_high else value <= high)
-    )
-
-
 def _number_rule(low: float, high: float, open_low: bool, open_high: bool) -> str:
     if low == -math.inf and high == math.inf:
         return "a finite number"
@@ -65,7 +55,14 @@ def number(
 
     ``hint`` follows the rule in the message, e.g. the unit: ``" (in [0, 1] pixel units)"``.
     """
-    if not _is_number(value, low, high, open_low, open_high):
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (low < value if open_low else low <= value)
+        and (value < high if open_high else value <= high)
+    )
+    if not ok:
         rule = _number_rule(low, high, open_low, open_high)
         raise ValueError(f"`{name}` must be {rule}{hint}, got {value!r}.")
     return float(value)
@@ -75,12 +72,7 @@ def optional_number(
     name: str, value: Any, low: float = -math.inf, *, open_low: bool = False
 ) -> float | None:
     """Return None, or ``float(value)`` if it is a finite number ``>= low`` (``> low``)."""
-    if value is None:
-        return None
-    if not _is_number(value, low, math.inf, open_low, False):
-        rule = _number_rule(low, math.inf, open_low, False)
-        raise ValueError(f"`{name}` must be {rule} or None, got {value!r}.")
-    return float(value)
+    return None if value is None else number(name, value, low, open_low=open_low, hint=" or None")
 
 
 def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
