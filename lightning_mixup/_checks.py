@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 
-def integer(name: str, value: Any, low: int) -> int:
-    """Return ``value`` if it is an integer ``>= low``; raise ``ValueError`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+def integer(name: str, value: Any, low: int | None = None) -> int:
+    """Return ``value`` if it is an integer (``>= low`` if given); raise ``ValueError`` if not."""
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        rule = "an integer" if low is None else f"an integer >= {low}"
+        raise ValueError(f"`{name}` must be {rule}, got {value!r}.")
     return value
 
 
@@ -29,24 +30,49 @@ def positive_integer(name: str, value: Any) -> int:
     return value
 
 
+def _number_rule(low: float, high: float, open_low: bool, open_high: bool) -> str:
+    if low == -math.inf and high == math.inf:
+        return "a finite number"
+    if high == math.inf:
+        if open_low and low == 0:
+            return "a positive number"
+        return f"a number {'>' if open_low else '>='} {low:g}"
+    left, right = "(" if open_low else "[", ")" if open_high else "]"
+    return f"a number in {left}{low:g}, {high:g}{right}"
+
+
 def number(
-    name: str, value: Any, low: float, high: float = math.inf, *, open_high: bool = False
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    hint: str = "",
 ) -> float:
-    """Return ``float(value)`` if it is a finite number in ``[low, high]`` (``[low, high)``)."""
+    """Return ``float(value)`` if it is a finite number in ``[low, high]`` (ends open on request).
+
+    ``hint`` follows the rule in the message, e.g. the unit: ``" (in [0, 1] pixel units)"``.
+    """
     ok = (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and low <= value
+        and (low < value if open_low else low <= value)
         and (value < high if open_high else value <= high)
     )
     if not ok:
-        if high == math.inf:
-            where = f">= {low:g}"
-        else:
-            where = f"in [{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ValueError(f"`{name}` must be a number {where}, got {value!r}.")
+        rule = _number_rule(low, high, open_low, open_high)
+        raise ValueError(f"`{name}` must be {rule}{hint}, got {value!r}.")
     return float(value)
+
+
+def optional_number(
+    name: str, value: Any, low: float = -math.inf, *, open_low: bool = False
+) -> float | None:
+    """Return None, or ``float(value)`` if it is a finite number ``>= low`` (``> low``)."""
+    return None if value is None else number(name, value, low, open_low=open_low, hint=" or None")
 
 
 def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
@@ -80,6 +106,28 @@ def stats(name: str, value: Any) -> Tensor | None:
     return out
 
 
+def mean_std(mean: Any, std: Any) -> tuple[Tensor | None, Tensor | None]:
+    """A normalisation's ``mean``/``std`` (:func:`stats`): both None, or both given and fitting.
+
+    Fitting: every ``std`` positive, as many entries in each (or one of them a single number).
+    """
+    m, s = stats("mean", mean), stats("std", std)
+    if (m is None) != (s is None):
+        raise ValueError(
+            "`mean` and `std` must be given together (or both left as None), got "
+            f"mean={mean!r}, std={std!r}."
+        )
+    if m is None or s is None:
+        return None, None
+    if bool((s <= 0).any()):
+        raise ValueError(f"`std` must be positive, got {std!r}.")
+    if m.numel() != s.numel() and 1 not in (m.numel(), s.numel()):
+        raise ValueError(
+            f"`mean` and `std` must have as many entries (or one), got {m.numel()} and {s.numel()}."
+        )
+    return m, s
+
+
 def optional_integer(name: str, value: Any) -> int | None:
     """Return ``value`` if it is None or an integer; raise ``ValueError`` otherwise."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -101,4 +149,20 @@ def identifier(name: str, value: Any) -> str | None:
     """Return ``value`` if it is None or a Python identifier; raise ``ValueError`` otherwise."""
     if value is not None and (not isinstance(value, str) or not value.isidentifier()):
         raise ValueError(f"`{name}` must be None or a Python identifier, got {value!r}.")
+    return value
+
+
+#: ``F.cross_entropy``'s default ``ignore_index``: index targets of this value are unlabelled.
+TORCH_IGNORE_INDEX = -100
+
+
+def ignore_index(value: Any, num_classes: int) -> int | None:
+    """Return ``value`` if it is None or an integer outside the class indices, ``[0, K)``."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or 0 <= value < num_classes
+    ):
+        raise ValueError(
+            f"`ignore_index` must be None or an integer outside [0, {num_classes}) (the class "
+            f"indices), such as 255 or {TORCH_IGNORE_INDEX}, got {value!r}."
+        )
     return value

@@ -1,5 +1,7 @@
 """Argument checks (`_checks`): one message form, booleans refused where numbers or keys are meant."""
 
+import math
+
 import pytest
 
 from lightning_mixup import MixupCallback
@@ -54,3 +56,76 @@ def test_bad_values_are_named_with_the_value_received(check, match):
 def test_the_callback_uses_them(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MixupCallback(**kwargs)
+
+
+def test_number_rules_read_as_written():
+    assert C.number("eps", 0, 0.0) == 0.0 and isinstance(C.number("eps", 0, 0.0), float)
+    assert C.number("lower", -3.5, -math.inf) == -3.5
+    assert C.number("step_size", 0.1, 0.0, open_low=True) == 0.1
+    assert C.optional_number("lower", None) is None
+    assert C.optional_number("step_size", 2, 0.0, open_low=True) == 2.0
+    assert C.integer("seed", -7) == -7
+
+
+@pytest.mark.parametrize(
+    ("check", "match"),
+    [
+        (lambda: C.number("eps", -1, 0.0), "`eps` must be a number >= 0, got -1."),
+        (
+            lambda: C.number("eps", math.inf, 0.0, hint=" (in [0, 1] pixel units)"),
+            "`eps` must be a number >= 0 (in [0, 1] pixel units), got inf.",
+        ),
+        (
+            lambda: C.number("temperature", 0.0, 0.0, open_low=True),
+            "`temperature` must be a positive number, got 0.0.",
+        ),
+        (lambda: C.number("x", 1.0, 1.0, open_low=True), "`x` must be a number > 1, got 1.0."),
+        (lambda: C.number("p", 1.5, 0.0, 1.0), "`p` must be a number in [0, 1], got 1.5."),
+        (
+            lambda: C.number("p", 0.0, 0.0, 1.0, open_low=True, open_high=True),
+            "`p` must be a number in (0, 1), got 0.0.",
+        ),
+        (
+            lambda: C.optional_number("lower", "a"),
+            "`lower` must be a finite number or None, got 'a'.",
+        ),
+        (
+            lambda: C.optional_number("step_size", True, 0.0, open_low=True),
+            "`step_size` must be a positive number or None, got True.",
+        ),
+        (lambda: C.integer("seed", 1.0), "`seed` must be an integer, got 1.0."),
+        (lambda: C.integer("steps", 0, 1), "`steps` must be an integer >= 1, got 0."),
+        (
+            lambda: C.mean_std(0.5, None),
+            "`mean` and `std` must be given together (or both left as None), got mean=0.5, "
+            "std=None.",
+        ),
+        (lambda: C.mean_std(0.5, [1.0, 0.0]), "`std` must be positive, got [1.0, 0.0]."),
+        (
+            lambda: C.mean_std([0, 0], [1, 1, 1]),
+            "`mean` and `std` must have as many entries (or one), got 2 and 3.",
+        ),
+        (
+            lambda: C.ignore_index(3, 11),
+            "`ignore_index` must be None or an integer outside [0, 11) (the class indices), "
+            "such as 255 or -100, got 3.",
+        ),
+        (
+            lambda: C.ignore_index(255.0, 11),
+            "`ignore_index` must be None or an integer outside [0, 11) (the class indices), "
+            "such as 255 or -100, got 255.0.",
+        ),
+    ],
+)
+def test_shared_rules_name_the_argument_the_rule_and_the_value(check, match):
+    with pytest.raises(ValueError) as error:
+        check()
+    assert str(error.value) == match
+
+
+def test_mean_std_and_ignore_index_pass_good_values_through():
+    assert C.mean_std(None, None) == (None, None)
+    m, s = C.mean_std(0.5, (0.2, 0.3, 0.4))
+    assert m.tolist() == [0.5] and s.tolist() == pytest.approx([0.2, 0.3, 0.4])
+    assert C.ignore_index(None, 11) is None and C.ignore_index(255, 11) == 255
+    assert C.ignore_index(C.TORCH_IGNORE_INDEX, 11) == -100

@@ -27,9 +27,10 @@ import torch.nn.functional as nnf
 import torchvision
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, random_split
 from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
+from torchvision.transforms import functional as TF
 
 from lightning_mixup import _checks as C
 from lightning_mixup._seed import torch_generator
@@ -41,14 +42,12 @@ _CROP_PADDING = 4
 
 # ---------------------------------------------------------------------------- seeded helpers
 def _split(n: int, sizes: Sequence[int], generator: torch.Generator) -> list[Tensor]:
-    """Randomly cut ``range(n)`` into pieces of ``sizes`` plus the rest; each piece sorted."""
-    perm = torch.randperm(n, generator=generator)
-    pieces, start = [], 0
-    for size in sizes:
-        pieces.append(perm[start : start + size].sort().values)
-        start += size
-    pieces.append(perm[start:].sort().values)
-    return pieces
+    """Randomly cut ``range(n)`` into pieces of ``sizes`` plus the rest; each piece sorted.
+
+    torch's ``random_split`` (one ``randperm(n)``, cut in order), as sorted index tensors.
+    """
+    pieces = random_split(range(n), [*sizes, n - sum(sizes)], generator=generator)
+    return [torch.tensor(piece.indices, dtype=torch.long).sort().values for piece in pieces]
 
 
 def _symmetric_label_noise(
@@ -97,11 +96,8 @@ def _crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding:
 
 
 def _normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 → float32 in [0, 1] → per-channel ``(x - mean) / std``; same ops as ToTensor+Normalize."""
-    x = images.to(torch.float32).div_(255)
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return x.sub_(m).div_(s)
+    """uint8 → float32 in [0, 1] → torchvision's ``normalize``: the ops of ToTensor + Normalize."""
+    return TF.normalize(images.to(torch.float32).div_(255), list(mean), list(std), inplace=True)
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -256,7 +252,8 @@ class CIFAR10DataModule(_ClassificationDataModule):
     Label noise is symmetric and touches the training split only: see the module docstring.
 
     Args:
-        data_dir: Folder that holds (or, with ``download=True``, will hold) ``cifar-10-batches-py``.
+        data_dir: Folder that holds (or, with ``download=True``, will hold) the dataset's folder,
+            ``cifar-10-batches-py`` (CIFAR-100: ``cifar-100-python``).
         download: Download and extract the archive into ``data_dir`` in ``prepare_data`` if the
             files are missing or corrupted.
         val_size: 0 validates on the official test split; otherwise this many training images,
@@ -268,7 +265,7 @@ class CIFAR10DataModule(_ClassificationDataModule):
         seed: Seed of the validation split, the label noise and the fast-path augmentation.
         pin_memory: Pin host memory; None pins only when the Trainer runs on a CUDA device (or,
             outside a Trainer, when CUDA is available).
-        fast: Use the in-memory batched pipeline described above instead of torchvision's
+        fast: Use the in-memory batched pipeline (the fast path above) instead of torchvision's
             per-image PIL transforms.
 
     Raises:
@@ -446,29 +443,8 @@ class CIFAR10DataModule(_ClassificationDataModule):
 class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100 (Krizhevsky, 2009): 50,000 training and 10,000 test 32×32 images, 100 classes.
 
-    Same pipeline and arguments as :class:`CIFAR10DataModule` (fine labels; files in
+    The pipeline, arguments and errors of :class:`CIFAR10DataModule` (fine labels; files in
     ``data_dir/cifar-100-python``), normalised with CIFAR-100's own channel statistics.
-
-    Args:
-        data_dir: Folder that holds (or, with ``download=True``, will hold) ``cifar-100-python``.
-        download: Download and extract the archive into ``data_dir`` in ``prepare_data`` if the
-            files are missing or corrupted.
-        val_size: 0 validates on the official test split; otherwise this many training images,
-            drawn with ``seed``, form the validation split (with evaluation transforms) and are
-            removed from training.
-        batch_size: Images per batch for every split.
-        num_workers: DataLoader worker processes.
-        label_noise: Fraction in ``[0, 1)`` of training labels replaced by a wrong class.
-        seed: Seed of the validation split, the label noise and the fast-path augmentation.
-        pin_memory: Pin host memory; None pins only when the Trainer runs on a CUDA device (or,
-            outside a Trainer, when CUDA is available).
-        fast: Use the in-memory batched pipeline instead of torchvision's per-image PIL transforms.
-
-    Raises:
-        ValueError: On an out-of-range argument; in ``setup``, when ``val_size`` leaves no
-            training images.
-        FileNotFoundError: In ``setup``, when the dataset files are not in ``data_dir``.
-        RuntimeError: In ``setup``, when a dataset file fails its MD5 check.
 
     Example::
 

@@ -66,17 +66,17 @@ def cosine_annealing(optimizer: Optimizer, max_epochs: int) -> CosineAnnealingLR
     return CosineAnnealingLR(optimizer, T_max=max_epochs)
 
 
-def _last_linear(backbone: nn.Module) -> nn.Linear | None:
-    """The backbone's last ``nn.Linear`` when it is also its last module with parameters.
+def _last_layer(backbone: nn.Module) -> nn.Module | None:
+    """The backbone's last module with parameters of its own: its output layer, if any.
 
-    That layer's width is then the logits' width and can be checked before any data flows; other
-    backbones are checked on the first step.
+    When that is a layer of known width (``nn.Linear``, a convolution), the logits' width can be
+    checked before any data flows; other backbones are checked on the first step.
     """
     last = None
     for module in backbone.modules():
         if any(True for _ in module.parameters(recurse=False)):
             last = module
-    return last if isinstance(last, nn.Linear) else None
+    return last
 
 
 class _SoftLabelModule(pl.LightningModule):
@@ -323,8 +323,10 @@ class SoftLabelClassifier(_SoftLabelModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def _output_width(self) -> tuple[int, str] | None:
-        final = _last_linear(self.backbone)
-        return None if final is None else (final.out_features, "values per sample")
+        final = _last_layer(self.backbone)
+        if not isinstance(final, nn.Linear):
+            return None
+        return final.out_features, "values per sample"
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Cross-entropy on index or (mixed) probability targets, with the training smoothing."""

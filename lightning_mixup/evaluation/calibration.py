@@ -22,13 +22,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from torchmetrics.functional.classification import multiclass_calibration_error
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_mixup import _checks as C
 
 __all__ = ["TemperatureScaling", "fit_temperature"]
 
-# F.cross_entropy's default ignore_index: index targets of this value are always unlabelled.
-_TORCH_IGNORE_INDEX = -100
 _ECE_BINS = 15
 # T is kept in [1/100, 100]: when every validation sample is right the NLL keeps falling as
 # T → 0 (and as T → ∞ when every one is wrong), and an unbounded search would reach 0 or ∞.
@@ -37,10 +36,6 @@ _MIN_T, _MAX_T = 0.01, 100.0
 
 
 # ---------------------------------------------------------------------------- the pure function
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
 def _rows(logits: Any, target: Any, ignore_index: int | None) -> tuple[Tensor, Tensor]:
     """Check logits and targets; return the labelled rows: ``(n, K)`` logits and the targets.
 
@@ -52,13 +47,14 @@ def _rows(logits: Any, target: Any, ignore_index: int | None) -> tuple[Tensor, T
         raise TypeError(
             f"`logits` must be a floating-point (N, K) or (N, K, *spatial) tensor, got {got}."
         )
+    shape = tuple(logits.shape)
     if logits.ndim < 2:
         raise ValueError(
             f"`logits` must have shape (N, K) or (N, K, *spatial), classes in dimension 1, got "
-            f"{_shape(logits)}."
+            f"{shape}."
         )
     if logits.numel() == 0:
-        raise ValueError(f"`logits` must not be empty, got shape {_shape(logits)}.")
+        raise ValueError(f"`logits` must not be empty, got shape {shape}.")
     if not isinstance(target, Tensor) or target.dtype == torch.bool or target.is_complex():
         got = f"dtype {target.dtype}" if isinstance(target, Tensor) else type(target).__name__
         raise TypeError(
@@ -69,21 +65,21 @@ def _rows(logits: Any, target: Any, ignore_index: int | None) -> tuple[Tensor, T
     index_shape = (logits.shape[0], *logits.shape[2:])
     flat_logits = logits.detach().movedim(1, -1).reshape(-1, k)
     if target.is_floating_point():
-        if _shape(target) != _shape(logits):
+        if target.shape != logits.shape:
             raise ValueError(
                 f"`target` holds probability rows, so it must have the logits' shape "
-                f"{_shape(logits)} (classes in dimension 1), got {_shape(target)}."
+                f"{shape} (classes in dimension 1), got {tuple(target.shape)}."
             )
         flat_target = target.detach().movedim(1, -1).reshape(-1, k)
         labelled = flat_target.sum(dim=1) > 0
     else:
-        if _shape(target) != index_shape:
+        if target.shape != index_shape:
             raise ValueError(
                 f"`target` holds class indices, so it must have shape (N, *spatial) = "
-                f"{index_shape} for logits of shape {_shape(logits)}, got {_shape(target)}."
+                f"{index_shape} for logits of shape {shape}, got {tuple(target.shape)}."
             )
         flat_target = target.detach().reshape(-1).long()
-        labelled = flat_target != _TORCH_IGNORE_INDEX
+        labelled = flat_target != C.TORCH_IGNORE_INDEX
         if ignore_index is not None:
             labelled &= flat_target != ignore_index
         bad = labelled & ((flat_target < 0) | (flat_target >= k))
@@ -250,21 +246,12 @@ class _ForwardTap:
 def _gather_rows(trainer: pl.Trainer, device: torch.device, rows: Tensor) -> Tensor:
     """All processes' ``(n_r, *rest)`` rows concatenated in rank order, on the CPU.
 
-    ``rest`` must be the same on every process; ``n_r`` may differ (rows are padded to the
-    largest count for the all-gather, then trimmed).
+    ``rest`` must be the same on every process; ``n_r`` may differ (torchmetrics'
+    ``gather_all_tensors`` pads and trims them).
     """
     if trainer.world_size == 1:
         return rows.cpu()
-    strategy = trainer.strategy
-    count = torch.tensor([rows.shape[0]], device=device)
-    sizes = [int(n) for n in strategy.all_gather(count).reshape(-1).tolist()]
-    largest = max(sizes)
-    if largest == 0:
-        return rows.cpu()
-    padded = torch.zeros((largest, *rows.shape[1:]), dtype=rows.dtype, device=device)
-    padded[: rows.shape[0]] = rows.to(device)
-    gathered = strategy.all_gather(padded).cpu()
-    return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+    return torch.cat([part.cpu() for part in gather_all_tensors(rows.to(device))])
 
 
 def _batch_item(batch: Any, key: int | str, what: str, owner: str, arg: str) -> Tensor:
@@ -383,13 +370,7 @@ class TemperatureScaling(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore T (and whether it was fitted) from a checkpoint."""
         temperature = state_dict.get("temperature", 1.0)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not 0 < temperature < math.inf
-        ):
-            raise ValueError(f"`temperature` must be a positive number, got {temperature!r}.")
-        self.temperature = float(temperature)
+        self.temperature = C.number("temperature", temperature, 0.0, open_low=True)
         self.fitted = bool(state_dict.get("fitted", True))
 
     # ------------------------------------------------------------------ hook placement
@@ -458,9 +439,9 @@ class TemperatureScaling(pl.Callback):
         except (TypeError, ValueError) as err:
             raise ValueError(
                 f"TemperatureScaling pairs the module's forward output (shape "
-                f"{_shape(logits)}, classes in dimension 1) with the targets at "
-                f"`batch[{self.target_key!r}]` (shape {_shape(target)}, dtype {target.dtype}), "
-                f"but they do not fit: {err}"
+                f"{tuple(logits.shape)}, classes in dimension 1) with the targets at "
+                f"`batch[{self.target_key!r}]` (shape {tuple(target.shape)}, dtype "
+                f"{target.dtype}), but they do not fit: {err}"
             ) from err
         if target_rows.is_floating_point():
             target_rows = target_rows.float()

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics.functional.classification import binary_auroc
 
 from lightning_mixup import _checks as C
 from lightning_mixup.evaluation.calibration import _batch_item, _ForwardTap, _gather_rows
@@ -79,7 +79,7 @@ def ood_auroc(in_scores: Tensor, out_scores: Tensor) -> float:
 
     The probability that a random in-distribution sample scores higher than a random OOD sample,
     ties counting one half: 1.0 is perfect separation, 0.5 chance, 0.0 perfectly reversed. It is
-    torchmetrics' ``BinaryAUROC`` (exact, no thresholds) with the in-distribution scores as
+    torchmetrics' ``binary_auroc`` (exact, no thresholds) with the in-distribution scores as
     positives. Scores are typically :func:`max_softmax` confidences; any real score where higher
     means "more in-distribution" works (torchmetrics passes scores outside ``[0, 1]`` through a
     sigmoid, which keeps their order).
@@ -102,9 +102,7 @@ def ood_auroc(in_scores: Tensor, out_scores: Tensor) -> float:
     positive, negative = _scores("in_scores", in_scores), _scores("out_scores", out_scores)
     preds = torch.cat([positive, negative])
     target = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]).long()
-    metric = BinaryAUROC(thresholds=None, sync_on_compute=False, validate_args=False)
-    metric.update(preds, target)
-    return float(metric.compute())
+    return float(binary_auroc(preds, target, thresholds=None, validate_args=False))
 
 
 class OODEval(pl.Callback):

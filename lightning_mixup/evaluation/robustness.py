@@ -20,7 +20,6 @@ parameters' ``.grad`` are left alone, and they work inside ``torch.no_grad`` and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,8 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from lightning_mixup import _checks as C
 from lightning_mixup._seed import torch_generator
-from lightning_mixup.evaluation.visual import normalisation_from, reliability_diagram, run_dir
+from lightning_mixup.evaluation.calibration import _batch_item
+from lightning_mixup.evaluation.visual import normalisation_from, reliability_diagram
 
 __all__ = ["AdversarialEval", "fgsm", "pgd"]
 
@@ -43,35 +43,11 @@ Stats = float | Sequence[float] | Tensor | None
 
 
 # ---------------------------------------------------------------------------- argument checks
-def _non_negative(name: str, value: Any, hint: str = "") -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-    if not ok or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a non-negative number{hint}, got {value!r}.")
-    return float(value)
-
-
-def _bound(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number or None, got {value!r}.")
-    return float(value)
-
-
-def _check_stats(mean: Stats, std: Stats) -> tuple[Tensor | None, Tensor | None]:
-    m, s = C.stats("mean", mean), C.stats("std", std)
-    if (m is None) != (s is None):
-        raise ValueError(
-            "`mean` and `std` must be given together (both None attacks the raw inputs), got "
-            f"mean={mean!r}, std={std!r}."
-        )
-    if s is not None and bool((s <= 0).any()):
-        raise ValueError(f"`std` must be positive, got {std!r}.")
-    if m is not None and m.numel() != s.numel() and 1 not in (m.numel(), s.numel()):
-        raise ValueError(
-            f"`mean` and `std` must have as many entries (or one), got {m.numel()} and {s.numel()}."
-        )
-    return m, s
+def _bounds(lower: Any, upper: Any) -> tuple[float | None, float | None]:
+    low, high = C.optional_number("lower", lower), C.optional_number("upper", upper)
+    if low is not None and high is not None and low >= high:
+        raise ValueError(f"`lower` must be below `upper`, got lower={lower!r}, upper={upper!r}.")
+    return low, high
 
 
 # ---------------------------------------------------------------------------- the attack space
@@ -81,8 +57,7 @@ class _Space:
     def __init__(
         self, x: Tensor, mean: Stats, std: Stats, lower: float | None, upper: float | None
     ) -> None:
-        lower, upper = _bound("lower", lower), _bound("upper", upper)
-        m, s = _check_stats(mean, std)
+        m, s = C.mean_std(mean, std)
         if m is not None:
             channels = max(m.numel(), s.numel())
             if channels > 1 and (x.ndim < 2 or x.shape[1] != channels):
@@ -94,11 +69,8 @@ class _Space:
             m, s = (t.to(x.device, torch.float32).reshape(view) for t in (m, s))
             lower = 0.0 if lower is None else lower
             upper = 1.0 if upper is None else upper
-        if lower is not None and upper is not None and lower >= upper:
-            raise ValueError(
-                f"`lower` must be below `upper`, got lower={lower!r}, upper={upper!r}."
-            )
-        self.mean, self.std, self.lower, self.upper = m, s, lower, upper
+        self.lower, self.upper = _bounds(lower, upper)
+        self.mean, self.std = m, s
 
     def to_attack(self, x: Tensor) -> Tensor:
         x = x.detach().float()
@@ -125,8 +97,7 @@ def _check_inputs(model: Any, x: Any, y: Any, eps: Any, normalised: bool) -> flo
             f"`y` must be ({x.shape[0]},) class indices or ({x.shape[0]}, num_classes) "
             f"probabilities, got {got}."
         )
-    hint = " (in [0, 1] pixel units)" if normalised else ""
-    return _non_negative("eps", eps, hint)
+    return C.number("eps", eps, 0.0, hint=" (in [0, 1] pixel units)" if normalised else "")
 
 
 def _usable(t: Tensor) -> Tensor:
@@ -254,14 +225,9 @@ def pgd(
     """
     eps = _check_inputs(model, x, y, eps, mean is not None)
     steps = C.integer("steps", steps, 1)
+    step_size = C.optional_number("step_size", step_size, 0.0, open_low=True)
     if step_size is None:
         step_size = 2.5 * eps / steps
-    elif (
-        isinstance(step_size, bool)
-        or not isinstance(step_size, (int, float))
-        or not 0 < step_size < math.inf
-    ):
-        raise ValueError(f"`step_size` must be a positive number or None, got {step_size!r}.")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"`generator` must be a torch.Generator or None, got {type(generator).__name__}."
@@ -310,8 +276,8 @@ class AdversarialEval(pl.Callback):
     process into :attr:`confidences` and :attr:`correct`. Rank 0 then writes
     ``reliability_diagram.png`` (accuracy vs confidence in ``n_bins`` bins with the diagonal, ECE in
     the title: the same number as ``MulticlassCalibrationError(n_bins=n_bins, norm="l1")``, see
-    :func:`~lightning_mixup.evaluation.visual.calibration_bins`) to the run's log folder (the first
-    TensorBoard/CSV logger's ``log_dir``, else ``default_root_dir``).
+    :func:`~lightning_mixup.evaluation.visual.calibration_bins`) to Lightning's
+    ``trainer.log_dir`` (``trainer.default_root_dir`` when the first logger has no folder).
 
     The model stays in eval mode and its weights, buffers and ``.grad`` are untouched: gradients
     are taken w.r.t. the inputs only, under ``torch.enable_grad()`` with inference mode switched
@@ -366,32 +332,17 @@ class AdversarialEval(pl.Callback):
     ) -> None:
         if isinstance(epsilons, (str, bytes)) or not isinstance(epsilons, Sequence) or not epsilons:
             raise ValueError(f"`epsilons` must be a non-empty list of numbers, got {epsilons!r}.")
-        self.epsilons = [
-            _non_negative("epsilons", e, " (each ε, in [0, 1] pixel units)") for e in epsilons
-        ]
+        hint = " (each ε, in [0, 1] pixel units)"
+        self.epsilons = [C.number("epsilons", e, 0.0, hint=hint) for e in epsilons]
         names = [f"{e:g}" for e in self.epsilons]
         if len(set(names)) != len(names):
             raise ValueError(f"`epsilons` must be distinct, got {list(epsilons)!r}.")
         self.pgd_steps = C.integer("pgd_steps", pgd_steps, 0)
-        if pgd_step_size is not None and (
-            isinstance(pgd_step_size, bool)
-            or not isinstance(pgd_step_size, (int, float))
-            or not 0 < pgd_step_size < math.inf
-        ):
-            raise ValueError(
-                f"`pgd_step_size` must be a positive number or None, got {pgd_step_size!r}."
-            )
-        self.pgd_step_size = None if pgd_step_size is None else float(pgd_step_size)
-        _check_stats(mean, std)
+        self.pgd_step_size = C.optional_number("pgd_step_size", pgd_step_size, 0.0, open_low=True)
+        C.mean_std(mean, std)
         self.mean, self.std = mean, std
-        self.lower, self.upper = _bound("lower", lower), _bound("upper", upper)
-        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
-            raise ValueError(
-                f"`lower` must be below `upper`, got lower={lower!r}, upper={upper!r}."
-            )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"`seed` must be an integer, got {seed!r}.")
-        self.seed = seed
+        self.lower, self.upper = _bounds(lower, upper)
+        self.seed = C.integer("seed", seed)
         self.n_bins = C.integer("n_bins", n_bins, 1)
         self.save_diagram = bool(save_diagram)
         self.input_key = C.key("input_key", input_key)
@@ -442,7 +393,7 @@ class AdversarialEval(pl.Callback):
                 "`lower`/`upper` bound them. Pass `mean` and `std` to measure ε in pixels."
             )
         else:
-            _check_stats(*self._stats)
+            C.mean_std(*self._stats)
 
     def on_test_batch_end(
         self,
@@ -504,23 +455,14 @@ class AdversarialEval(pl.Callback):
             self.correct = dim_zero_cat(self._calibration.accuracies).float().cpu()
         self._calibration.reset()
         self.diagram_path = None
-        if self.save_diagram and trainer.is_global_zero and self.confidences.numel() > 0:
-            path = run_dir(trainer) / "reliability_diagram.png"
-            reliability_diagram(self.confidences, self.correct, self.n_bins, path)
-            self.diagram_path = path
+        if self.save_diagram and self.confidences.numel() > 0:  # the same on every process
+            folder = trainer.log_dir or trainer.default_root_dir  # under DDP a broadcast: all read
+            if trainer.is_global_zero:
+                path = Path(folder) / "reliability_diagram.png"
+                reliability_diagram(self.confidences, self.correct, self.n_bins, path)
+                self.diagram_path = path
 
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
-        try:
-            x, y = batch[self.input_key], batch[self.target_key]
-        except (KeyError, IndexError, TypeError) as err:
-            raise TypeError(
-                f"AdversarialEval reads the inputs at `batch[{self.input_key!r}]` and the targets "
-                f"at `batch[{self.target_key!r}]`, which this {type(batch).__name__} batch does "
-                "not have; set `input_key`/`target_key`."
-            ) from err
-        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-            raise TypeError(
-                f"AdversarialEval needs tensor inputs and targets, got {type(x).__name__} and "
-                f"{type(y).__name__}."
-            )
+        x = _batch_item(batch, self.input_key, "inputs", "AdversarialEval", "input_key")
+        y = _batch_item(batch, self.target_key, "targets", "AdversarialEval", "target_key")
         return x, y

@@ -37,7 +37,6 @@ __all__ = [
     "normalisation_from",
     "plot_reliability",
     "reliability_diagram",
-    "run_dir",
     "save_mixed_grid",
 ]
 
@@ -100,8 +99,7 @@ def format_soft_label(
         >>> format_soft_label(torch.tensor([0.0, 0.0, 0.0, 0.62, 0.0, 0.0, 0.0, 0.38]))
         '3:0.62 7:0.38'
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}.")
+    C.positive_integer("top_k", top_k)
     target = target.detach().cpu()
     if target.ndim == 0 and not target.is_floating_point():
         index = int(target)
@@ -142,8 +140,7 @@ def _grid_figure(
     max_images: int,
     class_names: Sequence[str] | None,
 ) -> Figure:
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-        raise ValueError(f"`max_images` must be a positive integer, got {max_images!r}.")
+    C.positive_integer("max_images", max_images)
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(
@@ -159,14 +156,11 @@ def _grid_figure(
             f"`images` and `targets` must hold the same, non-zero number of samples, got "
             f"{images.shape[0]} and {targets.shape[0]}."
         )
-    m, s = C.stats("mean", mean), C.stats("std", std)
-    if (m is None) != (s is None):
-        raise ValueError("`mean` and `std` must be given together (or both left as None).")
-    if s is not None and bool((s <= 0).any()):
-        raise ValueError(f"`std` must be positive, got {std!r}.")
-    if m is not None and m.numel() not in (1, images.shape[1]):
+    m, s = C.mean_std(mean, std)
+    if m is not None and s is not None and max(m.numel(), s.numel()) not in (1, images.shape[1]):
         raise ValueError(
-            f"`mean`/`std` must have 1 or C = {images.shape[1]} entries, got {m.numel()}."
+            f"`mean`/`std` must have 1 or C = {images.shape[1]} entries, got "
+            f"{max(m.numel(), s.numel())}."
         )
     n = min(max_images, images.shape[0])
     pictures = _displayable(images[:n], m, s)
@@ -227,22 +221,6 @@ def save_mixed_grid(
     return path
 
 
-def run_dir(trainer: pl.Trainer) -> Path:
-    """The run's log folder, computed locally (no collective call, safe on rank 0 only).
-
-    The first TensorBoard/CSV logger's ``log_dir``, else the first logger's ``save_dir``, else
-    ``trainer.default_root_dir``: what ``trainer.log_dir`` returns, without its DDP broadcast.
-    """
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    for logger in trainer.loggers:
-        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
-            return Path(logger.log_dir)
-        if logger.save_dir is not None:
-            return Path(logger.save_dir)
-    return Path(trainer.default_root_dir)
-
-
 def log_mixed_grid(
     trainer: pl.Trainer,
     images: Tensor,
@@ -250,15 +228,21 @@ def log_mixed_grid(
     tag: str = "mixup/grid",
     max_images: int = 16,
     class_names: Sequence[str] | None = None,
+    *,
+    folder: str | Path | None = None,
 ) -> Path | None:
     """Send a grid of mixed training images to TensorBoard, or save it as a PNG; rank 0 only.
 
     Meant to be called from a callback hook with the batch it just mixed. On ranks other than 0
-    it does nothing. With a ``TensorBoardLogger`` among ``trainer.loggers``, the grid goes to
+    it draws nothing. With a ``TensorBoardLogger`` among ``trainer.loggers``, the grid goes to
     ``logger.experiment.add_image(tag, ..., global_step=trainer.global_step)``; otherwise it is
-    written to ``<run dir>/mixed_grid_epoch{N}.png``, ``N`` being the 0-based
-    ``trainer.current_epoch`` and the run dir as in :func:`run_dir`. Images are un-normalised with
-    ``trainer.datamodule.mean``/``.std`` when the datamodule has them.
+    written to ``<folder>/mixed_grid_epoch{N}.png``, ``N`` being the 0-based
+    ``trainer.current_epoch``. Images are un-normalised with ``trainer.datamodule.mean``/``.std``
+    when the datamodule has them.
+
+    ``folder=None`` reads Lightning's ``trainer.log_dir`` (``trainer.default_root_dir`` when the
+    first logger has no folder). Under DDP that is a broadcast from rank 0, so then call this
+    function on every process alike (as in the example), or pass ``folder``.
 
     Args:
         trainer: The running Trainer (its rank, epoch, step, loggers and datamodule are read).
@@ -267,6 +251,7 @@ def log_mixed_grid(
         tag: TensorBoard tag of the image.
         max_images: At most this many panels.
         class_names: Names to print instead of class indices.
+        folder: Folder of the PNG; None: the run's log folder, as above.
 
     Returns:
         The PNG path when one was written; None on TensorBoard or on ranks other than 0.
@@ -282,19 +267,21 @@ def log_mixed_grid(
             if batch_idx == 0 and trainer.current_epoch % every == 0:
                 log_mixed_grid(trainer, batch[0], batch[1])
     """
-    if not trainer.is_global_zero:
-        return None
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if board is None and folder is None:
+        folder = trainer.log_dir or trainer.default_root_dir  # every process: a DDP broadcast
+    if not trainer.is_global_zero:
+        return None
     mean, std = normalisation_from(trainer)
     fig = _grid_figure(images, targets, mean, std, max_images, class_names)
-    board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     if board is not None:
         fig.canvas.draw()
         pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
         board.experiment.add_image(tag, pixels, global_step=trainer.global_step, dataformats="HWC")
         return None
-    path = run_dir(trainer) / f"mixed_grid_epoch{trainer.current_epoch}.png"
+    path = Path(folder or trainer.default_root_dir) / f"mixed_grid_epoch{trainer.current_epoch}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
@@ -306,8 +293,8 @@ class MixedGridLogger(pl.Callback):
     It looks at what the network is fed: the inputs and soft targets of the first batch a
     :class:`~lightning_mixup.MixupCallback` mixed in the epoch, read from the batch after the
     training step, titled with their soft-label weights. The grid goes to TensorBoard when a
-    ``TensorBoardLogger`` is attached, else to ``mixed_grid_epoch{N}.png`` in the run's log
-    folder (see :func:`log_mixed_grid`). Epochs are 0-based: grids are drawn in epochs 0, N, 2N...
+    ``TensorBoardLogger`` is attached, else to ``mixed_grid_epoch{N}.png`` in ``trainer.log_dir``
+    (see :func:`log_mixed_grid`). Epochs are 0-based: grids are drawn in epochs 0, N, 2N...
     Needs matplotlib (``pip install "lightning-mixup[plots]"``) and image batches
     ``(B, C, H, W)`` with 1 or 3 channels; other inputs warn once and are not drawn.
 
@@ -331,11 +318,12 @@ class MixedGridLogger(pl.Callback):
         self.max_images = C.positive_integer("max_images", max_images)
         self.tag = tag
         self._mixer: MixupCallback | None = None
+        self._folder: str | None = None
         self._drawn_epoch: int | None = None
         self._enabled = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Find the Trainer's ``MixupCallback`` and check that matplotlib can draw."""
+        """Find the ``MixupCallback`` and the log folder; check that matplotlib can draw."""
         mixers = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
         if not mixers:
             raise ValueError(
@@ -343,6 +331,9 @@ class MixedGridLogger(pl.Callback):
                 "none; add `MixupCallback(...)` to `callbacks`."
             )
         self._mixer, self._drawn_epoch, self._enabled = mixers[0], None, True
+        # Here, where every process runs: under DDP `trainer.log_dir` is a broadcast, and whether
+        # a batch was mixed (so drawn) differs between processes.
+        self._folder = trainer.log_dir or trainer.default_root_dir
         if trainer.is_global_zero:
             _figure(1.0, 1.0)  # raises the install hint when matplotlib is missing
 
@@ -378,7 +369,7 @@ class MixedGridLogger(pl.Callback):
             )
             return
         self._drawn_epoch = epoch
-        log_mixed_grid(trainer, images, targets, self.tag, self.max_images)
+        log_mixed_grid(trainer, images, targets, self.tag, self.max_images, folder=self._folder)
 
 
 # ---------------------------------------------------------------------------- reliability diagrams
@@ -411,15 +402,17 @@ class CalibrationBins:
 def calibration_bins(confidences: Any, correct: Any, n_bins: int = 15) -> CalibrationBins:
     """Bin top-1 confidences into ``n_bins`` equal-width bins and compute the L1 ECE.
 
-    The bins and the ECE are torchmetrics': confidences are cast to float32 (as
-    ``MulticlassCalibrationError`` does), the ECE is
+    The ECE is torchmetrics' public
     ``torchmetrics.functional.classification.binary_calibration_error(confidences, correct,
-    n_bins, norm="l1")`` (on top-1 confidences and hits this is the multiclass top-label ECE),
-    and the bars use the same bin edges and the same ``torch.bucketize`` rule (confidences of
-    exactly 1, which torchmetrics counts apart, are drawn in the last bar; see
-    :class:`CalibrationBins`). So the ECE equals the ``*/ece`` that
-    :class:`~lightning_mixup.SoftLabelClassifier` logs for the same predictions, confidences on a
-    bin edge included.
+    n_bins, norm="l1")`` on the float32 confidences (as ``MulticlassCalibrationError`` casts
+    them; on top-1 confidences and hits this is the multiclass top-label ECE), so it equals the
+    ``*/ece`` that :class:`~lightning_mixup.SoftLabelClassifier` logs for the same predictions,
+    confidences on a bin edge included. torchmetrics has no public per-bin API (its binning,
+    ``_binning_bucketize``, is private), so the bars are ``torch.histogram`` counts and sums over
+    torchmetrics' edges, ``torch.linspace(0, 1, n_bins + 1)`` in float32: bins
+    ``[edges[b], edges[b+1])`` as torchmetrics' ``bucketize(right=True) - 1``, except that the
+    confidences of exactly 1, which torchmetrics counts apart, are drawn in the last bar (see
+    :class:`CalibrationBins`).
 
     Args:
         confidences: ``(N,)`` max-softmax confidences in [0, 1] (tensor, array or list).
@@ -440,8 +433,7 @@ def calibration_bins(confidences: Any, correct: Any, n_bins: int = 15) -> Calibr
         >>> round(bins.ece, 4)
         0.34
     """
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"`n_bins` must be a positive integer, got {n_bins!r}.")
+    C.positive_integer("n_bins", n_bins)
     conf, hit = (_flat_tensor(v) for v in (confidences, correct))
     if conf.numel() == 0 or conf.numel() != hit.numel():
         raise ValueError(
@@ -456,33 +448,15 @@ def calibration_bins(confidences: Any, correct: Any, n_bins: int = 15) -> Calibr
             "`correct` must hold booleans or 0/1 (whether each top-1 prediction was right), got "
             f"values {sorted({float(v) for v in hit.unique()[:5]})}."
         )
-    hit = hit.long()
-    ece = float(binary_calibration_error(conf, hit, n_bins, norm="l1"))
-    index = _torchmetrics_bin(conf, n_bins).clamp(max=n_bins - 1)  # confidence 1 → last bar
-    count = torch.bincount(index, minlength=n_bins).double()
-    safe = count.clamp(min=1)
-    accuracy = torch.bincount(index, weights=hit.double(), minlength=n_bins) / safe
-    confidence = torch.bincount(index, weights=conf.double(), minlength=n_bins) / safe
+    ece = float(binary_calibration_error(conf, hit.long(), n_bins, norm="l1"))
+    # float32 edges and confidences, compared exactly in float64 (the sums are kept in float64)
     edges = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype).double()
+    x = conf.double()
+    count = torch.histogram(x, edges).hist
+    safe = count.clamp(min=1)
+    accuracy = torch.histogram(x, edges, weight=hit.double()).hist / safe
+    confidence = torch.histogram(x, edges, weight=x).hist / safe
     return CalibrationBins(edges.numpy(), accuracy.numpy(), confidence.numpy(), count.numpy(), ece)
-
-
-def _torchmetrics_bin(conf: Tensor, n_bins: int) -> Tensor:
-    """The bin (0..n_bins) torchmetrics' calibration error puts each confidence in.
-
-    Index ``n_bins`` is torchmetrics' extra bin of the confidences of exactly 1.
-
-    Why not call torchmetrics for this: its binning (``_binning_bucketize`` in
-    ``torchmetrics/functional/classification/calibration_error.py``) is private and returns only
-    per-bin means and proportions, not counts. The simplest public route is to redo its two lines
-    on the same float32 confidences: edges ``torch.linspace(0, 1, n_bins + 1)`` in the confidences'
-    dtype (not NumPy's, whose float32 edges differ from torch's by one ulp at several points) and
-    index ``bucketize(right=True) - 1``. The ECE itself comes from torchmetrics' public
-    ``binary_calibration_error``, so it stays torchmetrics' number even if this rule drifts; the
-    rule was checked against torchmetrics 1.0.0 and 1.9.0 (our floor and the installed version).
-    """
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype, device=conf.device)
-    return torch.bucketize(conf, edges, right=True) - 1
 
 
 def _flat_tensor(values: Any) -> Tensor:

@@ -125,16 +125,7 @@ class DigitsSegmentationDataModule(_ClassificationDataModule):
         self.val_canvases = C.positive_integer("val_canvases", val_canvases)
         self.test_canvases = C.positive_integer("test_canvases", test_canvases)
         self.canvas_size = C.integer("canvas_size", canvas_size, _DIGIT_SIZE)
-        if ignore_index is not None and (
-            isinstance(ignore_index, bool)
-            or not isinstance(ignore_index, int)
-            or 0 <= ignore_index < self.num_classes
-        ):
-            raise ValueError(
-                f"`ignore_index` must be None or an integer outside [0, {self.num_classes}) (the "
-                f"class indices), such as 255, got {ignore_index!r}."
-            )
-        self.ignore_index = ignore_index
+        self.ignore_index = C.ignore_index(ignore_index, self.num_classes)
         #: Indices into the 1,797 digits of each split's pool (set in ``setup``).
         self.train_indices: Tensor = torch.empty(0, dtype=torch.long)
         self.val_indices: Tensor = torch.empty(0, dtype=torch.long)

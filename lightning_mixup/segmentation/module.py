@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from lightning_mixup import _checks as C
 from lightning_mixup.classification.module import (
+    _last_layer,
     _SoftLabelModule,
     cosine_annealing,
     default_optimizer,
@@ -20,23 +21,7 @@ from lightning_mixup.classification.module import (
 
 __all__ = ["SoftLabelSegmenter"]
 
-# F.cross_entropy's own default: with `ignore_index=None`, index-mask pixels of this value are
-# still skipped (as PyTorch does), and all-zero soft-mask rows are mapped to it for the metrics.
-_TORCH_IGNORE_INDEX = -100
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _last_conv(backbone: nn.Module) -> nn.Module | None:
-    """The backbone's last convolution when it is also its last module with parameters."""
-    last = None
-    for module in backbone.modules():
-        if any(True for _ in module.parameters(recurse=False)):
-            last = module
-    return last if isinstance(last, _CONVS) else None
-
-
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
 
 
 class SoftLabelSegmenter(_SoftLabelModule):
@@ -117,18 +102,11 @@ class SoftLabelSegmenter(_SoftLabelModule):
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(backbone, num_classes, optimizer, lr_scheduler, label_smoothing)
-        if ignore_index is not None and (
-            isinstance(ignore_index, bool)
-            or not isinstance(ignore_index, int)
-            or 0 <= ignore_index < self.num_classes
-        ):
-            raise ValueError(
-                f"`ignore_index` must be None or an integer outside [0, {self.num_classes}) (the "
-                f"class indices), such as 255 or -100, got {ignore_index!r}."
-            )
-        self.ignore_index = ignore_index
+        self.ignore_index = C.ignore_index(ignore_index, self.num_classes)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
-        self._ignore = _TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
+        # With `ignore_index=None`, F.cross_entropy still skips index-mask pixels of its own
+        # default, -100; all-zero soft-mask rows are mapped to it for the metrics.
+        self._ignore = C.TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
         self.val_metrics = self._eval_metrics()
         self.test_metrics = self._eval_metrics()
 
@@ -144,8 +122,8 @@ class SoftLabelSegmenter(_SoftLabelModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def _output_width(self) -> tuple[int, str] | None:
-        final = _last_conv(self.backbone)
-        return None if final is None else (final.out_channels, "channels")
+        final = _last_layer(self.backbone)
+        return (final.out_channels, "channels") if isinstance(final, _CONVS) else None
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Per-pixel cross-entropy on an index or (mixed) soft mask, with the training smoothing."""
@@ -195,7 +173,7 @@ class SoftLabelSegmenter(_SoftLabelModule):
             logits.float(),
             target,
             # index masks only: for probability targets torch accepts only its default
-            ignore_index=_TORCH_IGNORE_INDEX if target.is_floating_point() else self._ignore,
+            ignore_index=C.TORCH_IGNORE_INDEX if target.is_floating_point() else self._ignore,
             label_smoothing=label_smoothing,
             reduction="none",
         )
@@ -231,7 +209,7 @@ class SoftLabelSegmenter(_SoftLabelModule):
     def _check_logits(self, logits: Tensor) -> Tensor:
         if logits.ndim < 3 or logits.shape[1] != self.num_classes:
             raise ValueError(
-                f"The backbone returned logits of shape {_shape(logits)}, but the module has "
+                f"The backbone returned logits of shape {tuple(logits.shape)}, but the module has "
                 f"`num_classes` = {self.num_classes} and expects (batch, {self.num_classes}, "
                 f"*spatial); build the backbone with num_classes={self.num_classes}."
             )
@@ -240,36 +218,36 @@ class SoftLabelSegmenter(_SoftLabelModule):
     def _check_target(self, target: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """The target in the dtype ``F.cross_entropy`` needs and its labelled-pixel mask."""
         batch, spatial = logits.shape[0], tuple(logits.shape[2:])
-        index_shape = (batch, *spatial)
+        index_shape, shape = (batch, *spatial), tuple(target.shape)
         if target.dtype == torch.bool or target.is_complex():
             raise TypeError(
                 f"Targets must be an integer class-index mask {index_shape} or a floating point soft "
                 f"mask {(batch, self.num_classes, *spatial)}, got dtype {target.dtype} and shape "
-                f"{_shape(target)}."
+                f"{shape}."
             )
         if not target.is_floating_point():
             if target.ndim != len(index_shape):
                 raise ValueError(
                     f"An integer index mask must have shape (batch, *spatial) = {index_shape}, got "
-                    f"{_shape(target)}; remove a channel dimension with `mask.squeeze(1)`."
+                    f"{shape}; remove a channel dimension with `mask.squeeze(1)`."
                 )
-            self._check_sizes(_shape(target), index_shape, "index mask", logits)
+            self._check_sizes(shape, index_shape, "index mask", logits)
             return target.long(), target != self._ignore
         if target.ndim == len(index_shape):
             raise TypeError(
-                f"A floating point target of shape {_shape(target)} fits neither form: an index "
+                f"A floating point target of shape {shape} fits neither form: an index "
                 f"mask {index_shape} must be an integer tensor (use `mask.long()`), a soft mask must "
                 f"have shape {(batch, self.num_classes, *spatial)}."
             )
         if target.ndim != logits.ndim:
             raise ValueError(
                 f"A soft mask must have shape (batch, num_classes, *spatial) = "
-                f"{(batch, self.num_classes, *spatial)}, got {_shape(target)}."
+                f"{(batch, self.num_classes, *spatial)}, got {shape}."
             )
         if target.shape[1] != self.num_classes:
             raise ValueError(
                 f"A soft mask must have `num_classes` = {self.num_classes} channels, got shape "
-                f"{_shape(target)}."
+                f"{shape}."
             )
         self._check_sizes((target.shape[0], *target.shape[2:]), index_shape, "soft mask", logits)
         target = target.float()
@@ -282,10 +260,11 @@ class SoftLabelSegmenter(_SoftLabelModule):
         if got[0] != want[0]:
             raise ValueError(
                 f"The {what} holds {got[0]} samples but the logits {want[0]} (logits of shape "
-                f"{_shape(logits)})."
+                f"{tuple(logits.shape)})."
             )
         if got[1:] != want[1:]:
             raise ValueError(
                 f"The {what}'s spatial size {got[1:]} differs from the logits' {want[1:]} (logits "
-                f"of shape {_shape(logits)}); the backbone must return logits at the mask's size."
+                f"of shape {tuple(logits.shape)}); the backbone must return logits at the mask's "
+                "size."
             )

@@ -17,16 +17,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mixup import DigitsDataModule, SmallCNN, SoftLabelClassifier
 from lightning_mixup.evaluation import TemperatureScaling, fit_temperature
+from lightning_mixup.evaluation.calibration import _gather_rows
 from lightning_mixup.segmentation import DigitsSegmentationDataModule, SmallFCN, SoftLabelSegmenter
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on shared CPU cores: one thread is much faster.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sampled(n: int, k: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -506,3 +500,46 @@ def test_ddp_ranks_end_with_the_same_temperature_fitted_on_all_the_data(tmp_path
     assert r0[-1] == pytest.approx(expected_probe_temperature(), rel=1e-6)
     x, y = probe_data(512, seed=1)[:300]
     assert r0[-1] != pytest.approx(fit_temperature(x @ (3 * W_TRUE).T, y), rel=1e-3)
+
+
+class GathersRows(pl.LightningModule):
+    """Gathers rank-dependent row counts with ``_gather_rows``; saves what each rank received."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.net = nn.Linear(1, 1)
+
+    def test_step(self, batch, batch_idx) -> None:
+        return None
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
+
+    def on_test_epoch_end(self) -> None:
+        r = self.global_rank
+        cases = {
+            "uneven": torch.arange(6.0).reshape(3, 2)[: 3 - 2 * r] + 10 * r,  # 3 rows, then 1
+            "one_empty": torch.ones(2 * (1 - r), 4),  # 2 rows, then none
+            "all_empty": torch.empty(0, 5),
+            "indices": torch.arange(r + 1) + 100 * r,  # int64: [0], then [100, 101]
+        }
+        got = {name: _gather_rows(self.trainer, self.device, rows) for name, rows in cases.items()}
+        torch.save(got, f"{self.out_dir}/rank{r}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_row_gather_keeps_rank_order_dtype_and_empty_processes(tmp_path):
+    # torchmetrics' gather_all_tensors pads uneven counts and trims them again; a process with
+    # no row, and all processes with none, give the other processes' rows, or none.
+    trainer = trainer_for(tmp_path, [], devices=2, strategy="ddp_spawn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.test(GathersRows(str(tmp_path)), verbose=False)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["uneven"].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [10.0, 11.0]]
+        assert torch.equal(got["one_empty"], torch.ones(2, 4))
+        assert got["all_empty"].shape == (0, 5)
+        assert got["indices"].dtype == torch.int64 and got["indices"].tolist() == [0, 100, 101]
+        assert all(t.device == torch.device("cpu") for t in got.values())

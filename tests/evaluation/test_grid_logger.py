@@ -3,6 +3,7 @@
 import matplotlib.image
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mixup import MixedGridLogger, MixupCallback
 from tests.probes import RecordingModule, tensor_loader, tiny_trainer
@@ -77,7 +78,9 @@ def test_grid_draws_the_mixed_half_with_keep_clean_and_nothing_for_a_hidden_mix(
     from lightning_mixup.evaluation import visual
 
     drawn = []
-    monkeypatch.setattr(visual, "log_mixed_grid", lambda trainer, x, y, *a: drawn.append((x, y)))
+    monkeypatch.setattr(
+        visual, "log_mixed_grid", lambda trainer, x, y, *a, **k: drawn.append((x, y))
+    )
     x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 4
     module = RecordingModule(num_classes=4, in_features=3 * 8 * 8)
     callbacks = [MixupCallback(alpha=1.0, keep_clean=True), MixedGridLogger()]
@@ -92,3 +95,34 @@ def test_grid_draws_the_mixed_half_with_keep_clean_and_nothing_for_a_hidden_mix(
         RecordingModule(num_classes=4, in_features=3 * 8 * 8), tensor_loader(x, y, 8)
     )
     assert drawn == []  # the inputs were not mixed: there is nothing to show
+
+
+def test_grid_goes_to_the_loggers_folder(tmp_path):
+    x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 4
+    module = RecordingModule(num_classes=4, in_features=3 * 8 * 8)
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    callbacks = [MixupCallback(alpha=1.0, seed=0), MixedGridLogger()]
+    tiny_trainer(callbacks=callbacks, logger=logger, default_root_dir=tmp_path / "root").fit(
+        module, tensor_loader(x, y, 8)
+    )
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")] == [
+        "csv/version_0/mixed_grid_epoch0.png"
+    ]
+
+
+@pytest.mark.slow
+def test_grid_under_ddp_when_only_some_processes_mix_the_first_batch(tmp_path):
+    # p = 0.5: each process draws its own mixing decisions (with seed 1, rank 1 mixes batch 0 and
+    # rank 0 first mixes batch 1, in both epochs), so the processes draw at different batches.
+    # The log folder (`trainer.log_dir`, a broadcast under DDP) is read in `setup`, where every
+    # process is, so none waits on a broadcast the others never join. Rank 0 alone writes.
+    x, y = torch.rand(64, 3, 8, 8), torch.arange(64) % 4
+    module = RecordingModule(num_classes=4, in_features=3 * 8 * 8)
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    callbacks = [MixupCallback(alpha=1.0, p=0.5, seed=1), MixedGridLogger()]
+    trainer = tiny_trainer(
+        callbacks=callbacks, logger=logger, devices=2, strategy="ddp_spawn", max_epochs=2
+    )
+    trainer.fit(module, tensor_loader(x, y, 4))
+    saved = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert saved == ["csv/version_0/mixed_grid_epoch0.png", "csv/version_0/mixed_grid_epoch1.png"]

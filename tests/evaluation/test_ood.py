@@ -15,13 +15,7 @@ from lightning_mixup import DigitsDataModule, SmallCNN, SoftLabelClassifier
 from lightning_mixup.evaluation import AdversarialEval, OODEval, TemperatureScaling, fgsm, ood_auroc
 from lightning_mixup.evaluation.ood import max_softmax
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- ood_auroc
@@ -265,3 +259,12 @@ def test_ddp_gathers_both_kinds_of_scores(tmp_path):
     for rank in (0, 1):
         assert torch.load(tmp_path / f"rank{rank}.pt")["out"] == pytest.approx(expected)
     assert float(trainer.callback_metrics["test/ood_auroc/out"]) == pytest.approx(expected)
+
+
+def test_auroc_is_the_fraction_of_pairs_ranked_right_with_ties_half():
+    # The Mann-Whitney statistic, counted pair by pair, on scores with many ties.
+    g = torch.Generator().manual_seed(3)
+    a = torch.randint(0, 8, (40,), generator=g).float() / 8
+    b = torch.randint(0, 6, (30,), generator=g).float() / 8
+    wins = (a[:, None] > b[None, :]).double() + 0.5 * (a[:, None] == b[None, :]).double()
+    assert ood_auroc(a, b) == pytest.approx(wins.mean().item())

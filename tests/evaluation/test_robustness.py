@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import matplotlib.image
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -35,13 +36,7 @@ def margin(x: torch.Tensor) -> torch.Tensor:
     return x @ (W[0] - W[1])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on shared CPU cores: one thread is an order of magnitude faster.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- FGSM
@@ -207,13 +202,13 @@ X, Y = torch.zeros(2, 3), torch.tensor([0, 1])
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"eps": -0.1}, ValueError, r"`eps` must be a non-negative number, got -0.1"),
-        ({"eps": True}, ValueError, r"`eps` must be a non-negative number"),
-        ({"eps": math.inf}, ValueError, r"`eps` must be a non-negative number"),
+        ({"eps": -0.1}, ValueError, r"`eps` must be a number >= 0, got -0.1"),
+        ({"eps": True}, ValueError, r"`eps` must be a number >= 0"),
+        ({"eps": math.inf}, ValueError, r"`eps` must be a number >= 0"),
         (
             {"eps": -1, "mean": 0.5, "std": 0.2},
             ValueError,
-            r"`eps` must be a non-negative number \(in \[0, 1\] pixel units\)",
+            r"`eps` must be a number >= 0 \(in \[0, 1\] pixel units\)",
         ),
         ({"y": torch.tensor([0, 1, 1])}, ValueError, r"`y` must be \(2,\) class indices"),
         ({"x": torch.zeros(2, 3, dtype=torch.long)}, TypeError, r"`x` must be a floating-point"),
@@ -241,7 +236,7 @@ def test_fgsm_rejects_bad_arguments(kwargs, error, match):
         ({"steps": 2.0}, ValueError, r"`steps` must be an integer >= 1"),
         ({"step_size": 0}, ValueError, r"`step_size` must be a positive number or None, got 0"),
         ({"generator": 0}, TypeError, r"`generator` must be a torch.Generator or None, got int"),
-        ({"eps": -1}, ValueError, r"`eps` must be a non-negative number"),
+        ({"eps": -1}, ValueError, r"`eps` must be a number >= 0"),
     ],
 )
 def test_pgd_rejects_bad_arguments(kwargs, error, match):
@@ -255,7 +250,7 @@ def test_pgd_rejects_bad_arguments(kwargs, error, match):
     [
         ({"epsilons": []}, r"`epsilons` must be a non-empty list of numbers, got \[\]"),
         ({"epsilons": "0.1"}, r"`epsilons` must be a non-empty list"),
-        ({"epsilons": [0.1, -0.2]}, r"`epsilons` must be a non-negative number .*got -0.2"),
+        ({"epsilons": [0.1, -0.2]}, r"`epsilons` must be a number >= 0 .*got -0.2"),
         ({"epsilons": [0.1, 0.1]}, r"`epsilons` must be distinct"),
         ({"pgd_steps": -1}, r"`pgd_steps` must be an integer >= 0, got -1"),
         ({"pgd_step_size": 0.0}, r"`pgd_step_size` must be a positive number or None"),
@@ -275,6 +270,10 @@ def test_adversarial_eval_rejects_bad_arguments(kwargs, match):
 def test_adversarial_eval_names_missing_batch_entries():
     with pytest.raises(TypeError, match=r"reads the inputs at `batch\['image'\]`"):
         AdversarialEval(input_key="image")._unpack({"x": torch.zeros(1)})
+    with pytest.raises(
+        TypeError, match=r"needs the targets at `batch\[1\]` to be a tensor, got list"
+    ):
+        AdversarialEval()._unpack([torch.zeros(1), [1]])
 
 
 def test_adversarial_eval_needs_matplotlib_for_the_diagram(monkeypatch):
@@ -488,3 +487,17 @@ def test_a_second_test_run_starts_from_empty_states(tmp_path):
             trainer.test(LogitsAreInputs(), DataLoader(TensorDataset(x, y), 2), verbose=False)
             torch.testing.assert_close(cb.confidences, p)
             torch.testing.assert_close(cb.correct, torch.tensor([1.0, 0, 1]))
+
+
+def test_diagram_goes_to_lightnings_log_dir(tmp_path):
+    # With a CSV logger, trainer.log_dir is its versioned folder, not default_root_dir.
+    p = torch.tensor([0.6, 0.7, 0.9])
+    x, y = torch.log(torch.stack([p, 1 - p], dim=1)), torch.tensor([0, 1, 0])
+    cb = AdversarialEval(epsilons=[0.0])
+    logger = CSVLogger(tmp_path, name="csv", version=3)
+    trainer = quiet_trainer(tmp_path / "root", [cb], logger=logger)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.test(LogitsAreInputs(), DataLoader(TensorDataset(x, y), 2), verbose=False)
+    assert cb.diagram_path == tmp_path / "csv" / "version_3" / "reliability_diagram.png"
+    assert cb.diagram_path.exists() and not (tmp_path / "root").exists()

@@ -293,3 +293,30 @@ def test_reliability_diagram_png(tmp_path):
 def test_calibration_rejects_bad_input(tmp_path, conf, correct, n_bins, match):
     with pytest.raises(ValueError, match=match):
         reliability_diagram(conf, correct, n_bins, tmp_path / "r.png")
+
+
+def test_log_mixed_grid_writes_into_a_given_folder_even_off_the_log_dir(tmp_path):
+    t = trainer(tmp_path / "root", logger=CSVLogger(tmp_path, name="csv", version=0))
+    path = log_mixed_grid(t, *mixed_batch(2), folder=tmp_path / "grids")
+    assert path == tmp_path / "grids" / "mixed_grid_epoch0.png" and path.exists()
+
+
+@pytest.mark.parametrize("n_bins", [1, 7, 15, 50])
+def test_bars_are_the_predictions_between_torchmetrics_edges(n_bins):
+    # Against a direct count over the float32 edges torchmetrics bins with: bin b holds the
+    # confidences in [edges[b], edges[b+1]), the last bin also those equal to 1.
+    probs, labels = edge_case_predictions(n_bins)
+    conf, pred = probs.max(dim=1)
+    hit = (pred == labels).double()
+    bins = calibration_bins(conf, pred == labels, n_bins)
+    edges = torch.linspace(0, 1, n_bins + 1)
+    for b in range(n_bins):
+        upper = conf <= edges[b + 1] if b == n_bins - 1 else conf < edges[b + 1]
+        inside = (conf >= edges[b]) & upper
+        assert bins.count[b] == int(inside.sum())
+        if inside.any():
+            assert bins.accuracy[b] == pytest.approx(hit[inside].mean().item())
+            assert bins.confidence[b] == pytest.approx(conf[inside].double().mean().item())
+        else:
+            assert bins.accuracy[b] == 0 and bins.confidence[b] == 0
+    assert bins.edges.tolist() == edges.double().tolist()
