@@ -391,7 +391,8 @@ class MixupCallback(pl.Callback):
 
         With several training dataloaders (Lightning's ``CombinedLoader``: a dict or list of
         loaders given to ``fit``), the batch holds one sub-batch per loader; each is mixed on its
-        own, with its own draws, and ``input_key``/``target_key`` apply inside each.
+        own, with its own draws, and ``input_key``/``target_key`` apply inside each. In the
+        ``"max_size"`` mode a loader that has run out hands over None, which is left alone.
 
         On the CPU every check reads its answer at once. On an accelerator the batch path never
         waits for the device: class indices are range-checked on the first batch of each fit
@@ -401,8 +402,12 @@ class MixupCallback(pl.Callback):
         parts = loader_parts(trainer.train_dataloader, batch)
         self._layers.refuse_loaders(parts)
         self._loss_mixes, self._pending = {}, None
-        if parts is not None:  # several loaders: one sub-batch each
-            drawn = {part: self._mix(trainer, batch[part], batch_idx, part) for part in parts}
+        if parts is not None:  # several loaders: one sub-batch each (None: loader exhausted)
+            drawn = {
+                part: self._mix(trainer, batch[part], batch_idx, part)
+                for part in parts
+                if batch[part] is not None
+            }
             mixed = {part: params for part, params in drawn.items() if params is not None}
             self.last_params = mixed or None
         else:

@@ -432,3 +432,44 @@ def test_resume_in_loss_mode_repeats_the_uninterrupted_losses(tmp_path):
     for a, b in zip(resumed.records, tail):
         assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
         assert torch.equal(a["loss"], b["loss"])
+
+
+class TokenCriterion(pl.LightningModule):
+    """Embedding → masked mean-pool → linear, trained with ``self.loss_fn`` on dict batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_classes = 3
+        self.embed = nn.Embedding(20, 8)
+        self.head = nn.Linear(8, 3)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.records: list[dict[str, Any]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        h = self.embed(batch["ids"])
+        real = batch["mask"].bool()
+        pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+        loss = self.loss_fn(self.head(pooled), batch["label"])
+        self.records.append({"loss": loss.detach(), "mask": batch["mask"].clone()})
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_token_models_with_a_padding_mask_in_loss_mode_equal_soft_targets():
+    from tests.probes import TokenData
+
+    out = {}
+    for targets in ("loss", "soft"):
+        pl.seed_everything(0)
+        module = TokenCriterion()
+        cb = MixupCallback(
+            targets=targets, alpha=1.0, mode="elem", mix_at="embed", mask_key="mask",
+            input_key="ids", target_key="label", ramp_steps=3, seed=6,
+        )  # fmt: skip
+        tiny_trainer(max_epochs=2, callbacks=[cb]).fit(module, DataLoader(TokenData(16), 4))
+        out[targets] = module.records
+    for a, b in zip(out["loss"], out["soft"]):
+        assert torch.equal(a["mask"], b["mask"])  # the joined masks
+        torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)

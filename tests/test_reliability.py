@@ -256,6 +256,37 @@ def test_several_training_loaders_mix_each_sub_batch_with_its_own_draws(containe
         assert not torch.equal(rec["params"][names[0]].lam, rec["params"][names[1]].lam)
 
 
+class ExhaustedLoaderProbe(RecordingModule):
+    """Records which sub-batches a CombinedLoader step holds (None: that loader ran out)."""
+
+    def training_step(self, batch, batch_idx):
+        cb = next(c for c in self.trainer.callbacks if isinstance(c, MixupCallback))
+        record = {"present": {k for k, v in batch.items() if v is not None}}
+        record["params"] = cb.last_params
+        record["y"] = {k: v[1].clone() for k, v in batch.items() if v is not None}
+        self.train_records.append(record)
+        x, y = batch["long"]
+        return nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
+
+
+@pytest.mark.parametrize(
+    ("mode", "steps", "short_steps"),
+    [("max_size", 4, 2), ("max_size_cycle", 4, 4), ("min_size", 2, 2)],
+)
+def test_every_combined_loader_mode_mixes_what_it_hands_over(mode, steps, short_steps):
+    from lightning.pytorch.utilities import CombinedLoader
+
+    loaders = CombinedLoader({"long": loader(16, 4), "short": loader(8, 4)}, mode=mode)
+    module = ExhaustedLoaderProbe(num_classes=16)
+    tiny_trainer(callbacks=[MixupCallback(alpha=1.0, seed=0)]).fit(module, loaders)
+    records = module.train_records
+    assert len(records) == steps
+    assert sum("short" in r["present"] for r in records) == short_steps
+    for record in records:
+        assert set(record["params"]) == record["present"]  # what is there is mixed, None is not
+        assert all(y.dtype == torch.float32 for y in record["y"].values())
+
+
 def test_a_loaders_draws_do_not_depend_on_the_other_loaders():
     """Each sub-batch's draws are keyed by its loader's name, not by the loaders beside it."""
     alone, joined = TwoLoaderProbe(num_classes=16), TwoLoaderProbe(num_classes=16)
