@@ -22,6 +22,8 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_calibration_error
 
 from lightning_mixup import _checks as C
+from lightning_mixup import functional as LF
+from lightning_mixup._batch import resolve_keys
 from lightning_mixup.callback import MixupCallback
 
 if TYPE_CHECKING:
@@ -356,11 +358,18 @@ class MixedGridLogger(pl.Callback):
             or self._drawn_epoch == epoch
         ):
             return
-        if isinstance(mixer.last_params, dict):  # several training loaders: the first mixed one
-            batch = batch[next(iter(mixer.last_params))]
-        images, targets = batch[mixer.input_key], batch[mixer.target_key]
+        params = mixer.last_params
+        if isinstance(params, dict):  # several training loaders: the first mixed one
+            part = next(iter(params))
+            batch, params = batch[part], params[part]
+        input_key, target_key = resolve_keys(batch, mixer.input_key, mixer.target_key)
+        images, targets = batch[input_key], batch[target_key]
         if mixer.keep_clean:  # the clean half, then the mixed half: draw the mixed one
             images, targets = images[len(images) // 2 :], targets[len(targets) // 2 :]
+        if targets.ndim == 1 and not targets.is_floating_point():  # targets="loss" keeps labels
+            classes = mixer._targets.num_classes or int(targets.max()) + 1
+            rows = LF.soft_targets(targets, classes, check_range=False)
+            targets = LF.mix_targets(rows, params.partner.to(rows.device), params.lam)
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             self._enabled = False
             rank_zero_warn(

@@ -126,3 +126,24 @@ def test_grid_under_ddp_when_only_some_processes_mix_the_first_batch(tmp_path):
     trainer.fit(module, tensor_loader(x, y, 4))
     saved = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
     assert saved == ["csv/version_0/mixed_grid_epoch0.png", "csv/version_0/mixed_grid_epoch1.png"]
+
+
+def test_grid_in_loss_mode_draws_the_soft_label_weights_the_loss_uses(monkeypatch):
+    from lightning_mixup.evaluation import visual
+    from tests.probes import CriterionModule
+
+    drawn = []
+    monkeypatch.setattr(
+        visual, "log_mixed_grid", lambda trainer, x, y, *a, **k: drawn.append((x, y))
+    )
+    x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 4
+    module = CriterionModule(num_classes=4, in_features=3 * 8 * 8)
+    mixer = MixupCallback(alpha=1.0, keep_clean=True)
+    tiny_trainer(callbacks=[mixer, MixedGridLogger()]).fit(module, tensor_loader(x, y, 8))
+    (images, rows), first = drawn[0], module.records[0]
+    assert first["y"].dtype == torch.int64  # the batch kept its labels
+    params = first["params"]
+    labels = torch.nn.functional.one_hot(first["y"][8:], 4).float()
+    lam = params.lam.float()[:, None]
+    torch.testing.assert_close(rows, lam * labels + (1 - lam) * labels[params.partner])
+    assert torch.equal(images, first["x"][8:])
