@@ -86,7 +86,7 @@ def test_torchgeo_segmentation_task_with_ignore_index_and_class_weights_trains(m
     mixer = MixupCallback(alpha=1.0, cutmix_alpha=1.0, mode=mode)
     trainer = geo_fit(task, dense=True, mixer=mixer)
     metrics = trainer.callback_metrics
-    assert "train_JaccardIndex" in metrics and torch.isfinite(metrics["train_loss"])
+    assert "train_MulticlassJaccardIndex" in metrics and torch.isfinite(metrics["train_loss"])
     assert float(metrics["mixup/lambda_mean"]) < 1.0
     assert mixer._targets.ignore_index == 255
 
