@@ -180,7 +180,7 @@ def test_datamodule_rejects_bad_arguments(kwargs, match):
         (dict(num_classes=1), ValueError, r"^`num_classes` must be an integer >= 2, got 1\.$"),
         (dict(in_channels=2), ValueError, r"^`in_channels` must be 1 or 3, got 2\.$"),
         (dict(min_size=0), ValueError, r"^`min_size` must be a positive integer, got 0\.$"),
-        (dict(max_size=64), ValueError, r"^`max_size` must be an integer >= 128, got 64\.$"),
+        (dict(max_size=64), ValueError, r"^`max_size` must be an integer >= 256, got 64\.$"),
         (dict(min_box_weight=1.5), ValueError, r"^`min_box_weight` must be a number in \[0, 1\]"),
         (dict(optimizer=3), TypeError, r"^`optimizer` must be a callable"),
         (dict(lr_scheduler="cosine"), TypeError, r"^`lr_scheduler` must be None or a callable"),

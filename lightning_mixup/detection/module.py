@@ -28,16 +28,17 @@ _ROI_FEATURES = 256 * 7 * 7  # the FPN's 256 channels, pooled to 7×7 per box (M
 
 
 def detection_optimizer(params: Iterable[Any]) -> Optimizer:
-    """SGD with momentum 0.9, learning rate 0.02 and weight decay 1e-4.
+    """AdamW with learning rate 1e-3 and weight decay 1e-4.
 
-    The learning rate and weight decay of torchvision's detection reference recipe (batch 16); a
+    The network starts from random weights; in short runs on the digits canvases this trained it
+    faster than SGD at torchvision's reference rate (0.02, made for pretrained backbones). A
     module-level function, so it pickles (DDP spawn) and LightningCLI can name it.
 
     Example:
         >>> detection_optimizer(torch.nn.Linear(2, 2).parameters()).defaults["lr"]
-        0.02
+        0.001
     """
-    return torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
 
 
 class FasterRCNNDetector(pl.LightningModule):
@@ -46,11 +47,12 @@ class FasterRCNNDetector(pl.LightningModule):
     The network is ``torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn``
     (Ren et al., NeurIPS 2015, *Faster R-CNN*) built with ``weights=None, weights_backbone=None``:
     randomly initialised, nothing is downloaded, ever, and its batch norms train. Two settings are
-    changed for small images on small machines: the internal resize (``min_size``/``max_size``;
-    the anchors start at 32 pixels, so 16-pixel objects want images upscaled ×2) and the box
-    head's width (``representation_size``, 1,024 in torchvision) with the number of proposals
-    sampled per image for it (``box_batch_size_per_image``, 512 in torchvision): the box head and
-    its RoI pooling are most of a step's time on a CPU.
+    changed for small images on small machines: the internal resize (``min_size``/``max_size``,
+    256 here: the anchors start at 32 pixels and the backbone's features have strides 16 and 32,
+    so 64×64 canvases of 16-pixel digits are upscaled ×4) and the box head's width
+    (``representation_size``, 1,024 in torchvision) with the number of proposals sampled per image
+    to train it (``box_batch_size_per_image``, 512 in torchvision): the box head and its RoI
+    pooling are most of a step's time on a CPU.
 
     **Inputs.** Batches are ``[images, targets]``: images a float ``(B, C, H, W)`` tensor or a list
     of ``(C, H, W)`` tensors (sizes may differ), already normalised (the model's own normalisation
@@ -114,8 +116,8 @@ class FasterRCNNDetector(pl.LightningModule):
         self,
         num_classes: int = 11,
         in_channels: int = 1,
-        min_size: int = 128,
-        max_size: int = 128,
+        min_size: int = 256,
+        max_size: int = 256,
         representation_size: int = 256,
         box_batch_size_per_image: int = 32,
         min_box_weight: float = 0.0,
