@@ -367,10 +367,11 @@ def mix_detection(
 def mix_detection_images(images: Images, params: MixParams) -> Images:
     """Mix detection images out of place with ``params`` (see the module docstring).
 
-    A tensor is mixed by :func:`~lightning_mixup.policies.mix_features` (the same blend, in
-    float32, as the callback's). In a list, an unmixed image is returned as it is (the same
-    tensor); a blended pair is mixed on the canvas of its larger size; a cut image is a copy with
-    the partner's pixels in the region clipped to both images.
+    A tensor is mixed by :func:`~lightning_mixup.policies.mix_features`: blended in float32
+    (float64 for float64) and cast back to its dtype, CutMix pixels copied exactly. In a list, an
+    unmixed image is returned as it is (the same tensor); a blended pair is mixed the same way on
+    the canvas of its larger size; a cut image is a copy with the partner's pixels in the region
+    clipped to both images.
 
     Raises:
         ValueError: If ``params`` holds another number of samples, or regions that are not 2-D.
