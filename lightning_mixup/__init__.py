@@ -7,6 +7,8 @@ torchvision dataset code, scikit-learn, plotting or attack code of ours:
 
 * :mod:`lightning_mixup.classification` — a ready classifier, backbones and datamodules;
 * :mod:`lightning_mixup.segmentation` — a ready segmenter, a small FCN and a digits datamodule;
+* :mod:`lightning_mixup.detection` — a ready detector (torchvision's Faster R-CNN) and a digits
+  datamodule;
 * :mod:`lightning_mixup.evaluation` — robustness, calibration plots and the comparison runner.
 
 Every public name is also reachable from the top level (``lightning_mixup.MixupCallback``,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         cosine_annealing,
         default_optimizer,
     )
+    from lightning_mixup.detection import DigitsDetectionDataModule, FasterRCNNDetector
     from lightning_mixup.evaluation import (
         AdversarialEval,
         MixedGridLogger,
@@ -70,6 +73,9 @@ _LAZY = {
         "lightning_mixup.segmentation",
     ),
     **dict.fromkeys(
+        ("DigitsDetectionDataModule", "FasterRCNNDetector"), "lightning_mixup.detection"
+    ),
+    **dict.fromkeys(
         (
             "AdversarialEval",
             "MixedGridLogger",
@@ -91,7 +97,9 @@ __all__ = [
     "CifarResNet18",
     "CutMix",
     "DigitsDataModule",
+    "DigitsDetectionDataModule",
     "DigitsSegmentationDataModule",
+    "FasterRCNNDetector",
     "MixParams",
     "MixUp",
     "MixUpOrCutMix",

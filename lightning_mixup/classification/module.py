@@ -66,6 +66,51 @@ def cosine_annealing(optimizer: Optimizer, max_epochs: int) -> CosineAnnealingLR
     return CosineAnnealingLR(optimizer, T_max=max_epochs)
 
 
+def _check_optimizer_callables(optimizer: Any, lr_scheduler: Any) -> None:
+    """Raise ``TypeError`` unless ``optimizer`` is callable and ``lr_scheduler`` None or callable."""
+    if not callable(optimizer):
+        raise TypeError(
+            f"`optimizer` must be a callable that takes the parameters and returns an "
+            f"optimizer, got {optimizer!r}."
+        )
+    if lr_scheduler is not None and not callable(lr_scheduler):
+        raise TypeError(
+            f"`lr_scheduler` must be None or a callable that takes the optimizer and returns a "
+            f"scheduler, got {lr_scheduler!r}."
+        )
+
+
+def _configure_optimizers(
+    module: pl.LightningModule,
+    optimizer: OptimizerCallable,
+    lr_scheduler: LRSchedulerCallable | None,
+    monitor: str,
+) -> OptimizerLRScheduler:
+    """The optimizer and the per-epoch scheduler of ``module`` from the injected callables.
+
+    :func:`cosine_annealing` is called with ``trainer.max_epochs``; a ``ReduceLROnPlateau``
+    monitors ``monitor``.
+    """
+    built = optimizer(module.parameters())
+    if lr_scheduler is None:
+        return built
+    if lr_scheduler is cosine_annealing:
+        max_epochs = module.trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError(
+                f"The default `lr_scheduler` (cosine annealing) decays over `trainer.max_epochs`, got "
+                f"{max_epochs!r}; set `Trainer(max_epochs=...)`, or pass another `lr_scheduler` (None "
+                "keeps the learning rate constant)."
+            )
+        scheduler = cosine_annealing(built, max_epochs)
+    else:
+        scheduler = lr_scheduler(built)
+    config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+    if isinstance(scheduler, ReduceLROnPlateau):
+        config["monitor"] = monitor
+    return {"optimizer": built, "lr_scheduler": config}
+
+
 def _last_layer(backbone: nn.Module) -> nn.Module | None:
     """The backbone's last module with parameters of its own: its output layer, if any.
 
@@ -102,16 +147,7 @@ class _SoftLabelModule(pl.LightningModule):
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"`backbone` must be a torch.nn.Module, got {type(backbone).__name__}.")
         num_classes = C.positive_integer("num_classes", num_classes)
-        if not callable(optimizer):
-            raise TypeError(
-                f"`optimizer` must be a callable that takes the parameters and returns an "
-                f"optimizer, got {optimizer!r}."
-            )
-        if lr_scheduler is not None and not callable(lr_scheduler):
-            raise TypeError(
-                f"`lr_scheduler` must be None or a callable that takes the optimizer and returns a "
-                f"scheduler, got {lr_scheduler!r}."
-            )
+        _check_optimizer_callables(optimizer, lr_scheduler)
         self.label_smoothing = label_smoothing  # validated by the property setter
         self.backbone = backbone
         self.num_classes = num_classes
@@ -218,17 +254,7 @@ class _SoftLabelModule(pl.LightningModule):
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """Build the optimizer and the per-epoch scheduler from the injected callables."""
-        optimizer = self.optimizer(self.parameters())
-        if self.lr_scheduler is None:
-            return optimizer
-        if self.lr_scheduler is cosine_annealing:
-            scheduler = cosine_annealing(optimizer, self._max_epochs())
-        else:
-            scheduler = self.lr_scheduler(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
-        if isinstance(scheduler, ReduceLROnPlateau):
-            config["monitor"] = "val/nll"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return _configure_optimizers(self, self.optimizer, self.lr_scheduler, monitor="val/nll")
 
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
@@ -240,16 +266,6 @@ class _SoftLabelModule(pl.LightningModule):
                 f"index 0 and the targets at index 1, got {got}."
             )
         return batch[0], batch[1]
-
-    def _max_epochs(self) -> int:
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is None or max_epochs < 1:
-            raise ValueError(
-                f"The default `lr_scheduler` (cosine annealing) decays over `trainer.max_epochs`, got "
-                f"{max_epochs!r}; set `Trainer(max_epochs=...)`, or pass another `lr_scheduler` (None "
-                "keeps the learning rate constant)."
-            )
-        return max_epochs
 
 
 class SoftLabelClassifier(_SoftLabelModule):

@@ -9,6 +9,9 @@ that :class:`~lightning_mixup.MixupCallback` can rewrite in place.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,7 +40,126 @@ _TEST_DIGITS = 300
 INK_THRESHOLD = 0.25
 
 
-class DigitsSegmentationDataModule(_ClassificationDataModule):
+def _squares(layout: Tensor) -> Iterator[tuple[tuple[Tensor, Tensor, Tensor], Tensor]]:
+    """Per slot of ``layout``, in drawing order: where its digits go, and which digits they are.
+
+    ``where`` indexes the ``(N, S, S)`` canvases at every digit's 16×16 square, so
+    ``images[where]`` is ``(n, 16, 16)``; ``which`` holds the ``n`` digits' pool positions.
+    """
+    offsets = torch.arange(_DIGIT_SIZE)
+    for slot in range(_MAX_DIGITS):
+        canvas = torch.nonzero(layout[:, slot, 0] >= 0).squeeze(1)
+        which, top, left = layout[canvas, slot].unbind(dim=1)
+        rows = (top[:, None] + offsets)[:, :, None]
+        cols = (left[:, None] + offsets)[:, None, :]
+        yield (canvas[:, None, None], rows, cols), which
+
+
+class _DigitCanvases(_ClassificationDataModule):
+    """What the digit-canvas datamodules share: pools, label noise, layouts and normalisation.
+
+    ``setup`` splits the 1,797 digits into disjoint pools, applies the pool-level label noise,
+    draws each split's layout (:meth:`_draw_layout`), paints it (:meth:`_compose`, which returns
+    the ``[0, 1]`` images and the split's targets), records the layouts by digit index and
+    normalises every split by the training canvases' mean and std. Subclasses set
+    ``_min_canvas`` and ``_dataset`` and may override the two steps.
+    """
+
+    num_classes = _DIGIT_CLASSES + 1
+    _min_canvas = _DIGIT_SIZE
+    _dataset: type[_TensorBatches] = _TensorBatches
+
+    def __init__(
+        self,
+        *,
+        train_canvases: int,
+        val_canvases: int,
+        test_canvases: int,
+        canvas_size: int,
+        batch_size: int,
+        num_workers: int,
+        label_noise: float,
+        seed: int,
+        pin_memory: bool | None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            label_noise=label_noise,
+            seed=seed,
+            pin_memory=pin_memory,
+        )
+        self.train_canvases = C.positive_integer("train_canvases", train_canvases)
+        self.val_canvases = C.positive_integer("val_canvases", val_canvases)
+        self.test_canvases = C.positive_integer("test_canvases", test_canvases)
+        self.canvas_size = C.integer("canvas_size", canvas_size, self._min_canvas)
+        #: Indices into the 1,797 digits of each split's pool (set in ``setup``).
+        self.train_indices: Tensor = torch.empty(0, dtype=torch.long)
+        self.val_indices: Tensor = torch.empty(0, dtype=torch.long)
+        self.test_indices: Tensor = torch.empty(0, dtype=torch.long)
+        #: Per split (``"train"``, ``"val"``, ``"test"``), an int64 ``(N, 3, 3)`` tensor: for each
+        #: canvas, its digits in drawing order as rows ``(index into the 1,797 digits, top, left)``;
+        #: rows of unused slots are ``-1``.
+        self.layouts: dict[str, Tensor] = {}
+        self.mean: float | None = None
+        self.std: float | None = None
+
+    def _build(self) -> None:
+        raw_images, raw_labels = _load_digits()
+        self.test_indices, self.val_indices, self.train_indices = _split(
+            len(raw_labels), [_TEST_DIGITS, _VAL_DIGITS], torch_generator(self.seed, "split")
+        )
+        digits = torch.from_numpy(raw_images).to(torch.float32).div_(16)
+        digits = digits.repeat_interleave(_SCALE, dim=1).repeat_interleave(_SCALE, dim=2)
+        labels = torch.from_numpy(raw_labels).long()
+        train_labels, self.noisy_indices = _symmetric_label_noise(
+            labels[self.train_indices],
+            _DIGIT_CLASSES,
+            self.label_noise,
+            torch_generator(self.seed, "label_noise"),
+        )
+        splits = {
+            "train": (self.train_indices, train_labels, self.train_canvases),
+            "val": (self.val_indices, labels[self.val_indices], self.val_canvases),
+            "test": (self.test_indices, labels[self.test_indices], self.test_canvases),
+        }
+        canvases = {}
+        for name, (pool, pool_labels, count) in splits.items():
+            layout = self._draw_layout(name, len(pool), count)
+            canvases[name] = self._compose(digits[pool], pool_labels, layout)
+            # Record digits by their index into the 1,797 images, not their pool position.
+            layout[..., 0] = torch.where(layout[..., 0] >= 0, pool[layout[..., 0].clamp(min=0)], -1)
+            self.layouts[name] = layout
+        train_images = canvases["train"][0]
+        self.mean, self.std = train_images.mean().item(), train_images.std().item()
+        datasets = {
+            name: self._dataset(((images - self.mean) / self.std).unsqueeze(1), targets)
+            for name, (images, targets) in canvases.items()
+        }
+        self.train_dataset, self.val_dataset, self.test_dataset = (
+            datasets["train"],
+            datasets["val"],
+            datasets["test"],
+        )
+
+    def _draw_layout(self, split: str, pool_size: int, count: int) -> Tensor:
+        """``(count, 3, 3)`` rows ``(pool position, top, left)``; ``-1`` rows for unused slots."""
+        generator = torch_generator(self.seed, "canvases", split)
+        digits_per_canvas = torch.randint(1, _MAX_DIGITS + 1, (count,), generator=generator)
+        which = torch.randint(0, pool_size, (count, _MAX_DIGITS), generator=generator)
+        span = self.canvas_size - _DIGIT_SIZE + 1
+        top = torch.randint(0, span, (count, _MAX_DIGITS), generator=generator)
+        left = torch.randint(0, span, (count, _MAX_DIGITS), generator=generator)
+        layout = torch.stack([which, top, left], dim=2)
+        unused = torch.arange(_MAX_DIGITS) >= digits_per_canvas[:, None]
+        return layout.masked_fill_(unused[..., None], -1)
+
+    def _compose(self, digits: Tensor, labels: Tensor, layout: Tensor) -> tuple[Tensor, Any]:
+        """Paint ``layout`` (pool positions): ``(N, S, S)`` images in [0, 1] and the targets."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `_compose()`.")
+
+
+class DigitsSegmentationDataModule(_DigitCanvases):
     """Canvases of 1–3 real handwritten digits, segmented into 10 digit classes and background.
 
     **Digit pools.** The 1,797 images of scikit-learn's digits (UCI "Optical Recognition of
@@ -115,90 +237,24 @@ class DigitsSegmentationDataModule(_ClassificationDataModule):
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__(
+            train_canvases=train_canvases,
+            val_canvases=val_canvases,
+            test_canvases=test_canvases,
+            canvas_size=canvas_size,
             batch_size=batch_size,
             num_workers=num_workers,
             label_noise=label_noise,
             seed=seed,
             pin_memory=pin_memory,
         )
-        self.train_canvases = C.positive_integer("train_canvases", train_canvases)
-        self.val_canvases = C.positive_integer("val_canvases", val_canvases)
-        self.test_canvases = C.positive_integer("test_canvases", test_canvases)
-        self.canvas_size = C.integer("canvas_size", canvas_size, _DIGIT_SIZE)
         self.ignore_index = C.ignore_index(ignore_index, self.num_classes)
-        #: Indices into the 1,797 digits of each split's pool (set in ``setup``).
-        self.train_indices: Tensor = torch.empty(0, dtype=torch.long)
-        self.val_indices: Tensor = torch.empty(0, dtype=torch.long)
-        self.test_indices: Tensor = torch.empty(0, dtype=torch.long)
-        #: Per split (``"train"``, ``"val"``, ``"test"``), an int64 ``(N, 3, 3)`` tensor: for each
-        #: canvas, its digits in drawing order as rows ``(index into the 1,797 digits, top, left)``;
-        #: rows of unused slots are ``-1``.
-        self.layouts: dict[str, Tensor] = {}
-        self.mean: float | None = None
-        self.std: float | None = None
-
-    def _build(self) -> None:
-        raw_images, raw_labels = _load_digits()
-        self.test_indices, self.val_indices, self.train_indices = _split(
-            len(raw_labels), [_TEST_DIGITS, _VAL_DIGITS], torch_generator(self.seed, "split")
-        )
-        digits = torch.from_numpy(raw_images).to(torch.float32).div_(16)
-        digits = digits.repeat_interleave(_SCALE, dim=1).repeat_interleave(_SCALE, dim=2)
-        labels = torch.from_numpy(raw_labels).long()
-        train_labels, self.noisy_indices = _symmetric_label_noise(
-            labels[self.train_indices],
-            _DIGIT_CLASSES,
-            self.label_noise,
-            torch_generator(self.seed, "label_noise"),
-        )
-        splits = {
-            "train": (self.train_indices, train_labels, self.train_canvases),
-            "val": (self.val_indices, labels[self.val_indices], self.val_canvases),
-            "test": (self.test_indices, labels[self.test_indices], self.test_canvases),
-        }
-        canvases = {}
-        for name, (pool, pool_labels, count) in splits.items():
-            layout = self._draw_layout(name, len(pool), count)
-            canvases[name] = self._compose(digits[pool], pool_labels, layout)
-            # Record digits by their index into the 1,797 images, not their pool position.
-            layout[..., 0] = torch.where(layout[..., 0] >= 0, pool[layout[..., 0].clamp(min=0)], -1)
-            self.layouts[name] = layout
-        train_images = canvases["train"][0]
-        self.mean, self.std = train_images.mean().item(), train_images.std().item()
-        datasets = {
-            name: _TensorBatches(((images - self.mean) / self.std).unsqueeze(1), masks)
-            for name, (images, masks) in canvases.items()
-        }
-        self.train_dataset, self.val_dataset, self.test_dataset = (
-            datasets["train"],
-            datasets["val"],
-            datasets["test"],
-        )
-
-    def _draw_layout(self, split: str, pool_size: int, count: int) -> Tensor:
-        """``(count, 3, 3)`` rows ``(pool position, top, left)``; ``-1`` rows for unused slots."""
-        generator = torch_generator(self.seed, "canvases", split)
-        digits_per_canvas = torch.randint(1, _MAX_DIGITS + 1, (count,), generator=generator)
-        which = torch.randint(0, pool_size, (count, _MAX_DIGITS), generator=generator)
-        span = self.canvas_size - _DIGIT_SIZE + 1
-        top = torch.randint(0, span, (count, _MAX_DIGITS), generator=generator)
-        left = torch.randint(0, span, (count, _MAX_DIGITS), generator=generator)
-        layout = torch.stack([which, top, left], dim=2)
-        unused = torch.arange(_MAX_DIGITS) >= digits_per_canvas[:, None]
-        return layout.masked_fill_(unused[..., None], -1)
 
     def _compose(self, digits: Tensor, labels: Tensor, layout: Tensor) -> tuple[Tensor, Tensor]:
         """Paint the canvases of ``layout`` (pool positions): ``(N, S, S)`` images in [0, 1], masks."""
         n, size = len(layout), self.canvas_size
         images = torch.zeros(n, size, size)
         masks = torch.full((n, size, size), self.background_class, dtype=torch.long)
-        offsets = torch.arange(_DIGIT_SIZE)
-        for slot in range(_MAX_DIGITS):  # in drawing order: later digits over earlier ones
-            canvas = torch.nonzero(layout[:, slot, 0] >= 0).squeeze(1)
-            which, top, left = layout[canvas, slot].unbind(dim=1)
-            rows = (top[:, None] + offsets)[:, :, None]
-            cols = (left[:, None] + offsets)[:, None, :]
-            where = (canvas[:, None, None], rows, cols)
+        for where, which in _squares(layout):  # in drawing order: later digits over earlier ones
             patch = digits[which]
             images[where] = torch.maximum(images[where], patch)
             masks[where] = torch.where(

@@ -1,0 +1,566 @@
+"""Detection targets under MixUp and CutMix: boxes, labels and per-box weights.
+
+Targets follow torchvision's detection convention: a list of ``B`` dicts, one per image, each with
+``"boxes"`` (``(N, 4)`` float, ``(x1, y1, x2, y2)`` in pixels: a box covers ``x1 ≤ x < x2``,
+``y1 ≤ y < y2``, so pixel column ``c`` spans ``[c, c + 1)``) and ``"labels"`` (``(N,)`` int64).
+Images are a ``(B, C, H, W)`` tensor or a list of ``B`` ``(C, H, W)`` tensors, possibly of
+different sizes. Everything a mix needs comes from a :class:`~lightning_mixup.policies.MixParams`
+(pairing and λ as in :mod:`lightning_mixup.functional`: λ is the share of the sample itself,
+``j = partner[i]``); nothing here draws a random number.
+
+**Rules, per sample** ``i`` **with partner** ``j``:
+
+* **Unmixed** (λ = 1, the sample an odd batch pairs with itself, a CutMix box that is empty
+  within the two images): the image and its boxes are kept; ``"weights"`` are 1.
+* **MixUp** (λ < 1, not cut): the image is ``λ·x_i + (1-λ)·x_j``; the targets hold ``i``'s boxes
+  and labels first, then ``j``'s, unchanged, with ``"weights"`` λ for ``i``'s boxes and ``1 - λ``
+  for ``j``'s. Every box is kept, however small its weight.
+* **CutMix**: the partner's pixels fill the region ``rows [lo[i, 0], hi[i, 0])``, ``columns
+  [lo[i, 1], hi[i, 1])`` — the box ``(lo[i, 1], lo[i, 0], hi[i, 1], hi[i, 0])`` in ``xyxy``
+  pixels. The sample's own boxes come first: one is kept, unchanged, when the part of its area
+  *outside* the region is at least ``min_visible`` of its area, and dropped otherwise (a box the
+  region covers wholly is always dropped). Then the partner's boxes: each is clipped to the
+  region and kept when the clipped area is at least ``min_visible`` of its original area.
+  ``"weights"`` are 1. The default ``min_visible`` is :data:`MIN_VISIBLE` (0.5).
+
+Every kept box has ``x1 < x2`` and ``y1 < y2`` and lies inside the mixed image; a sample may end
+with no boxes: ``"boxes"`` ``(0, 4)``, ``"labels"`` ``(0,)`` int64, ``"weights"`` ``(0,)``
+float32. A ``"weights"`` entry already in the targets is multiplied by these weights (1 where a
+sample is cut or unmixed), so weights compose.
+
+**Other entries.** Any other entry must be a *per-box* tensor: its first dimension is the
+sample's number of boxes ``N`` (e.g. COCO's ``"area"`` and ``"iscrowd"``). It is carried along
+with its boxes: the rows of the kept boxes, in the same order, values unchanged (a clipped
+partner box keeps its row as it was). Refused with a ``ValueError`` naming the key: entries that
+are not tensors (e.g. an ``int`` ``"image_id"``), 0-d tensors, tensors whose first dimension is
+not ``N``, and ``"masks"``/``"keypoints"`` (:data:`GEOMETRIC_KEYS`): their values are pixels or
+coordinates that a mix would have to move or cut, which this module does not do. Every target
+of a batch must hold the same keys.
+
+**Images of different sizes** (a list): a MixUp pair is blended on a canvas of the larger size of
+the two (each image at the top left, zeros elsewhere), so boxes keep their coordinates and both
+partners come out at that size. A CutMix sample keeps its own size and only pixels inside *both*
+images are pasted: the region is clipped to the top-left overlap ``min(H_i, H_j) × min(W_i,
+W_j)``, and its boxes follow the clipped region. Draw the parameters for :func:`detection_shape`
+(the batch's smallest height and width), so no region needs clipping; λ of a cut sample is then
+the kept fraction of that smallest size, not of each image.
+
+Example:
+    >>> import numpy as np
+    >>> from lightning_mixup.policies import CutMix
+    >>> images = torch.rand(2, 3, 32, 32)
+    >>> targets = [{"boxes": torch.tensor([[2.0, 2.0, 10.0, 10.0]]), "labels": torch.tensor([1])},
+    ...            {"boxes": torch.tensor([[20.0, 20.0, 30.0, 30.0]]), "labels": torch.tensor([2])}]
+    >>> params = CutMix(1.0).sample(detection_shape(images), np.random.default_rng(0))
+    >>> images, targets = mix_detection(images, targets, params)
+    >>> sorted(targets[0])
+    ['boxes', 'labels', 'weights']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as nnf
+
+from lightning_mixup import _checks as C
+from lightning_mixup.policies import MixParams, mix_features
+
+__all__ = [
+    "GEOMETRIC_KEYS",
+    "MIN_VISIBLE",
+    "check_detection_batch",
+    "check_detection_targets",
+    "detection_shape",
+    "image_sizes",
+    "is_detection_targets",
+    "mix_detection",
+    "mix_detection_images",
+    "mix_detection_targets",
+]
+
+#: Default share of a box's area that must stay visible for CutMix to keep it: a partner box
+#: clipped to the pasted region keeps at least this share of its area, an own box at least this
+#: share outside the region.
+MIN_VISIBLE = 0.5
+#: Per-box entries holding pixels or coordinates, which a mix would have to move: refused.
+GEOMETRIC_KEYS = ("masks", "keypoints")
+BOXES, LABELS, WEIGHTS = "boxes", "labels", "weights"
+
+Images = Tensor | Sequence[Tensor]
+Size = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------- recognising, checking
+def is_detection_targets(target: Any) -> bool:
+    """Whether ``target`` has the form of detection targets: a non-empty list/tuple of dicts.
+
+    A ``True`` answer says only which form to check against; :func:`check_detection_targets`
+    then checks the contents.
+
+    Example:
+        >>> is_detection_targets([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
+        True
+        >>> is_detection_targets(torch.zeros(4, dtype=torch.long))
+        False
+    """
+    return (
+        isinstance(target, (list, tuple))
+        and len(target) > 0
+        and all(isinstance(t, Mapping) for t in target)
+    )
+
+
+def check_detection_targets(targets: Any, batch_size: int | None = None) -> None:
+    """Check the form of detection targets (not the box values): raise a clear error if wrong.
+
+    Args:
+        targets: A list of dicts, one per image, as described in the module docstring.
+        batch_size: The number of images, when known.
+
+    Raises:
+        TypeError: If ``targets`` is not a list/tuple of dicts, or an entry is not a tensor of
+            the right dtype.
+        ValueError: If the number of targets differs from ``batch_size``, ``"boxes"`` or
+            ``"labels"`` is missing or misshapen, the targets disagree on their keys, or an entry
+            cannot be carried through a mix (see the module docstring).
+    """
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, Mapping) for t in targets):
+        raise TypeError(
+            "Detection targets must be a list with one dict per image (torchvision's form: "
+            f'`{{"boxes": (N, 4) float, "labels": (N,) int64}}`), got {_describe(targets)}.'
+        )
+    if batch_size is not None and len(targets) != batch_size:
+        raise ValueError(
+            f"Detection targets must hold one dict per image: {batch_size} images, got "
+            f"{len(targets)} targets."
+        )
+    keys = set(targets[0]) if targets else set()
+    for i, target in enumerate(targets):
+        if set(target) != keys:
+            raise ValueError(
+                f"Every detection target must hold the same keys, so that a mix can join them: "
+                f"targets[0] has {sorted(map(str, keys))} but targets[{i}] has "
+                f"{sorted(map(str, target))}."
+            )
+        _check_target(target, i)
+    for key in keys - {BOXES, LABELS, WEIGHTS}:
+        first = targets[0][key]
+        for i, target in enumerate(targets):
+            value = target[key]
+            if value.shape[1:] != first.shape[1:] or value.dtype != first.dtype:
+                raise ValueError(
+                    f"targets[i][{key!r}] must have the same dtype and shape past the first "
+                    f"dimension in every target, so that a mix can join them: targets[0] has "
+                    f"{first.dtype} {tuple(first.shape)}, targets[{i}] {value.dtype} "
+                    f"{tuple(value.shape)}."
+                )
+
+
+def _check_target(target: Mapping, i: int) -> None:
+    for key in (BOXES, LABELS):
+        if key not in target:
+            raise ValueError(
+                f'Every detection target needs "boxes" and "labels"; targets[{i}] has no '
+                f"{key!r} (its keys: {sorted(map(str, target))})."
+            )
+    boxes, labels = target[BOXES], target[LABELS]
+    if not isinstance(boxes, Tensor) or not boxes.is_floating_point():
+        raise TypeError(
+            f'targets[{i}]["boxes"] must be a floating point tensor of (N, 4) xyxy pixel '
+            f"boxes, got {_describe(boxes)}; use `.float()`."
+        )
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(
+            f'targets[{i}]["boxes"] must have shape (N, 4), got {tuple(boxes.shape)}; an image '
+            "without boxes has `torch.zeros(0, 4)`."
+        )
+    n = boxes.shape[0]
+    if not isinstance(labels, Tensor) or labels.dtype != torch.int64:
+        raise TypeError(
+            f'targets[{i}]["labels"] must be an int64 tensor of class indices, got '
+            f"{_describe(labels)}; use `.long()`."
+        )
+    if tuple(labels.shape) != (n,):
+        raise ValueError(
+            f'targets[{i}]["labels"] must have shape (N,) = ({n},), one label per box, got '
+            f"{tuple(labels.shape)}."
+        )
+    weights = target.get(WEIGHTS)
+    if weights is not None and (
+        not isinstance(weights, Tensor)
+        or not weights.is_floating_point()
+        or tuple(weights.shape) != (n,)
+    ):
+        raise ValueError(
+            f'targets[{i}]["weights"] must be a floating point tensor of shape (N,) = ({n},), '
+            f"one weight per box, got {_describe(weights)}."
+        )
+    for key, value in target.items():
+        if key in (BOXES, LABELS, WEIGHTS):
+            continue
+        if key in GEOMETRIC_KEYS:
+            raise ValueError(
+                f"targets[{i}][{key!r}] holds pixels or coordinates that a mix would have to "
+                f"move or cut, which is not supported; remove {key!r} from the training targets."
+            )
+        if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != n:
+            raise ValueError(
+                f"targets[{i}][{key!r}] cannot be carried through a mix: entries besides "
+                f'"boxes", "labels" and "weights" must be per-box tensors whose first dimension '
+                f"is the number of boxes ({n}), got {_describe(value)}; remove {key!r} from the "
+                "training targets."
+            )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (list, tuple)) and value:
+        return f"a {type(value).__name__} of {type(value[0]).__name__}"
+    if isinstance(value, (int, float, str)):
+        return f"{type(value).__name__} {value!r}"
+    return type(value).__name__
+
+
+def image_sizes(images: Images) -> list[Size]:
+    """The ``(H, W)`` of every image of a ``(B, C, H, W)`` tensor or a list of ``(C, H, W)``.
+
+    Raises:
+        TypeError: If ``images`` is neither, or an image is not a floating point tensor.
+        ValueError: If the images are not 2-D with channels, or disagree on the channels.
+    """
+    if isinstance(images, Tensor):
+        if images.ndim != 4 or not images.is_floating_point():
+            raise ValueError(
+                "Detection images must be a floating point (B, C, H, W) tensor or a list of "
+                f"(C, H, W) tensors, got {_describe(images)}."
+            )
+        return [tuple(images.shape[2:])] * images.shape[0]
+    if not isinstance(images, (list, tuple)) or not all(isinstance(x, Tensor) for x in images):
+        raise TypeError(
+            "Detection images must be a floating point (B, C, H, W) tensor or a list of "
+            f"(C, H, W) tensors, got {_describe(images)}."
+        )
+    for i, x in enumerate(images):
+        if x.ndim != 3 or not x.is_floating_point():
+            raise ValueError(
+                f"Every image in a list must be a floating point (C, H, W) tensor, got "
+                f"{_describe(x)} at position {i}."
+            )
+        if x.shape[0] != images[0].shape[0]:
+            raise ValueError(
+                f"Every image in a list must have the same number of channels: image 0 has "
+                f"{images[0].shape[0]}, image {i} has {x.shape[0]}."
+            )
+    return [tuple(x.shape[1:]) for x in images]
+
+
+def detection_shape(images: Images) -> tuple[int, int, int, int]:
+    """The shape to draw a batch's parameters for: ``(B, C, H, W)``, smallest ``H`` and ``W``.
+
+    For a tensor it is its shape. For a list of images it is the top-left overlap of them all, so
+    every CutMix region lies inside both images of its pair.
+
+    Example:
+        >>> detection_shape([torch.zeros(3, 40, 30), torch.zeros(3, 20, 50)])
+        (2, 3, 20, 30)
+    """
+    sizes = image_sizes(images)
+    if not sizes:
+        raise ValueError("A detection batch needs at least one image, got none.")
+    channels = images.shape[1] if isinstance(images, Tensor) else images[0].shape[0]
+    return (len(sizes), channels, min(h for h, _ in sizes), min(w for _, w in sizes))
+
+
+def check_detection_batch(images: Images, targets: Any, check_values: bool = True) -> list[Size]:
+    """Check images and their detection targets; return every image's ``(H, W)``.
+
+    Args:
+        images: ``(B, C, H, W)`` floating tensor or a list of ``B`` ``(C, H, W)`` ones.
+        targets: ``B`` dicts (see :func:`check_detection_targets`).
+        check_values: Also check every box: finite, ``x1 < x2``, ``y1 < y2``, inside its image
+            (``0 ≤ x1``, ``x2 ≤ W``, ``0 ≤ y1``, ``y2 ≤ H``). This reads one value back from the
+            boxes' device.
+
+    Raises:
+        TypeError: See :func:`check_detection_targets` and :func:`image_sizes`.
+        ValueError: As there, and for an invalid box (the message names the image and the box).
+    """
+    sizes = image_sizes(images)
+    check_detection_targets(targets, len(sizes))
+    if check_values:
+        boxes = [target[BOXES] for target in targets]
+        if sum(len(b) for b in boxes):
+            every = torch.cat([b.to(boxes[0].device, boxes[0].dtype) for b in boxes])
+            limits = torch.tensor(
+                [[w, h] for (h, w), b in zip(sizes, boxes) for _ in range(len(b))],
+                dtype=every.dtype,
+            ).to(every.device)
+            if not bool(_valid(every, limits).all()):
+                _raise_invalid(boxes, sizes)
+    return sizes
+
+
+def _valid(boxes: Tensor, limits: Tensor) -> Tensor:
+    """Per box: finite, positive width and height, inside ``[0, W] × [0, H]``."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    return (
+        torch.isfinite(boxes).all(1)
+        & (x1 < x2)
+        & (y1 < y2)
+        & (x1 >= 0)
+        & (y1 >= 0)
+        & (x2 <= limits[:, 0])
+        & (y2 <= limits[:, 1])
+    )
+
+
+def _raise_invalid(boxes: list[Tensor], sizes: list[Size]) -> None:
+    for i, (b, (h, w)) in enumerate(zip(boxes, sizes)):
+        limits = b.new_tensor([w, h]).expand(len(b), 2)
+        bad = (~_valid(b, limits)).nonzero().flatten()
+        if len(bad):
+            k = int(bad[0])
+            raise ValueError(
+                f'targets[{i}]["boxes"][{k}] = {b[k].tolist()} is not a valid box for its '
+                f"{h}×{w} image: boxes must be finite xyxy pixels with x1 < x2, y1 < y2, "
+                f"0 ≤ x1, x2 ≤ {w}, 0 ≤ y1, y2 ≤ {h}; clip them with "
+                "`torchvision.ops.clip_boxes_to_image` and drop the empty ones."
+            )
+
+
+# ---------------------------------------------------------------------------- mixing
+def mix_detection(
+    images: Images,
+    targets: Sequence[Mapping[str, Tensor]],
+    params: MixParams,
+    min_visible: float = MIN_VISIBLE,
+    check_values: bool = True,
+) -> tuple[Images, list[dict[str, Tensor]]]:
+    """Check and mix a detection batch out of place: ``(mixed images, mixed targets)``.
+
+    The images as :func:`mix_detection_images` mixes them, the targets as
+    :func:`mix_detection_targets` does; nothing passed in is written.
+
+    Args:
+        images: ``(B, C, H, W)`` floating tensor or a list of ``B`` ``(C, H, W)`` ones.
+        targets: ``B`` target dicts.
+        params: The batch's parameters, drawn for :func:`detection_shape` of ``images``.
+        min_visible: Share of a box's area that must stay visible for CutMix to keep it.
+        check_values: Check every box before mixing (see :func:`check_detection_batch`).
+
+    Raises:
+        TypeError: If the batch has the wrong form (see :func:`check_detection_batch`).
+        ValueError: If a box is invalid, an entry cannot be carried, or ``params`` does not fit.
+    """
+    sizes = check_detection_batch(images, targets, check_values)
+    return (
+        mix_detection_images(images, params),
+        mix_detection_targets(targets, params, sizes, min_visible),
+    )
+
+
+def mix_detection_images(images: Images, params: MixParams) -> Images:
+    """Mix detection images out of place with ``params`` (see the module docstring).
+
+    A tensor is mixed by :func:`~lightning_mixup.policies.mix_features`: blended in float32
+    (float64 for float64) and cast back to its dtype, CutMix pixels copied exactly. In a list, an
+    unmixed image is returned as it is (the same tensor); a blended pair is mixed the same way on
+    the canvas of its larger size; a cut image is a copy with the partner's pixels in the region
+    clipped to both images.
+
+    Raises:
+        ValueError: If ``params`` holds another number of samples, or regions that are not 2-D.
+    """
+    sizes = image_sizes(images)
+    _check_params(params, len(sizes))
+    if isinstance(images, Tensor):
+        return mix_features(images, params)
+    out = list(images)
+    for i, (kind, j, lam, region) in enumerate(_plan(params, sizes)):
+        x = images[i]
+        if kind == "blend":
+            height, width = max(sizes[i][0], sizes[j][0]), max(sizes[i][1], sizes[j][1])
+            wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+            own, other = (_pad(images[k].to(wide), height, width) for k in (i, j))
+            share = torch.tensor(1.0 - lam, dtype=wide)  # 1 - λ in float64, then as mix_features
+            out[i] = torch.lerp(own, other.to(own.device), share.to(own.device)).to(x.dtype)
+        elif kind == "cut":
+            c0, r0, c1, r1 = region
+            out[i] = x.clone()
+            out[i][:, r0:r1, c0:c1] = images[j][:, r0:r1, c0:c1].to(x.device, x.dtype)
+    return out
+
+
+def _pad(x: Tensor, height: int, width: int) -> Tensor:
+    """``x`` at the top left of a ``height × width`` canvas of zeros."""
+    return nnf.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))
+
+
+def mix_detection_targets(
+    targets: Sequence[Mapping[str, Tensor]],
+    params: MixParams,
+    image_sizes: Sequence[Sequence[int]],
+    min_visible: float = MIN_VISIBLE,
+) -> list[dict[str, Tensor]]:
+    """Mix detection targets with ``params`` by the rules of the module docstring.
+
+    Returns new dicts; nothing passed in is written (tensors that do not change are shared).
+    Every result has ``"weights"`` (float32, one per box), unmixed samples too, so clean and
+    mixed targets can be joined. Boxes keep their dtype and device; labels stay int64.
+
+    Args:
+        targets: ``B`` target dicts, boxes valid for their images (see
+            :func:`check_detection_batch`, which also returns ``image_sizes``).
+        params: The batch's parameters.
+        image_sizes: ``(H, W)`` of every image *before* mixing (a CutMix region is clipped to
+            both images of its pair).
+        min_visible: Share of a box's area, in ``(0, 1]``, that must stay visible for CutMix
+            to keep it.
+
+    Raises:
+        TypeError: If the targets have the wrong form.
+        ValueError: If an entry cannot be carried, ``min_visible`` is out of range, or ``params``
+            or ``image_sizes`` hold another number of samples.
+
+    Example:
+        >>> from lightning_mixup.policies import MixUp
+        >>> import numpy as np
+        >>> targets = [{"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]), "labels": torch.tensor([k])}
+        ...            for k in (1, 2)]
+        >>> params = MixUp(1.0).sample((2, 1, 8, 8), np.random.default_rng(0))
+        >>> mixed = mix_detection_targets(targets, params, [(8, 8)] * 2)
+        >>> mixed[0]["labels"].tolist(), float(mixed[0]["weights"].sum())
+        ([1, 2], 1.0)
+    """
+    min_visible = _check_min_visible(min_visible)
+    check_detection_targets(targets)
+    if len(image_sizes) != len(targets):
+        raise ValueError(
+            f"`image_sizes` must hold one (H, W) per target: {len(targets)} targets, got "
+            f"{len(image_sizes)} sizes."
+        )
+    sizes = [(int(h), int(w)) for h, w in image_sizes]
+    _check_params(params, len(targets))
+    out = []
+    for i, (kind, j, lam, region) in enumerate(_plan(params, sizes)):
+        if kind == "blend":
+            own = _weighted(targets[i], lam)
+            out.append(_join(own, _weighted(targets[j], 1.0 - lam, own[BOXES])))
+        elif kind == "cut":
+            own = _weighted(targets[i], 1.0)
+            other = _weighted(targets[j], 1.0, own[BOXES])
+            out.append(_join(*_cut(own, other, region, min_visible)))
+        else:
+            out.append(_weighted(targets[i], 1.0))
+    return out
+
+
+def _check_min_visible(value: Any) -> float:
+    value = C.number("min_visible", value, 0.0, 1.0)
+    if value == 0:
+        raise ValueError(
+            "`min_visible` must be a number in (0, 1]: the share of a box that must stay visible; "
+            "0 would keep boxes the region covers wholly, got 0."
+        )
+    return value
+
+
+def _check_params(params: MixParams, batch_size: int) -> None:
+    if not isinstance(params, MixParams):
+        raise TypeError(f"`params` must be a MixParams, got {type(params).__name__}.")
+    if len(params.partner) != batch_size:
+        raise ValueError(
+            f"`params` were drawn for {len(params.partner)} samples but the batch holds "
+            f"{batch_size}; draw them for `detection_shape(images)`."
+        )
+    if params.lo is not None and params.lo.shape[1] != 2:
+        raise ValueError(
+            f"Detection CutMix needs regions over 2 spatial dimensions (H, W), got params drawn "
+            f"for {params.lo.shape[1]}; draw them for `detection_shape(images)`."
+        )
+
+
+def _plan(
+    params: MixParams, sizes: list[Size]
+) -> list[tuple[str, int, float, tuple[int, int, int, int] | None]]:
+    """Per sample: ``(kind, partner, λ, xyxy region)``.
+
+    ``kind`` is ``"own"``, ``"blend"`` or ``"cut"``; the region (cut only) is clipped to both
+    images of the pair.
+    """
+    partner, lam, cut = params.partner.tolist(), params.lam.tolist(), params.cut.tolist()
+    lo = None if params.lo is None else params.lo.tolist()
+    hi = None if params.hi is None else params.hi.tolist()
+    plan = []
+    for i, j in enumerate(partner):
+        if params.identity or j == i or lam[i] >= 1.0:
+            plan.append(("own", i, 1.0, None))
+        elif not cut[i]:
+            plan.append(("blend", j, lam[i], None))
+        else:
+            r1 = min(hi[i][0], sizes[i][0], sizes[j][0])
+            c1 = min(hi[i][1], sizes[i][1], sizes[j][1])
+            r0, c0 = lo[i]
+            if r0 >= r1 or c0 >= c1:  # nothing of the partner lands inside this image
+                plan.append(("own", i, 1.0, None))
+            else:
+                plan.append(("cut", j, 1.0, (c0, r0, c1, r1)))
+    return plan
+
+
+def _weighted(target: Mapping[str, Tensor], weight: float, like: Tensor | None = None) -> dict:
+    """A shallow copy of ``target`` with float32 ``"weights"`` scaled by ``weight``.
+
+    With ``like``, the boxes get its dtype and device (a partner's boxes joining the sample's).
+    """
+    boxes = target[BOXES]
+    device = boxes.device if like is None else like.device
+    out = {key: value.to(device) for key, value in target.items()}
+    if like is not None:
+        out[BOXES] = out[BOXES].to(like.dtype)
+    given = target.get(WEIGHTS)
+    if given is None:
+        out[WEIGHTS] = torch.full((len(boxes),), weight, dtype=torch.float32, device=device)
+    else:
+        out[WEIGHTS] = given.to(device, torch.float32) * weight
+    return out
+
+
+def _join(own: dict[str, Tensor], other: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The sample's entries, then the partner's, box by box."""
+    return {key: torch.cat([own[key], other[key]]) for key in own}
+
+
+def _area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def _cut(
+    own: dict[str, Tensor],
+    other: dict[str, Tensor],
+    region: tuple[int, int, int, int],
+    min_visible: float,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The sample's boxes left visible outside ``region`` and the partner's clipped to it."""
+    boxes = own[BOXES]
+    wide = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    edge = torch.tensor(region, dtype=wide, device=boxes.device)
+
+    def clip(b: Tensor) -> Tensor:
+        return torch.cat([torch.maximum(b[:, :2], edge[:2]), torch.minimum(b[:, 2:], edge[2:])], 1)
+
+    mine, theirs = boxes.to(wide), other[BOXES].to(wide)
+    area = _area(mine)
+    keep_own = area - _area(clip(mine)) >= min_visible * area
+    clipped = clip(theirs)
+    inside = _area(clipped)
+    keep_other = (inside > 0) & (inside >= min_visible * _area(theirs))
+    own_kept = {key: value[keep_own] for key, value in own.items()}
+    other_kept = {key: value[keep_other] for key, value in other.items()}
+    other_kept[BOXES] = clipped[keep_other].to(boxes.dtype)
+    return own_kept, other_kept
