@@ -9,12 +9,14 @@ here too. Docstring examples run through ``--doctest-modules`` (``pyproject.toml
 
 from __future__ import annotations
 
+import inspect
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 
+from lightning_mixup import MixupCallback
 from lightning_mixup.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +145,48 @@ def test_blocks_and_commands_are_read_as_written():
     )
     assert code_blocks(text, "python") == [(2, "x = 1\n")]
     assert cli_commands(text) == [["fit", "--config", "a.yaml", "--trainer.max_epochs=2"]]
+
+
+def _docs_extension():
+    pytest.importorskip("sphinx", reason="the docs extra is not installed")
+    import importlib.util
+
+    path = ROOT / "docs" / "_ext" / "lightning_mixup_docs.py"
+    spec = importlib.util.spec_from_file_location("lightning_mixup_docs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_docs_build_refuses_an_args_section_that_does_not_match_the_signature(monkeypatch):
+    extension = _docs_extension()
+    warnings = []
+    monkeypatch.setattr(extension.logger, "warning", lambda msg, *a: warnings.append(msg % a))
+
+    def mix(alpha: float, ramp_len: int) -> None:
+        """Mix.
+
+        Args:
+            alpha: Concentration.
+            ramp_epochs: The old name of ``ramp_len``.
+        """
+
+    from sphinx.ext.napoleon import Config
+    from sphinx.ext.napoleon.docstring import GoogleDocstring
+
+    lines = GoogleDocstring(inspect.getdoc(mix), Config(), what="function").lines()
+    extension.check_arguments(None, "function", "lightning_mixup.mix", mix, None, lines)
+    assert warnings == [
+        "lightning_mixup.mix: `Args:` names ['ramp_epochs'], which the signature does not have",
+        "lightning_mixup.mix: `Args:` does not describe ['ramp_len']",
+    ]
+    warnings.clear()
+    extension.check_arguments(
+        None,
+        "class",
+        "lightning_mixup.MixupCallback",
+        MixupCallback,
+        None,
+        GoogleDocstring(inspect.getdoc(MixupCallback), Config(), what="class").lines(),
+    )
+    assert warnings == []  # every argument of MixupCallback is described, and no other
