@@ -87,11 +87,15 @@ def main() -> None:
     if not (module_file.parent / "py.typed").is_file():
         _fail("the py.typed marker is not installed")
     dist = metadata.distribution("lightning-mixup")
+    if dist.version != lightning_mixup.__version__:  # the one version source reached the wheel
+        _fail(
+            f"the wheel's version {dist.version} is not __version__ {lightning_mixup.__version__}"
+        )
     if dist.metadata["License-Expression"] != "Apache-2.0":
         _fail(f"License-Expression is {dist.metadata['License-Expression']!r}")
     if not any(Path(str(f)).name == "LICENSE" for f in dist.files or ()):
         _fail("the LICENSE file is not in the installed distribution")
-    _say("py.typed, License-Expression and LICENSE installed")
+    _say(f"py.typed, version {dist.version}, License-Expression and LICENSE installed")
 
     script = Path(sys.executable).parent / "lightning-mixup"
     if not script.is_file():

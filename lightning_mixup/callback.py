@@ -128,7 +128,7 @@ class MixupCallback(pl.Callback):
             a class in ``[0, num_classes)``.
         mix_at: Where to mix: ``"input"``, the name of a submodule as ``named_modules()`` spells
             it (Manifold Mixup: its output is mixed through a forward hook during the step), or a
-            list of them, one drawn per batch (see the README's "Mixing inside the network").
+            list of them, one drawn per batch (see "Mixing inside the network" in the docs).
         mask_key: Index or key of a padding/attention mask in the batch; a mixed sample's mask
             becomes the union of both samples' real tokens.
         mask_marks: ``"tokens"`` when the mask's 1/True marks real tokens, ``"padding"`` when

@@ -49,6 +49,7 @@ __all__ = [
     "to_device",
 ]
 
+#: The shapes a ramp can take: straight up, or along half a cosine.
 RAMP_SHAPES = ("linear", "cosine")
 
 

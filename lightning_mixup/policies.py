@@ -37,6 +37,7 @@ __all__ = [
     "mix_target",
 ]
 
+#: ``"batch"``: one λ (and box) for the whole batch; ``"elem"``: one per sample.
 Mode = Literal["batch", "elem"]
 
 #: On the CPU, samples of at least this many bytes are mixed pair by pair

@@ -303,9 +303,14 @@ class AdversarialEval(pl.Callback):
         ValueError: On an out-of-range argument (the message names it and the value received).
 
     Example:
+        >>> from lightning_mixup import DigitsDataModule, SmallCNN, SoftLabelClassifier
+        >>> model = SoftLabelClassifier(SmallCNN(num_classes=10, in_channels=1), num_classes=10)
         >>> trainer = pl.Trainer(callbacks=[AdversarialEval(epsilons=[2 / 255, 8 / 255])],
-        ...                      logger=False)  # doctest: +SKIP
-        >>> trainer.test(model, datamodule=dm)  # doctest: +SKIP
+        ...                      logger=False, enable_progress_bar=False)
+        >>> (results,) = trainer.test(model, datamodule=DigitsDataModule(), verbose=False)
+        >>> sorted(results)  # doctest: +NORMALIZE_WHITESPACE
+        ['test/acc', 'test/conf_gap', 'test/ece', 'test/fgsm_acc@0.00784314',
+         'test/fgsm_acc@0.0313725', 'test/nll']
 
     From YAML::
 
