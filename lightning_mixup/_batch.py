@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lightning_mixup import functional as F
+from lightning_mixup._boxes import is_detection_targets
 from lightning_mixup.policies import MixParams
 
 #: The keys a dict batch's inputs and targets are looked for under when ``input_key`` and
@@ -70,6 +71,23 @@ def _usual_key(batch: Mapping, name: str, names: tuple[str, ...]) -> str:
         f"found {what}; the batch has the keys {list(batch.keys())}. Name the entry: "
         f"`MixupCallback({name}=...)`."
     )
+
+
+def detection_keys(
+    batch: Any, input_key: int | str | None, target_key: int | str | None
+) -> tuple[int | str, int | str] | None:
+    """The resolved keys when ``batch`` holds detection targets (a list of dicts), else None.
+
+    None also when the keys cannot be resolved: :func:`unpack` then says why.
+    """
+    if not isinstance(batch, (list, MutableMapping)):
+        return None
+    try:
+        keys = resolve_keys(batch, input_key, target_key)
+        target = batch[keys[1]]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return keys if is_detection_targets(target) else None
 
 
 def unpack(

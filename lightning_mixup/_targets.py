@@ -47,16 +47,16 @@ class Targets:
     ) -> None:
         """Resolve ``num_classes`` and ``ignore_index`` when fitting; check the next indices.
 
-        With ``as_given`` (``targets="loss"``) nothing is made of the classes but the range
-        check, so ``num_classes`` may stay unknown (the check is then skipped), and the
-        ``ignore_index`` of the module's ``criterion`` counts when nothing else names one.
+        ``num_classes`` may stay unknown here: the first batch whose targets need it (class
+        indices to turn into rows) raises, before the first training step. With ``as_given``
+        (``targets="loss"``) nothing is made of the classes but the range check (skipped
+        without ``num_classes``), and the ``ignore_index`` of the module's ``criterion`` counts
+        when nothing else names one. Detection targets need no ``num_classes`` either.
         """
         self.as_given = as_given
         if stage == "fit":
             num_classes, ignore_index = self.given
             found = num_classes or _find_attribute(trainer, pl_module, "num_classes", low=1)
-            if found is None and not as_given:
-                _find_num_classes(trainer, pl_module)  # raises, naming where it looked
             self.num_classes = found
             if ignore_index is None:
                 ignore_index = _find_attribute(trainer, pl_module, "ignore_index", low=None)
@@ -78,6 +78,8 @@ class Targets:
                 F.check_indices(target, self.num_classes, self.ignore_index)
             self.checked = True
             return target
+        if self.num_classes is None:
+            raise ValueError(_NOT_FOUND)
         if form == "index_mask":  # stays an index mask unless smoothing or a blend needs rows
             if check_range:
                 F.check_indices(target, self.num_classes, self.ignore_index)
@@ -143,12 +145,9 @@ def _integer(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _find_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-    found = _find_attribute(trainer, pl_module, "num_classes", low=1)
-    if found is not None:
-        return found
-    raise ValueError(
-        "MixupCallback could not find `num_classes`: it looked at `pl_module.num_classes`, "
-        "`pl_module.hparams.num_classes` and `trainer.datamodule.num_classes`. Pass "
-        "`MixupCallback(num_classes=...)` or set one of those attributes."
-    )
+#: Why a batch of class targets cannot be mixed into soft rows without ``num_classes``.
+_NOT_FOUND = (
+    "MixupCallback could not find `num_classes`: it looked at `pl_module.num_classes`, "
+    "`pl_module.hparams.num_classes` and `trainer.datamodule.num_classes`. Pass "
+    "`MixupCallback(num_classes=...)` or set one of those attributes."
+)

@@ -14,7 +14,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_mixup import _checks as C
-from lightning_mixup._batch import join_masks, loader_parts, repeat_samples, unpack
+from lightning_mixup import functional as F
+from lightning_mixup._batch import (
+    detection_keys,
+    join_masks,
+    loader_parts,
+    repeat_samples,
+    unpack,
+)
+from lightning_mixup._boxes import MIN_VISIBLE, detection_shape, mix_detection
 from lightning_mixup._criterion import (
     CRITERION_NAMES,
     ELEM_NEEDS_REDUCTION,
@@ -147,6 +155,9 @@ class MixupCallback(pl.Callback):
         criterion: The module's attribute holding its loss, for ``targets="loss"``/``"auto"``;
             None takes the first of ``criterion``, ``loss_fn``, ``loss_func``, ``loss`` set on
             the module (an ``nn.Module`` or a function, not a method of its class).
+        min_visible: Detection targets only: the share of a box's area, in ``(0, 1]``, that
+            must stay visible for CutMix to keep it (a partner's box clipped to the pasted
+            region, a sample's own box outside it).
 
     To look at the mixed images, add :class:`~lightning_mixup.evaluation.MixedGridLogger`.
 
@@ -189,6 +200,7 @@ class MixupCallback(pl.Callback):
         keep_clean: bool = False,
         targets: Literal["auto", "soft", "loss"] = "auto",
         criterion: str | None = None,
+        min_visible: float = MIN_VISIBLE,
     ) -> None:
         # The policy checks alpha, cutmix_alpha, switch_prob and mode; the rest is checked here.
         self.policy = make_policy(alpha, cutmix_alpha, switch_prob, mode)
@@ -219,6 +231,7 @@ class MixupCallback(pl.Callback):
         self.keep_clean = C.boolean("keep_clean", keep_clean)
         self.targets = C.choice("targets", targets, _TARGETS)
         self.criterion = C.identifier("criterion", criterion)
+        self.min_visible = C.number("min_visible", min_visible, 0.0, 1.0, open_low=True)
         if self.criterion is not None and self.targets == "soft":
             raise ValueError(
                 f"`criterion` = {criterion!r} names the loss that targets='loss' mixes, but "
@@ -424,6 +437,9 @@ class MixupCallback(pl.Callback):
         mask) are mixed here, and the layer's output by a hook during this step.
         """
         key = self._draw_key(trainer, batch_idx) + (() if part is None else (part,))
+        boxes = detection_keys(batch, self.input_key, self.target_key)
+        if boxes is not None:
+            return self._mix_boxes(trainer, batch, boxes, batch_idx, key)
         at = self._layers.choose(key)
         hidden = at != "input"
         container, x, target, keys = unpack(
@@ -486,6 +502,62 @@ class MixupCallback(pl.Callback):
                 self._pending = (y, dense, enabled)
         self._guard.add(strength, params)
         return None if params is None or params.identity else params
+
+    def _mix_boxes(
+        self,
+        trainer: pl.Trainer,
+        batch: list | dict,
+        keys: tuple[int | str, int | str],
+        batch_idx: int,
+        key: tuple,
+    ) -> MixParams | None:
+        """Mix a detection batch: images with their boxes, labels and per-box weights.
+
+        Every target gets ``"weights"`` (1 for the boxes of an unmixed sample), so the form of
+        the targets does not change from batch to batch. Returns the parameters if mixed.
+        """
+        if self._layers.choose(key) != "input":
+            raise ValueError(
+                f"`mix_at` = {self.mix_at!r} mixes a layer inside the network, but detection "
+                "boxes follow the images' pixels; mix detection batches at the inputs."
+            )
+        if self.targets == "loss":
+            raise ValueError(
+                "targets='loss' mixes a criterion over class targets; detection targets are "
+                "mixed as boxes (both samples' boxes, with per-box `weights`), which the "
+                "detector's own loss reads. Use targets='auto' or 'soft' with detection batches."
+            )
+        images, targets = batch[keys[0]], batch[keys[1]]
+        shape = detection_shape(images)
+        self.policy.check_shape(shape)
+        strength = self.strength(
+            trainer.current_epoch, batch_idx, trainer.num_training_batches, trainer.global_step
+        )
+        p, scale = (self.p * strength, 1.0) if self.ramp_target == "p" else (self.p, strength)
+        params = MixParams.unmixed(shape[0])
+        if p > 0 and scale > 0 and shape[0] > 1:
+            finite = not self.skip_nonfinite or all(
+                bool(F.all_finite(x)) for x in (images if isinstance(images, list) else [images])
+            )
+            if finite:
+                params = self.policy.sample(shape, numpy_generator(*key), p=p, alpha_scale=scale)
+            else:
+                self._guard.nonfinite += 1
+                self._guard.warn(f"batch {batch_idx} in epoch {trainer.current_epoch}")
+        mixed_x, mixed_y = mix_detection(images, targets, params, self.min_visible)
+        if self.keep_clean:  # the clean samples (weights 1), then their mixed copies
+            unmixed = MixParams.unmixed(shape[0])
+            clean_x, clean_y = mix_detection(images, targets, unmixed, check_values=False)
+            if isinstance(mixed_x, Tensor) and isinstance(clean_x, Tensor):
+                mixed_x = torch.cat([clean_x, mixed_x])
+            else:
+                mixed_x = [*clean_x, *mixed_x]
+            mixed_y = [*clean_y, *mixed_y]
+            repeat_samples(batch, shape[0], keys)
+        batch[keys[1]], batch[keys[0]] = mixed_y, mixed_x
+        mixed = None if params.identity else params
+        self._guard.add(strength, mixed)
+        return mixed
 
     def _boxes_drawn(self, requested: MixParams, final: MixParams) -> None:
         """A hidden layer's CutMix boxes were drawn: count and report the exact parameters."""

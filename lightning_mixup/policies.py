@@ -74,6 +74,16 @@ class MixParams:
     identity: bool = False
     at: str = "input"
 
+    @classmethod
+    def unmixed(cls, batch_size: int) -> MixParams:
+        """The parameters of a batch of ``batch_size`` samples that is left as it is."""
+        return cls(
+            partner=torch.arange(batch_size),
+            lam=torch.ones(batch_size, dtype=torch.float64),
+            cut=torch.zeros(batch_size, dtype=torch.bool),
+            identity=True,
+        )
+
     @property
     def is_identity(self) -> bool:
         """True when applying these parameters would change nothing."""

@@ -17,8 +17,10 @@ def test_num_classes_and_ignore_index_are_found_at_fit_only():
     assert (targets.num_classes, targets.ignore_index) == (None, None)
     targets.setup(trainer, module, "fit")
     assert (targets.num_classes, targets.ignore_index) == (4, 255)
+    unknown = Targets(None, 0.0, None)
+    unknown.setup(trainer, types.SimpleNamespace(), "fit")  # detection batches need none
     with pytest.raises(ValueError, match="could not find `num_classes`"):
-        Targets(None, 0.0, None).setup(trainer, types.SimpleNamespace(), "fit")
+        unknown.prepare("labels", torch.tensor([0, 1]), on_host=True)
 
 
 def test_off_the_host_indices_are_range_checked_on_the_first_batch_only():

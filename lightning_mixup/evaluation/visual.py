@@ -9,7 +9,7 @@ is drawn, with a clear error when it is missing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from torchmetrics.functional.classification import binary_calibration_error
 from lightning_mixup import _checks as C
 from lightning_mixup import functional as LF
 from lightning_mixup._batch import resolve_keys
+from lightning_mixup._boxes import is_detection_targets
 from lightning_mixup.callback import MixupCallback
 
 if TYPE_CHECKING:
@@ -134,9 +135,34 @@ def _displayable(images: Tensor, mean: Tensor | None, std: Tensor | None) -> np.
     return x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
 
 
+def _draw_boxes(ax: Any, target: Any, class_names: Sequence[str] | None) -> None:
+    """Draw a detection target's boxes on its panel, each labelled ``class:weight``.
+
+    A box covers pixel columns ``x1 ≤ x < x2`` (rows likewise), and ``imshow`` centres pixel
+    ``c`` on ``c``, so the rectangle starts half a pixel before ``x1``. Boxes of a small weight
+    are drawn fainter.
+    """
+    from matplotlib.patches import Rectangle
+
+    boxes = target["boxes"].detach().to("cpu", torch.float64)
+    labels = target["labels"].detach().cpu().tolist()
+    weights = target.get("weights")
+    weights = [1.0] * len(labels) if weights is None else weights.detach().cpu().tolist()
+    for (x1, y1, x2, y2), label, weight in zip(boxes.tolist(), labels, weights):
+        shade = 0.3 + 0.7 * min(max(weight, 0.0), 1.0)
+        ax.add_patch(
+            Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor="tab:red",
+                      linewidth=1.0, alpha=shade)
+        )  # fmt: skip
+        name = class_names[label] if class_names else label
+        ax.text(x1 - 0.5, y1 - 0.5, f"{name}:{weight:.2f}", fontsize=6, color="tab:red",
+                alpha=shade, va="bottom")  # fmt: skip
+    ax.set_title(f"{len(labels)} boxes", fontsize=8)
+
+
 def _grid_figure(
     images: Tensor,
-    targets: Tensor,
+    targets: Tensor | Sequence[Mapping[str, Tensor]],
     mean: float | Sequence[float] | Tensor | None,
     std: float | Sequence[float] | Tensor | None,
     max_images: int,
@@ -148,15 +174,17 @@ def _grid_figure(
         raise ValueError(
             f"`images` must be a (B, C, H, W) tensor with 1 or 3 channels, got {shape}."
         )
-    if not isinstance(targets, Tensor) or targets.ndim not in (1, 2):
+    boxes = is_detection_targets(targets)
+    if not boxes and (not isinstance(targets, Tensor) or targets.ndim not in (1, 2)):
         shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
         raise ValueError(
-            f"`targets` must be (B,) class indices or (B, num_classes) probabilities, got {shape}."
+            "`targets` must be (B,) class indices, (B, num_classes) probabilities or B "
+            f"detection target dicts, got {shape}."
         )
-    if targets.shape[0] != images.shape[0] or images.shape[0] == 0:
+    if len(targets) != images.shape[0] or images.shape[0] == 0:
         raise ValueError(
             f"`images` and `targets` must hold the same, non-zero number of samples, got "
-            f"{images.shape[0]} and {targets.shape[0]}."
+            f"{images.shape[0]} and {len(targets)}."
         )
     m, s = C.mean_std(mean, std)
     if m is not None and s is not None and max(m.numel(), s.numel()) not in (1, images.shape[1]):
@@ -176,14 +204,17 @@ def _grid_figure(
             continue
         gray = pictures.ndim == 3
         ax.imshow(pictures[i], cmap="gray" if gray else None, vmin=0, vmax=1)
-        ax.set_title(format_soft_label(targets[i], class_names), fontsize=8)
+        if boxes:
+            _draw_boxes(ax, targets[i], class_names)
+        else:
+            ax.set_title(format_soft_label(targets[i], class_names), fontsize=8)
     fig.tight_layout(pad=0.3)
     return fig
 
 
 def save_mixed_grid(
     images: Tensor,
-    targets: Tensor,
+    targets: Tensor | Sequence[Mapping[str, Tensor]],
     path: str | Path,
     mean: float | Sequence[float] | Tensor | None = None,
     std: float | Sequence[float] | Tensor | None = None,
@@ -199,7 +230,9 @@ def save_mixed_grid(
 
     Args:
         images: ``(B, C, H, W)`` floats with C = 1 (shown in grey) or 3, on any device.
-        targets: ``(B, num_classes)`` probability rows (e.g. a mixed batch) or ``(B,)`` indices.
+        targets: ``(B, num_classes)`` probability rows (e.g. a mixed batch), ``(B,)`` indices, or
+            ``B`` detection target dicts (``"boxes"`` xyxy pixels, ``"labels"``, optional
+            ``"weights"``), drawn as labelled rectangles.
         path: Where to write the PNG; parent folders are created.
         mean: Per-channel mean the images were normalised with, or None.
         std: Per-channel std the images were normalised with, or None.
@@ -227,7 +260,7 @@ def save_mixed_grid(
 def log_mixed_grid(
     trainer: pl.Trainer,
     images: Tensor,
-    targets: Tensor,
+    targets: Tensor | Sequence[Mapping[str, Tensor]],
     tag: str = "mixup/grid",
     max_images: int = 16,
     class_names: Sequence[str] | None = None,
@@ -250,7 +283,8 @@ def log_mixed_grid(
     Args:
         trainer: The running Trainer (its rank, epoch, step, loggers and datamodule are read).
         images: ``(B, C, H, W)`` mixed inputs, C = 1 or 3, on any device.
-        targets: ``(B, num_classes)`` mixed targets or ``(B,)`` indices.
+        targets: ``(B, num_classes)`` mixed targets, ``(B,)`` indices, or ``B`` detection target
+            dicts (boxes drawn as labelled rectangles).
         tag: TensorBoard tag of the image.
         max_images: At most this many panels.
         class_names: Names to print instead of class indices.
@@ -367,15 +401,24 @@ class MixedGridLogger(pl.Callback):
         images, targets = batch[input_key], batch[target_key]
         if mixer.keep_clean:  # the clean half, then the mixed half: draw the mixed one
             images, targets = images[len(images) // 2 :], targets[len(targets) // 2 :]
-        if targets.ndim == 1 and not targets.is_floating_point():  # targets="loss" keeps labels
+        if isinstance(images, list) and len({tuple(x.shape) for x in images}) == 1:
+            images = torch.stack(images)  # detection images as a list of one size
+        if (  # targets="loss" keeps the labels: show the weights its loss gives them
+            isinstance(targets, Tensor) and targets.ndim == 1 and not targets.is_floating_point()
+        ):
             classes = mixer._targets.num_classes or int(targets.max()) + 1
             rows = LF.soft_targets(targets, classes, check_range=False)
             targets = LF.mix_targets(rows, params.partner.to(rows.device), params.lam)
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
             self._enabled = False
+            shape = (
+                tuple(images.shape)
+                if isinstance(images, Tensor)
+                else f"a list of images of {len({tuple(x.shape) for x in images})} sizes"
+            )
             rank_zero_warn(
                 "MixedGridLogger draws image batches (B, C, H, W) with 1 or 3 channels; these "
-                f"inputs have shape {tuple(images.shape)}, so no grid is drawn."
+                f"inputs have shape {shape}, so no grid is drawn."
             )
             return
         self._drawn_epoch = epoch
