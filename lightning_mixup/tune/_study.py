@@ -95,7 +95,7 @@ def _missing_driver(err: BaseException | None, url: str) -> str | None:
     if not isinstance(err, ModuleNotFoundError):
         return None
     extra = 'pip install "lightning-mixup[postgres]"'
-    if err.name == "psycopg":  # what SQLAlchemy >= 2.1 opens postgresql:// URLs with
+    if err.name == "psycopg":  # what sqlalchemy_url opens postgresql:// URLs with
         return f"the PostgreSQL driver psycopg is not installed; {extra}"
     hint = f", or write postgresql:// and {extra}" if url.startswith("postgresql") else ""
     return f"its database driver module {err.name!r} is not installed; install it{hint}"
@@ -132,6 +132,18 @@ def write_atomically(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def sqlalchemy_url(url: str) -> str:
+    """``url`` with the psycopg 3 driver named when a ``postgresql://`` URL names none.
+
+    SQLAlchemy 2.1 and later open plain ``postgresql://`` URLs with psycopg 3, 2.0 with psycopg2;
+    naming the driver makes both open it with psycopg 3, the driver of the ``postgres`` extra
+    (SQLAlchemy 2.1 needs Python 3.11, so Python 3.10 gets 2.0).
+    """
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
 def _storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -153,7 +165,7 @@ def _storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.Bas
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return storages.RDBStorage(
-            url,
+            sqlalchemy_url(url),
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat,
             grace_period=grace,

@@ -16,6 +16,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from lightning_mixup.tune import main_compare  # noqa: E402
+from lightning_mixup.tune._study import sqlalchemy_url  # noqa: E402
 from tests.tune.test_compare import runs_per_point, worker  # noqa: E402
 from tests.tune.test_tune import TINY, _worker, check_killed_worker_is_retried  # noqa: E402
 
@@ -24,7 +25,7 @@ EXTRA = 'pip install "lightning-mixup[postgres]"'
 
 
 def _trials(url: str, name: str = "lightning-mixup") -> list:
-    return optuna.load_study(study_name=name, storage=url).get_trials()
+    return optuna.load_study(study_name=name, storage=sqlalchemy_url(url)).get_trials()
 
 
 def _dirs(out: Path) -> list[int]:
@@ -114,7 +115,7 @@ def test_two_tune_workers_share_one_study_on_postgres(postgres_url, tmp_path):
 @pytest.mark.slow
 def test_killed_tune_worker_on_postgres_loses_only_its_trial(postgres_url, tmp_path):
     def load():
-        return optuna.load_study(study_name="lightning-mixup", storage=postgres_url)
+        return optuna.load_study(study_name="lightning-mixup", storage=sqlalchemy_url(postgres_url))
 
     check_killed_worker_is_retried(tmp_path / "tune", load, "--storage", postgres_url)
 
@@ -134,7 +135,7 @@ def test_two_compare_workers_on_postgres_run_each_point_once(postgres_url, tmp_p
     logs = [w.communicate(timeout=300)[0] for w in workers]
     for w, log in zip(workers, logs):
         assert w.returncode == 0, log[-3000:]
-    study = optuna.load_study(study_name="compare", storage=postgres_url)
+    study = optuna.load_study(study_name="compare", storage=sqlalchemy_url(postgres_url))
     points = runs_per_point(study)
     assert sorted(points) == [(arm, 0.0, s) for arm in ("cutmix", "erm") for s in (0, 1)]
     assert all(len(n) == 1 for n in points.values()), points
