@@ -154,7 +154,13 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     _stamp_monitor(study, args.monitor)
-    if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+    # A failed baseline (say with a --monitor typo, or a crash) is queued again: the summary
+    # compares mixing with it. A killed worker's baseline is queued again by the heartbeat's
+    # retry, with its user attributes, so it is not FAIL-only then.
+    if not any(
+        t.user_attrs.get("baseline") and t.state != TrialState.FAIL
+        for t in study.get_trials(deepcopy=False)
+    ):
         study.enqueue_trial({}, user_attrs={"baseline": True})
 
     objective = _Objective(args, passthrough, space, out)

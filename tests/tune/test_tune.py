@@ -263,6 +263,7 @@ def test_monitor_never_logged_lists_logged_names_and_can_be_corrected(tmp_path, 
     study = _load(out)
     assert study.user_attrs["monitor"] == "val/acc"
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE"]
+    assert study.get_trials()[1].user_attrs["baseline"] is True  # the failed baseline, again
     # Now a trial finished with it: another --monitor is refused.
     assert main([*TINY, "--out", str(out), "--n-trials", "1", "--monitor", "val/nll"]) == 2
     assert _error_line(capfd.readouterr().err) == (
