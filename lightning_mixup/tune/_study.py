@@ -161,8 +161,8 @@ def make_folder(flag: str, folder: Path, given: Path | None = None) -> None:
     except OSError as err:
         blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
         why = f"{str(blocker)!r} is a file" if blocker else (err.strerror or type(err).__name__)
-        shown = str(folder if given is None else given)
-        raise TuneError(f"`{flag}` {shown!r}: cannot create the folder, {why}.") from None
+        shown, what = (str(folder), "the folder") if given is None else (str(given), "its folder")
+        raise TuneError(f"`{flag}` {shown!r}: cannot create {what}, {why}.") from None
 
 
 @contextlib.contextmanager

@@ -55,7 +55,8 @@ class TrialFailed(Exception):
 
     def __init__(self, number: int, err: BaseException, log: Path) -> None:
         self.error = _one_line(err)
-        super().__init__(f"trial {number} failed: {self.error}; full traceback in {log}")
+        reason = self.error.rstrip(".")
+        super().__init__(f"trial {number} failed: {reason}; full traceback in {log}")
 
 
 #: Refused trials in a row after which the worker stops: the space is then mostly invalid.
