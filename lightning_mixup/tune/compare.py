@@ -467,7 +467,9 @@ def _check_runs(cfg: CompareConfig) -> None:
             text = text.replace(f"`{name}`", f"`{flag}`")
         raise ValueError(text) from None
     try:
-        with _lightning_quiet():
+        # Muted as in a run: "GPU available but not used" and the info lines.
+        with _lightning_quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", PossibleUserWarning)
             pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     except Exception as err:  # Lightning's MisconfigurationException and ValueError alike
