@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import random
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,9 @@ __all__ = [
     "TuneError",
     "add_study_arguments",
     "hide_password",
+    "check_heartbeat",
+    "logger_level",
+    "make_folder",
     "open_storage",
     "save_png",
     "write_atomically",
@@ -166,3 +172,49 @@ def save_png(fig: Any, path: Path, dpi: float | None = None) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     write_atomically(path, buffer.getvalue())
+
+
+def check_heartbeat(heartbeat: int, grace: int | None) -> None:
+    """Check ``--heartbeat`` and ``--grace`` before any storage is opened.
+
+    A grace period no longer than the heartbeat would fail a live trial between two of its beats
+    (and run it a second time), so ``--grace`` must exceed ``--heartbeat``.
+
+    Raises:
+        ValueError: Naming the flag, the rule and the value.
+    """
+    from lightning_mixup import _checks
+
+    _checks.integer("--heartbeat", heartbeat, 1)
+    if grace is not None and grace <= heartbeat:
+        raise ValueError(
+            f"`--grace` must be longer than `--heartbeat` ({heartbeat}), got {grace!r}."
+        )
+
+
+def make_folder(flag: str, folder: Path, given: Path | None = None) -> None:
+    """Create ``folder`` (and its parents) for the path ``given`` to ``flag`` (default ``folder``).
+
+    Raises:
+        TuneError: In one line, when the folder cannot be created (say a regular file is in the
+            way, or the permissions refuse it).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        why = f"{str(blocker)!r} is a file" if blocker else (err.strerror or type(err).__name__)
+        shown, what = (str(folder), "the folder") if given is None else (str(given), "its folder")
+        raise TuneError(f"`{flag}` {shown!r}: cannot create {what}, {why}.") from None
+
+
+@contextlib.contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """Set the level of the ``logging`` logger ``name`` inside the block; restore it after."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)

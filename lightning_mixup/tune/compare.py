@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import math
@@ -66,7 +67,10 @@ from lightning_mixup.evaluation.robustness import AdversarialEval
 from lightning_mixup.tune._study import (
     TuneError,
     add_study_arguments,
+    check_heartbeat,
     hide_password,
+    logger_level,
+    make_folder,
     open_storage,
 )
 
@@ -322,8 +326,9 @@ def build_config(argv: Sequence[str] | None = None) -> CompareConfig:
         The checked configuration.
 
     Raises:
-        ValueError: On an unknown dataset or arm, a repeated value, or a value out of range (the
-            message names the flag and the value).
+        ValueError: On an unknown dataset or arm, a repeated value, a value out of range, or one
+            that a run's datamodule, model, callbacks or accelerator would refuse (the message
+            names the flag and the value): all before any study is created or stamped.
         SystemExit: On arguments argparse cannot parse, or ``--help``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -376,16 +381,12 @@ def build_config(argv: Sequence[str] | None = None) -> CompareConfig:
         _distinct("--classes", a.classes)
     if a.num_workers is not None and a.num_workers < 0:
         raise ValueError(f"`--num-workers` must be an integer >= 0, got {a.num_workers!r}.")
-    for flag, value in (("--workers", a.workers), ("--heartbeat", a.heartbeat)):
-        if value < 1:
-            raise ValueError(f"`{flag}` must be an integer >= 1, got {value!r}.")
-    if a.grace is not None and a.grace <= a.heartbeat:
-        raise ValueError(
-            f"`--grace` must be longer than `--heartbeat` ({a.heartbeat}), got {a.grace!r}."
-        )
+    if a.workers < 1:
+        raise ValueError(f"`--workers` must be an integer >= 1, got {a.workers!r}.")
+    check_heartbeat(a.heartbeat, a.grace)
     if a.report_only and a.no_report:
         raise ValueError("`--report-only` and `--no-report` together would do nothing.")
-    return CompareConfig(
+    cfg = CompareConfig(
         dataset=a.dataset,
         data_dir=a.data_dir,
         val_size=a.val_size,
@@ -416,6 +417,70 @@ def build_config(argv: Sequence[str] | None = None) -> CompareConfig:
         report_only=a.report_only,
         argv=argv,
     )
+    _check_runs(cfg)
+    return cfg
+
+
+#: The flag of each constructor argument that a run builds from the command line.
+_FLAGS = {"classes": "--classes", "data_dir": "--data-dir", "val_size": "--val-size",
+          "batch_size": "--batch-size", "num_workers": "--num-workers", "width": "--width",
+          "label_noise": "--noise", "seed": "--seeds", "eps": "--eps", "pgd_steps": "--pgd-steps"}  # fmt: skip
+
+
+def _check_runs(cfg: CompareConfig) -> None:
+    """Build what every run builds, once, so that a value they refuse stops the command early.
+
+    The datamodule, the model, every arm's callbacks and the Trainer's accelerator check their
+    arguments when built; doing it here, before the study is created and stamped with the
+    settings, lets the corrected command run in the same ``--out``. CIFAR files are read only in
+    a run, but a ``--data-dir`` without the dataset's folder is refused here.
+
+    Raises:
+        ValueError: Naming the flag (not the constructor argument) and the value.
+    """
+    if not cfg.digits:
+        import torchvision
+
+        dataset = (
+            torchvision.datasets.CIFAR10
+            if cfg.dataset == "cifar10"
+            else torchvision.datasets.CIFAR100
+        )
+        folder = Path(str(cfg.data_dir)).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"`--data-dir` {cfg.data_dir!r} is not a folder.")
+        if not (folder / dataset.base_folder).is_dir():
+            raise ValueError(
+                f"`--data-dir` {cfg.data_dir!r} has no `{dataset.base_folder}` folder (the "
+                f"extracted {cfg.dataset.upper()} files)."
+            )
+    try:
+        dm = _datamodule(cfg, cfg.noise[0], cfg.seeds[0])
+        _model(cfg, dm.num_classes)
+        for arm in cfg.arms:
+            kwargs = cfg.arm_kwargs(arm)
+            if kwargs is not None:
+                MixupCallback(**kwargs, seed=cfg.seeds[0])
+        AdversarialEval(cfg.eps, pgd_steps=cfg.pgd_steps, seed=cfg.seeds[0], save_diagram=False)
+    except (ValueError, TypeError) as err:
+        text = str(err)
+        for name, flag in _FLAGS.items():
+            text = text.replace(f"`{name}`", f"`{flag}`")
+        raise ValueError(text) from None
+    try:
+        # Muted as in a run: "GPU available but not used" and the info lines.
+        with _lightning_quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", PossibleUserWarning)
+            pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    except Exception as err:  # Lightning's MisconfigurationException and ValueError alike
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"`--accelerator` {cfg.accelerator!r} cannot be used: {first}") from None
+
+
+def _lightning_quiet() -> contextlib.AbstractContextManager[None]:
+    """Lightning's info lines (``GPU available: ...``) muted inside the block."""
+    return logger_level("lightning.pytorch", logging.WARNING)
 
 
 def _limit_arg(text: str) -> float | int:
@@ -575,9 +640,12 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
 def open_study(cfg: CompareConfig) -> optuna.Study:
     """The grid study in ``cfg.storage_url``, created or joined.
 
+    A study whose runs never finished (say the first command failed in its first run) takes
+    this command's settings, with one line saying which changed.
+
     Raises:
-        TuneError: When the storage cannot be opened, or the study was made with other settings
-            (its runs would not be comparable with this command's).
+        TuneError: When the storage cannot be opened, or the study has finished or running runs
+            made with other settings (they would not be comparable with this command's).
     """
     storage = open_storage(cfg.storage_url, cfg.heartbeat, cfg.grace)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -593,16 +661,32 @@ def open_study(cfg: CompareConfig) -> optuna.Study:
         load_if_exists=True,
     )
     known = study.user_attrs.get("settings")
-    if known is None:
+    if known is not None and known != cfg.settings:
+        changed = [k for k in cfg.settings if known.get(k) != cfg.settings[k]]
+        states = (TrialState.COMPLETE, TrialState.RUNNING)
+        if study.get_trials(deepcopy=False, states=states):
+            flag = "--" + changed[0].replace("_", "-")
+            raise TuneError(
+                f"study {cfg.study_name!r} in {hide_password(cfg.storage_url)} was run with {flag} "
+                f"{known.get(changed[0])!r}, got {cfg.settings[changed[0]]!r}; use another --out, "
+                "--storage or --study-name."
+            )
+        # No run finished (or is running) with the old settings, say a first command that
+        # failed in its first run: the corrected command takes the study over.
+        flags = ["--" + k.replace("_", "-") for k in changed]
+        old = ", ".join(f"{f} {_shown(known.get(k))}" for f, k in zip(flags, changed))
+        new = ", ".join(f"{f} {_shown(cfg.settings[k])}" for f, k in zip(flags, changed))
+        print(f"study {cfg.study_name!r} finished no run with {old}; it now runs with {new}.")
+    if known != cfg.settings:
         study.set_user_attr("settings", cfg.settings)
-    elif known != cfg.settings:
-        key = next(k for k in cfg.settings if known.get(k) != cfg.settings[k])
-        flag = "--" + key.replace("_", "-")
-        raise TuneError(
-            f"study {cfg.study_name!r} in {hide_password(cfg.storage_url)} was run with {flag} {known.get(key)!r}, "
-            f"got {cfg.settings[key]!r}; use another --out, --storage or --study-name."
-        )
     return study
+
+
+def _shown(value: Any) -> str:
+    """A setting as typed on the command line: ``2``, ``0 1``, ``0.5``."""
+    if isinstance(value, list):
+        return " ".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _point(t: FrozenTrial) -> tuple | None:
@@ -716,20 +800,16 @@ def _work(cfg: CompareConfig, study: optuna.Study) -> None:
 def _work_here(cfg: CompareConfig, study: optuna.Study) -> None:
     """:func:`_work` with ``--threads`` torch threads and Lightning's info lines muted."""
     threads = torch.get_num_threads()
-    pl_logger = logging.getLogger("lightning.pytorch")
-    level = pl_logger.level
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        pl_logger.setLevel(logging.WARNING)
-        with warnings.catch_warnings():
+        with _lightning_quiet(), warnings.catch_warnings():
             warnings.simplefilter("ignore", PossibleUserWarning)
             # Lightning 2.6 on torch ≥ 2.10 warns about torch's LeafSpec on every run.
             warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
             _work(cfg, study)
     finally:
         torch.set_num_threads(threads)
-        pl_logger.setLevel(level)
 
 
 def _work_with_helpers(cfg: CompareConfig, study: optuna.Study) -> int:
@@ -757,7 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         cfg = build_config(argv)
-        cfg.out.mkdir(parents=True, exist_ok=True)
+        make_folder("--out", cfg.out)
         study = open_study(cfg)
     except (ValueError, TuneError) as err:
         print(f"lightning-mixup compare: error: {err}", file=sys.stderr)

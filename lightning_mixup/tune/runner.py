@@ -7,14 +7,20 @@ monitored metric of the **last** validation epoch (the mean over ``--seeds``).
 
 Trial 0 of every study is a no-mixing baseline: enqueued with the user attribute ``baseline=True``,
 it runs with no MixupCallback at all and has no parameters.
+
+A trial that raises stops the worker with one line (exit status 1); its traceback is in
+``<out>/trial_<n>/error.log`` and its one-line reason in the trial's ``error`` user attribute.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import math
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,16 +30,33 @@ import lightning.pytorch as pl
 import optuna
 from optuna.trial import TrialState
 
-from lightning_mixup.tune._study import TuneError, add_study_arguments, open_storage
+from lightning_mixup.tune._study import (
+    TuneError,
+    add_study_arguments,
+    check_heartbeat,
+    logger_level,
+    make_folder,
+    open_storage,
+    write_atomically,
+)
 from lightning_mixup.tune.space import default_space, load_space, suggest
 
-__all__ = ["Refused", "TuneError", "run"]
+__all__ = ["Refused", "TrialFailed", "TuneError", "run"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class Refused(Exception):
     """MixupCallback refused a trial's combination of arguments: that trial fails, the study goes on."""
+
+
+class TrialFailed(Exception):
+    """A trial raised: the worker stops, with one line that says where its traceback is."""
+
+    def __init__(self, number: int, err: BaseException, log: Path) -> None:
+        self.error = _one_line(err)
+        reason = self.error.rstrip(".")
+        super().__init__(f"trial {number} failed: {reason}; full traceback in {log}")
 
 
 #: Refused trials in a row after which the worker stops: the space is then mostly invalid.
@@ -89,19 +112,22 @@ def run(argv: Sequence[str]) -> int:
     args, passthrough = _parser().parse_known_args(list(argv))
     try:
         return _run(args, passthrough)
-    except (TuneError, ValueError) as err:
+    except (TuneError, ValueError, TrialFailed) as err:
         print(f"lightning-mixup tune: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, TrialFailed) else 2
 
 
 def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
-    if args.n_trials < 1:
-        raise ValueError(f"`--n-trials` must be at least 1, got {args.n_trials!r}.")
-    if args.heartbeat < 1:
-        raise ValueError(f"`--heartbeat` must be at least 1 second, got {args.heartbeat!r}.")
+    from lightning_mixup import _checks
+
+    _checks.integer("--n-trials", args.n_trials, 1)
+    check_heartbeat(args.heartbeat, args.grace)
     space = load_space(args.space) if args.space else None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder("--out", out)
+    if args.print_best_config:
+        best = Path(args.print_best_config)
+        make_folder("--print-best-config", best.parent, given=best)
     storage = open_storage(
         args.storage or f"sqlite:///{out / 'study.db'}", args.heartbeat, args.grace
     )
@@ -123,40 +149,92 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         raise TuneError(
             f"study {args.study_name!r} exists with direction {study.direction.name.lower()}, got --direction {args.direction}."
         )
-    known = study.user_attrs.get("monitor")
-    if known is None:
-        study.set_user_attr("monitor", args.monitor)
-    elif known != args.monitor:
-        raise TuneError(
-            f"study {args.study_name!r} was run with --monitor {known!r}, got {args.monitor!r}; use another --study-name."
-        )
-    if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
-        study.enqueue_trial({}, user_attrs={"baseline": True})
-
-    objective = _Objective(args, passthrough, space, out)
     heartbeat = isinstance(storage, optuna.storages.RDBStorage)
     if heartbeat:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+    _stamp_monitor(study, args.monitor)
+    # A failed baseline (say with a --monitor typo, or a crash) is queued again: the summary
+    # compares mixing with it. A killed worker's baseline is queued again by the heartbeat's
+    # retry, with its user attributes, so it is not FAIL-only then.
+    if not any(
+        t.user_attrs.get("baseline") and t.state != TrialState.FAIL
+        for t in study.get_trials(deepcopy=False)
+    ):
+        study.enqueue_trial({}, user_attrs={"baseline": True})
+
+    objective = _Objective(args, passthrough, space, out)
     todo = _missing(study, args.n_trials, count_running=heartbeat)
     if todo > 0:
         # No n_trials: refused trials do not count, so _Progress stops the worker once the study
         # has enough finished trials.
-        study.optimize(
-            objective,
-            callbacks=[_Progress(args.n_trials, heartbeat)],
-            gc_after_trial=True,
-            catch=(Refused,),
-        )
-    from lightning_mixup.tune.report import write_reports
+        with _quiet_failed_trials():
+            study.optimize(
+                objective,
+                callbacks=[_Progress(args.n_trials, heartbeat)],
+                gc_after_trial=True,
+                catch=(Refused,),
+            )
+    from lightning_mixup.tune.report import write_plots, write_summary
 
-    text = write_reports(study, out, args.monitor)
+    # The summary and the best config first: a plot that fails must not cost them.
+    text = write_summary(study, out, args.monitor)
     print(text)
     if args.print_best_config:
         _print_best_config(study, passthrough, Path(args.print_best_config))
         print(f"best config written to {args.print_best_config}")
+    for note in write_plots(study, out, args.monitor, text):
+        print(note)
     return 0
+
+
+def _stamp_monitor(study: optuna.Study, monitor: str) -> None:
+    """Record ``--monitor`` in the study, or check it against the recorded one.
+
+    A study whose trials never finished (a typo in ``--monitor`` fails the first trial) takes the
+    new setting; one with finished or running trials keeps its own, or its values would mix two
+    metrics.
+    """
+    known = study.user_attrs.get("monitor")
+    if known == monitor:
+        return
+    if known is not None:
+        states = (*_FINISHED, TrialState.RUNNING)
+        used = len(study.get_trials(deepcopy=False, states=states))
+        if used:
+            raise TuneError(
+                f"study {study.study_name!r} was run with --monitor {known!r}, got {monitor!r}, "
+                f"and has {used} finished or running trial{'s' if used > 1 else ''} measured "
+                "with it; use another --study-name or --out."
+            )
+        print(
+            f"study {study.study_name!r} finished no trial with --monitor {known!r}; "
+            f"it now monitors {monitor!r}.",
+            flush=True,
+        )
+    study.set_user_attr("monitor", monitor)
+
+
+def _quiet_failed_trials() -> contextlib.AbstractContextManager[None]:
+    """Keep Optuna from logging each failed trial with its traceback (~40 lines).
+
+    Optuna's optimize loop logs a failed trial as two warnings, the first with the traceback,
+    from its ``optuna.study._optimize`` logger, and nothing else at that level: that logger is
+    raised to ERROR meanwhile. The command says it in one line instead (:class:`_Progress` for a
+    refused trial, :class:`TrialFailed` for one that raised), and the traceback goes to the
+    trial's ``error.log``.
+    """
+    return logger_level("optuna.study._optimize", logging.ERROR)
+
+
+def _one_line(err: BaseException) -> str:
+    """``err`` as ``Type: first line of its message`` (a TuneError: its message alone)."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(err, TuneError):
+        return first
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def _missing(study: optuna.Study, n_trials: int, count_running: bool) -> int:
@@ -258,6 +336,20 @@ class _Objective:
         self.args, self.passthrough, self.space, self.out = args, passthrough, space, out
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """Run the trial; a failure is recorded (``error`` user attribute, ``error.log``)."""
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, Refused, TuneError):
+            raise  # said in one line by _Progress, or by run() (TuneError: a bad setting)
+        except Exception as err:
+            log = self.out / f"trial_{trial.number}" / "error.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("".join(traceback.format_exception(err)))
+            failed = TrialFailed(trial.number, err, log)
+            trial.set_user_attr("error", failed.error)
+            raise failed from err
+
+    def _run(self, trial: optuna.Trial) -> float:
         baseline = bool(trial.user_attrs.get("baseline"))
         if baseline and _earlier_baseline(trial):
             # A concurrent worker enqueued a second baseline: run it as an ordinary trial.
@@ -406,7 +498,6 @@ def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) 
         raise TuneError("no trial completed, so there is no best config to write.") from None
     cli = _build(passthrough, None, None)
     params = None if best.user_attrs.get("baseline") else dict(best.params)
-    path.parent.mkdir(parents=True, exist_ok=True)
     import yaml
 
     header = (
@@ -415,4 +506,11 @@ def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) 
         + (" (the no-mixing baseline: no MixupCallback)" if params is None else "")
         + "\n"
     )
-    path.write_text(header + yaml.safe_dump(_config_with(_dumped(cli), params), sort_keys=False))
+    text = header + yaml.safe_dump(_config_with(_dumped(cli), params), sort_keys=False)
+    make_folder("--print-best-config", path.parent, given=path)
+    try:
+        write_atomically(path, text)
+    except OSError as err:
+        raise TuneError(
+            f"`--print-best-config` {str(path)!r} cannot be written: {err.strerror or err}."
+        ) from None

@@ -399,6 +399,15 @@ def test_limits_follow_lightnings_int_count_float_fraction_rule():
             r"`--grace` must be longer than `--heartbeat` \(5\)",
         ),
         (["--report-only", "--no-report"], r"`--report-only` and `--no-report` together"),
+        (["--grace", "-1"], r"`--grace` must be longer than `--heartbeat` \(60\), got -1\."),
+        # Checked by building what every run builds, before the study is stamped with them.
+        (["--classes", "11"], r"`--classes` must hold digits, integers in 0..9, got 11 in \[11\]"),
+        (["--classes", "3"], r"`--classes` must hold at least 2 digits, got \[3\]"),
+        (["--accelerator", "tpuu"], r"`--accelerator` 'tpuu' cannot be used: "),
+        (
+            ["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"],
+            r"`--data-dir` '/nonexistent/cifar' is not a folder",
+        ),
     ],
 )
 def test_bad_arguments_are_rejected(argv, match):
@@ -413,6 +422,63 @@ def test_main_reports_a_bad_argument_and_returns_2(tmp_path, capsys):
     bad = "postgresql://nobody@127.0.0.1:1/none"
     assert main(["--storage", bad, "--out", str(tmp_path / "p")]) == 2
     assert f"lightning-mixup compare: error: cannot open storage {bad!r}" in capsys.readouterr().err
+
+
+def _one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_bad_classes_stamp_nothing_so_the_corrected_command_runs(tmp_path, capfd):
+    out = tmp_path / "out"
+    argv = ["--arms", "erm", "--noise", "0", "--out", str(out), *TINY]
+    assert main([*argv, "--classes", "11"]) == 2
+    assert _one_line(capfd.readouterr().err) == (
+        "lightning-mixup compare: error: `--classes` must hold digits, integers in 0..9, got 11 "
+        "in [11]."
+    )
+    assert not out.exists()  # no study, no settings stamped
+    assert main([*argv, "--classes", "0", "1"]) == 0
+    assert load(out).user_attrs["settings"]["classes"] == [0, 1]
+    assert len(read_rows(out / "results.csv")[1]) == 1
+
+
+def test_out_under_a_regular_file_is_one_line(tmp_path, capfd):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out in (afile / "out", afile):
+        assert main(["--arms", "erm", "--out", str(out)]) == 2
+        err = _one_line(capfd.readouterr().err)
+        assert err.startswith(
+            f"lightning-mixup compare: error: `--out` {str(out)!r}: cannot create"
+        )
+
+
+def test_a_study_with_no_finished_run_takes_the_corrected_settings(tmp_path, monkeypatch, capfd):
+    out = tmp_path / "out"
+    argv = ["--arms", "erm", "--noise", "0", "--out", str(out), *TINY]
+
+    def crash(cfg, arm, noise, seed):
+        raise RuntimeError("crashed (simulated)")
+
+    monkeypatch.setattr(compare_module, "run_one", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        main([*argv, "--epochs", "1"])
+    assert [t.state.name for t in load(out).get_trials()] == ["FAIL"]
+    monkeypatch.undo()
+    capfd.readouterr()
+    assert main(argv) == 0  # --epochs 2 (TINY)
+    assert (
+        "study 'compare' finished no run with --epochs 1; it now runs with --epochs 2."
+    ) in capfd.readouterr().out
+    study = load(out)
+    assert study.user_attrs["settings"]["epochs"] == 2
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE"]
+    assert read_rows(out / "results.csv")[1][0]["epochs"] == "2"
+    # A finished run now holds the settings: other ones are refused.
+    assert main([*argv, "--epochs", "1"]) == 2
+    assert "was run with --epochs 2, got 1; use another --out" in capfd.readouterr().err
 
 
 def test_unparsable_values_are_argparse_errors(capsys):

@@ -80,7 +80,7 @@ def test_a_password_in_the_storage_url_is_never_shown(postgres_url, tmp_path, ca
 
     url = postgres_url.replace("mixup@", "mixup:secret@")  # trust auth: the server ignores it
     argv = ["--arms", "erm", "--storage", url, "--out", str(tmp_path / "c")]
-    open_study(build_config([*argv, "--epochs", "2"]))
+    open_study(build_config([*argv, "--epochs", "2"])).ask()  # a run under way with 2 epochs
     assert main_compare([*argv, "--epochs", "3"]) == 2  # refused: another grid, no training
     err = capsys.readouterr().err
     assert "was run with --epochs 2, got 3" in err and "mixup:***@127.0.0.1" in err
