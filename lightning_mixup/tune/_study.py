@@ -8,21 +8,28 @@ import logging
 import os
 import random
 import time
+import traceback
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 __all__ = [
+    "StudyOptions",
+    "TrialFailed",
     "TuneError",
-    "add_study_arguments",
-    "hide_password",
     "check_heartbeat",
+    "fail_stale",
+    "failed",
+    "hide_password",
     "logger_level",
     "make_folder",
+    "one_line",
     "open_storage",
+    "quiet_failed_trials",
     "save_png",
     "write_atomically",
 ]
@@ -32,32 +39,87 @@ class TuneError(RuntimeError):
     """A problem that makes the study pointless to continue (reported in one line)."""
 
 
-def add_study_arguments(parser: Any, study_name: str, what: str) -> None:
-    """Add ``--storage``, ``--study-name``, ``--heartbeat`` and ``--grace`` to ``parser``.
+class TrialFailed(Exception):
+    """A trial raised: the worker stops, with one line that says where its traceback is."""
 
-    ``what`` names one unit of work in the help (``"trial"``, ``"run"``).
+    def __init__(self, number: int, err: BaseException, log: Path) -> None:
+        self.error = one_line(err)
+        reason = self.error.rstrip(".")
+        super().__init__(f"trial {number} failed: {reason}; full traceback in {log}")
+
+
+def failed(trial: optuna.Trial, err: BaseException, folder: Path) -> TrialFailed:
+    """Record why ``trial`` failed; the :class:`TrialFailed` to raise from ``err``.
+
+    The traceback goes to ``folder/error.log``, the one-line reason to the trial's ``error``
+    user attribute.
     """
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL, or journal:PATH (default: sqlite:///<out>/study.db); workers on "
-        "several machines share one database URL.",
-    )
-    parser.add_argument("--study-name", default=study_name, help=f"Default: {study_name}.")
-    parser.add_argument(
-        "--heartbeat",
-        type=int,
-        default=60,
-        help=f"Seconds between heartbeats of a running {what} (database storages only; journal "
-        f"storage has none, so a killed worker's {what} stays RUNNING there). A {what} silent for "
-        "--grace seconds is marked FAIL and retried once with the same arguments.",
-    )
-    parser.add_argument(
-        "--grace",
-        type=int,
-        default=None,
-        help=f"Seconds before a silent {what} counts as dead (default: 2 x --heartbeat).",
-    )
+    log = folder / "error.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(traceback.format_exception(err)))
+    error = TrialFailed(trial.number, err, log)
+    trial.set_user_attr("error", error.error)
+    return error
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` as ``Type: first line of its message`` (a TuneError: its message alone)."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(err, TuneError):
+        return first
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def quiet_failed_trials() -> contextlib.AbstractContextManager[None]:
+    """Keep Optuna from logging each failed trial with its traceback (~40 lines).
+
+    Optuna's optimize loop logs a failed trial as two warnings, the first with the traceback,
+    from its ``optuna.study._optimize`` logger, and nothing else at that level: that logger is
+    raised to ERROR meanwhile. The commands say it in one line instead (:class:`TrialFailed`),
+    and the traceback goes to the trial's ``error.log`` (:func:`failed`).
+    """
+    return logger_level("optuna.study._optimize", logging.ERROR)
+
+
+@dataclass
+class StudyOptions:
+    """Where a command's Optuna study lives, and how its workers show they are alive.
+
+    Args:
+        storage: Optuna storage URL, or journal:PATH (default: sqlite:///<out>/study.db); workers
+            on several machines share one database URL.
+        study_name: The study's name in the storage.
+        heartbeat: Seconds between heartbeats of a running trial (database storages only;
+            journal storage has none, so a killed worker's trial stays RUNNING there). A trial
+            silent for --grace seconds is marked FAIL and retried once with the same arguments.
+        grace: Seconds before a silent trial counts as dead (default: 2 x --heartbeat).
+        out: The command's output folder.
+    """
+
+    storage: str | None = None
+    study_name: str = "lightning-mixup"
+    heartbeat: int = 60
+    grace: int | None = None
+    out: str = "runs"
+
+    @property
+    def storage_url(self) -> str:
+        """``--storage``, or the study database in ``--out``."""
+        return self.storage or f"sqlite:///{Path(self.out) / 'study.db'}"
+
+    def open_storage(self) -> optuna.storages.BaseStorage:
+        """The storage (:func:`open_storage`), once ``--out`` exists; a :class:`TuneError` if not."""
+        make_folder("--out", Path(self.out))
+        return open_storage(self.storage_url, self.heartbeat, self.grace)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Mark the trials of killed workers (silent for ``--grace``) failed, and queue their retry."""
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
 def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:

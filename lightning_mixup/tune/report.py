@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_mixup.tune._study import save_png, write_atomically
 
-__all__ = ["write_plots", "write_summary"]
+__all__ = ["label", "write_plots", "write_summary"]
 
 #: The trials.csv columns: Optuna's own table of the study (one row per trial).
 _CSV_ATTRS = ("number", "state", "value", "datetime_start", "datetime_complete", "duration",
@@ -147,7 +147,8 @@ def _plots(study: optuna.Study, monitor: str) -> list[tuple[str, str, Callable[[
     ]
 
 
-def _label(t: FrozenTrial) -> str:
+def label(t: FrozenTrial) -> str:
+    """A trial's arguments, ``alpha=1.529, cutmix_alpha=1``, or ``no mixing (baseline)``."""
     if t.user_attrs.get("baseline"):
         return "no mixing (baseline)"
     return ", ".join(
@@ -172,7 +173,7 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str) -> st
     base = [t for t in done if t.user_attrs.get("baseline")]
     if done:
         best = done[0]
-        lines.append(f"**Best:** trial {best.number}, {monitor}={best.value:.4f}: {_label(best)}")
+        lines.append(f"**Best:** trial {best.number}, {monitor}={best.value:.4f}: {label(best)}")
     else:
         lines.append("**Best:** no trial completed yet.")
     if base:
@@ -190,5 +191,5 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str) -> st
         lines.append("**Baseline (no mixing):** not completed.")
     lines += ["", "| rank | trial | value | arguments |", "|---|---|---|---|"]
     for rank, t in enumerate(done[:5], 1):
-        lines.append(f"| {rank} | {t.number} | {t.value:.4f} | {_label(t)} |")
+        lines.append(f"| {rank} | {t.number} | {t.value:.4f} | {label(t)} |")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """``lightning-mixup tune``: an Optuna study over MixupCallback arguments for any LightningCLI config.
 
-Each trial builds the user's config through :class:`~lightning_mixup.cli.MixupCLI` (``run=False``),
+Each trial builds the user's config through :class:`~lightning_mixup.mixup_cli.MixupCLI` (``run=False``),
 puts one :class:`~lightning_mixup.MixupCallback` with the trial's arguments into ``trainer.callbacks``
 (replacing the arguments of the config's own one, else appending one), fits, and returns the
 monitored metric of the **last** validation epoch (the mean over ``--seeds``).
@@ -14,34 +14,41 @@ A trial that raises stops the worker with one line (exit status 1); its tracebac
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import logging
 import math
 import sys
-import traceback
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import optuna
 from optuna.trial import TrialState
 
+from lightning_mixup.tune._config import (
+    build,
+    config_with,
+    dumped,
+    mixup_entry,
+    place,
+    write_config,
+)
+from lightning_mixup.tune._options import parse
 from lightning_mixup.tune._study import (
+    StudyOptions,
+    TrialFailed,
     TuneError,
-    add_study_arguments,
     check_heartbeat,
-    logger_level,
+    fail_stale,
+    failed,
     make_folder,
-    open_storage,
+    quiet_failed_trials,
     write_atomically,
 )
+from lightning_mixup.tune.report import label, write_plots, write_summary
 from lightning_mixup.tune.space import default_space, load_space, suggest
 
-__all__ = ["Refused", "TrialFailed", "TuneError", "run"]
+__all__ = ["Refused", "TrialFailed", "TuneError", "TuneOptions", "run"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -50,91 +57,69 @@ class Refused(Exception):
     """MixupCallback refused a trial's combination of arguments: that trial fails, the study goes on."""
 
 
-class TrialFailed(Exception):
-    """A trial raised: the worker stops, with one line that says where its traceback is."""
-
-    def __init__(self, number: int, err: BaseException, log: Path) -> None:
-        self.error = _one_line(err)
-        reason = self.error.rstrip(".")
-        super().__init__(f"trial {number} failed: {reason}; full traceback in {log}")
-
-
 #: Refused trials in a row after which the worker stops: the space is then mostly invalid.
 _MAX_REFUSED = 5
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lightning-mixup tune",
-        allow_abbrev=False,
-        description=(
-            "Tune MixupCallback arguments with Optuna on your own LightningCLI config. Options not "
-            "listed here (--config, --trainer.*, --model.*, --data.*) go to LightningCLI unchanged; "
-            "write them as --key=value."
-        ),
-    )
-    p.add_argument(
-        "--n-trials",
-        type=int,
-        default=20,
-        help="Target total of COMPLETE+PRUNED trials in the study (baseline included); rerunning continues up to it.",
-    )
-    p.add_argument(
-        "--monitor",
-        default="val/acc",
-        help="Metric logged by the model, read after each validation epoch.",
-    )
-    p.add_argument("--direction", choices=("maximize", "minimize"), default="maximize")
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="Seeds per trial; the objective is the mean.",
-    )
-    p.add_argument("--space", help="YAML search space (replaces the default one).")
-    p.add_argument(
-        "--out", default="runs/tune", help="Folder for trial_<n>/, summary.md, trials.csv, plots."
-    )
-    p.add_argument("--no-prune", action="store_true", help="Turn off the MedianPruner.")
-    add_study_arguments(p, study_name="lightning-mixup", what="trial")
-    p.add_argument(
-        "--print-best-config",
-        metavar="FILE",
-        help="Write the config with the best MixupCallback arguments filled in.",
-    )
-    p.add_argument("--sampler-seed", type=int, default=None, help="Seed of the TPE sampler.")
-    return p
+@dataclass
+class TuneOptions(StudyOptions):
+    """The options of ``lightning-mixup tune``; every other flag goes to LightningCLI.
+
+    Args:
+        n_trials: Target total of COMPLETE+PRUNED trials in the study (baseline included);
+            rerunning continues up to it.
+        monitor: Metric logged by the model, read after each validation epoch.
+        direction: Whether a larger or a smaller ``--monitor`` is better.
+        seeds: Seeds per trial; the objective is the mean.
+        space: YAML search space (replaces the default one).
+        out: Folder for trial_<n>/, summary.md, trials.csv and the plots.
+        prune: Prune unpromising trials (Optuna's MedianPruner); ``--no-prune`` turns it off.
+        print_best_config: A YAML file to write the config with the best MixupCallback arguments
+            filled in to.
+        sampler_seed: Seed of the TPE sampler.
+    """
+
+    n_trials: int = 20
+    monitor: str = "val/acc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    space: str | None = None
+    out: str = "runs/tune"
+    prune: bool = True
+    print_best_config: str | None = None
+    sampler_seed: int | None = None
 
 
 def run(argv: Sequence[str]) -> int:
     """Run ``lightning-mixup tune`` with ``argv`` (the arguments after ``tune``); the exit status."""
-    args, passthrough = _parser().parse_known_args(list(argv))
+    description = (
+        "Tune MixupCallback arguments with Optuna on your own LightningCLI config. Flags not "
+        "listed here (--config, --trainer.*, --model.*, --data.*) go to LightningCLI; the flags "
+        "below may be spelt with dashes too (--n-trials), lists as `--seeds 0 1`."
+    )
     try:
-        return _run(args, passthrough)
+        options, passthrough = parse(TuneOptions, argv, "lightning-mixup tune", description)
+        return _run(options, passthrough)
     except (TuneError, ValueError, TrialFailed) as err:
         print(f"lightning-mixup tune: error: {err}", file=sys.stderr)
         return 1 if isinstance(err, TrialFailed) else 2
 
 
-def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
+def _run(args: TuneOptions, passthrough: list[str]) -> int:
     from lightning_mixup import _checks
 
-    _checks.integer("--n-trials", args.n_trials, 1)
+    _checks.integer("--n_trials", args.n_trials, 1)
     check_heartbeat(args.heartbeat, args.grace)
     space = load_space(args.space) if args.space else None
     out = Path(args.out)
-    make_folder("--out", out)
     if args.print_best_config:
         best = Path(args.print_best_config)
-        make_folder("--print-best-config", best.parent, given=best)
-    storage = open_storage(
-        args.storage or f"sqlite:///{out / 'study.db'}", args.heartbeat, args.grace
-    )
+        make_folder("--print_best_config", best.parent, given=best)
+    storage = args.open_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = (
         optuna.pruners.NopPruner()
-        if args.no_prune
+        if not args.prune
         else optuna.pruners.MedianPruner(n_startup_trials=5)
     )
     study = optuna.create_study(
@@ -150,10 +135,7 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
             f"study {args.study_name!r} exists with direction {study.direction.name.lower()}, got --direction {args.direction}."
         )
     heartbeat = isinstance(storage, optuna.storages.RDBStorage)
-    if heartbeat:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+    fail_stale(study)
     _stamp_monitor(study, args.monitor)
     # A failed baseline (say with a --monitor typo, or a crash) is queued again: the summary
     # compares mixing with it. A killed worker's baseline is queued again by the heartbeat's
@@ -169,15 +151,13 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     if todo > 0:
         # No n_trials: refused trials do not count, so _Progress stops the worker once the study
         # has enough finished trials.
-        with _quiet_failed_trials():
+        with quiet_failed_trials():
             study.optimize(
                 objective,
                 callbacks=[_Progress(args.n_trials, heartbeat)],
                 gc_after_trial=True,
                 catch=(Refused,),
             )
-    from lightning_mixup.tune.report import write_plots, write_summary
-
     # The summary and the best config first: a plot that fails must not cost them.
     text = write_summary(study, out, args.monitor)
     print(text)
@@ -216,27 +196,6 @@ def _stamp_monitor(study: optuna.Study, monitor: str) -> None:
     study.set_user_attr("monitor", monitor)
 
 
-def _quiet_failed_trials() -> contextlib.AbstractContextManager[None]:
-    """Keep Optuna from logging each failed trial with its traceback (~40 lines).
-
-    Optuna's optimize loop logs a failed trial as two warnings, the first with the traceback,
-    from its ``optuna.study._optimize`` logger, and nothing else at that level: that logger is
-    raised to ERROR meanwhile. The command says it in one line instead (:class:`_Progress` for a
-    refused trial, :class:`TrialFailed` for one that raised), and the traceback goes to the
-    trial's ``error.log``.
-    """
-    return logger_level("optuna.study._optimize", logging.ERROR)
-
-
-def _one_line(err: BaseException) -> str:
-    """``err`` as ``Type: first line of its message`` (a TuneError: its message alone)."""
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else ""
-    if isinstance(err, TuneError):
-        return first
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
 def _missing(study: optuna.Study, n_trials: int, count_running: bool) -> int:
     """How many more trials this worker may start so that the study reaches ``n_trials``.
 
@@ -262,7 +221,7 @@ class _Progress:
             best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:
             best = "-"
-        kind = "baseline" if trial.user_attrs.get("baseline") else _fmt_params(trial.params)
+        kind = "baseline" if trial.user_attrs.get("baseline") else label(trial)
         if trial.state == TrialState.COMPLETE:
             value = f"value={trial.value:.4f}"
         elif trial.state == TrialState.PRUNED:
@@ -283,12 +242,6 @@ class _Progress:
             )
         if _missing(study, self.n_trials, self.count_running) <= 0:
             study.stop()
-
-
-def _fmt_params(params: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )
 
 
 class _Report(pl.Callback):
@@ -331,7 +284,7 @@ class _Report(pl.Callback):
 
 class _Objective:
     def __init__(
-        self, args: argparse.Namespace, passthrough: list[str], space: dict | None, out: Path
+        self, args: TuneOptions, passthrough: list[str], space: dict | None, out: Path
     ) -> None:
         self.args, self.passthrough, self.space, self.out = args, passthrough, space, out
 
@@ -342,12 +295,7 @@ class _Objective:
         except (optuna.TrialPruned, Refused, TuneError):
             raise  # said in one line by _Progress, or by run() (TuneError: a bad setting)
         except Exception as err:
-            log = self.out / f"trial_{trial.number}" / "error.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text("".join(traceback.format_exception(err)))
-            failed = TrialFailed(trial.number, err, log)
-            trial.set_user_attr("error", failed.error)
-            raise failed from err
+            raise failed(trial, err, self.out / f"trial_{trial.number}") from err
 
     def _run(self, trial: optuna.Trial) -> float:
         baseline = bool(trial.user_attrs.get("baseline"))
@@ -362,7 +310,7 @@ class _Objective:
             root = self.out / f"trial_{trial.number}"
             if len(seeds) > 1:
                 root = root / f"seed_{seed}"
-            cli = _build(self.passthrough, seed, root)
+            cli = build(self.passthrough, seed, root)
             if params is None and not baseline:
                 space = (
                     self.space if self.space is not None else default_space(cli.trainer.max_epochs)
@@ -373,12 +321,12 @@ class _Objective:
             except (ValueError, TypeError) as err:
                 trial.set_user_attr("refused", str(err))
                 raise Refused(str(err)) from None
-            _write_config(cli, root / "config.yaml", None if baseline else params)
+            write_config(cli, root / "config.yaml", _with_params(cli.config.as_dict(), params))
             # The baseline reports no epochs: the pruner compares mixing trials with each other
             # (plain training learns faster early, which would prune most mixing trials at once).
             reporting = trial if i == 0 and not baseline else None
             epochs = cli.trainer.max_epochs
-            report = _Report(self.args.monitor, reporting, not self.args.no_prune, epochs)
+            report = _Report(self.args.monitor, reporting, self.args.prune, epochs)
             cli.trainer.callbacks.append(report)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             if report.last is None:
@@ -401,93 +349,22 @@ def _earlier_baseline(trial: optuna.Trial) -> bool:
     )
 
 
-def _build(passthrough: list[str], seed: int | None, root: Path | None):  # -> MixupCLI
-    from lightning_mixup.cli import main
-
-    extra = []
-    if seed is not None:
-        extra.append(f"--seed_everything={seed}")
-    if root is not None:
-        extra.append(f"--trainer.default_root_dir={root}")
-    with warnings.catch_warnings():
-        # ``lightning-mixup tune ...`` is in sys.argv while we pass our own list on purpose.
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run")
-        return main([*passthrough, *extra], run=False, save_config_callback=None)
-
-
-def _mixup_entries(config: dict) -> tuple[list[dict], list[int]]:
-    """The config's ``trainer.callbacks`` as a list, and the indices of its MixupCallback entries."""
-    from lightning_mixup.callback import MixupCallback
-
-    callbacks = config.get("trainer", {}).get("callbacks") or []
-    if isinstance(callbacks, dict):
-        callbacks = [callbacks]
-    found = []
-    for i, entry in enumerate(callbacks):
-        path = entry.get("class_path") if isinstance(entry, dict) else None
-        if not isinstance(path, str) or "." not in path:
-            continue
-        module, name = path.rsplit(".", 1)
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        if isinstance(cls, type) and issubclass(cls, MixupCallback):
-            found.append(i)
-    if len(found) > 1:
-        raise TuneError(
-            f"the config has {len(found)} MixupCallbacks in trainer.callbacks; tune needs at most one."
-        )
-    return list(callbacks), found
+def _with_params(config: dict, params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The config's MixupCallback arguments with the trial's ``params`` (None: no MixupCallback)."""
+    if params is None:
+        return None
+    entry = mixup_entry(config)
+    return {**((entry or {}).get("init_args") or {}), **params}
 
 
 def _set_mixup(cli: Any, params: dict[str, Any] | None) -> None:
     """Replace (or add, or for ``None`` remove) the trainer's MixupCallback."""
     from lightning_mixup.callback import MixupCallback
 
-    callbacks, found = _mixup_entries(cli.config.as_dict())
+    init_args = _with_params(cli.config.as_dict(), params)
     old = [cb for cb in cli.trainer.callbacks if isinstance(cb, MixupCallback)]
-    for cb in old:
-        cli.trainer.callbacks.remove(cb)
-    if params is None:
-        return
-    if found:
-        init_args = dict(callbacks[found[0]].get("init_args") or {})
-        cls = type(old[0]) if old else MixupCallback
-    else:
-        init_args, cls = {}, MixupCallback
-    init_args.update(params)
-    cli.trainer.callbacks.append(cls(**init_args))
-
-
-def _config_with(config: dict, params: dict[str, Any] | None) -> dict:
-    """``config`` (``as_dict``) with the MixupCallback entry set to ``params`` (removed for None)."""
-    config = {k: v for k, v in config.items() if k != "config"}
-    callbacks, found = _mixup_entries(config)
-    if params is None:
-        callbacks = [c for i, c in enumerate(callbacks) if i not in found]
-    elif found:
-        entry = dict(callbacks[found[0]])
-        entry["init_args"] = {**(entry.get("init_args") or {}), **params}
-        callbacks[found[0]] = entry
-    else:
-        callbacks.append({"class_path": "lightning_mixup.MixupCallback", "init_args": dict(params)})
-    config["trainer"] = {**config.get("trainer", {}), "callbacks": callbacks}
-    return config
-
-
-def _write_config(cli: Any, path: Path, params: dict[str, Any] | None) -> None:
-    import yaml
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(_config_with(_dumped(cli), params), sort_keys=False))
-
-
-def _dumped(cli: Any) -> dict:
-    """The CLI's config as plain YAML data, as jsonargparse writes it (callables as import paths)."""
-    import yaml
-
-    return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
+    cls = type(old[0]) if old else MixupCallback
+    place(cli.trainer, None if init_args is None else cls(**init_args))
 
 
 def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) -> None:
@@ -496,7 +373,7 @@ def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) 
         best = study.best_trial
     except ValueError:
         raise TuneError("no trial completed, so there is no best config to write.") from None
-    cli = _build(passthrough, None, None)
+    cli = build(passthrough)
     params = None if best.user_attrs.get("baseline") else dict(best.params)
     import yaml
 
@@ -506,11 +383,14 @@ def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) 
         + (" (the no-mixing baseline: no MixupCallback)" if params is None else "")
         + "\n"
     )
-    text = header + yaml.safe_dump(_config_with(_dumped(cli), params), sort_keys=False)
-    make_folder("--print-best-config", path.parent, given=path)
+    config = dumped(cli)
+    text = header + yaml.safe_dump(
+        config_with(config, _with_params(config, params)), sort_keys=False
+    )
+    make_folder("--print_best_config", path.parent, given=path)
     try:
         write_atomically(path, text)
     except OSError as err:
         raise TuneError(
-            f"`--print-best-config` {str(path)!r} cannot be written: {err.strerror or err}."
+            f"`--print_best_config` {str(path)!r} cannot be written: {err.strerror or err}."
         ) from None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["default_space", "load_space", "suggest"]
+__all__ = ["default_space", "load_space", "read_yaml", "suggest"]
 
 _KEYS = {
     "float": {"type", "low", "high", "log", "step"},
@@ -57,7 +57,7 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
             a ``MixupCallback`` argument, a ``type`` is unknown, a range is empty
             (``low >= high``), a log range is not positive, or ``choices`` is missing or empty.
     """
-    raw = _read_yaml(Path(path))
+    raw = read_yaml("--space", Path(path))
     if not isinstance(raw, Mapping) or not raw:
         raise ValueError(
             f"`--space` {str(path)!r} must be a non-empty YAML mapping of MixupCallback argument "
@@ -75,11 +75,16 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
     return space
 
 
-def _read_yaml(path: Path) -> Any:
-    """The YAML data in ``path``; a missing, unreadable or malformed file is one ``ValueError``."""
+def read_yaml(flag: str, path: Path) -> Any:
+    """The YAML data in ``path``, given to ``flag``.
+
+    Raises:
+        ValueError: In one line naming the flag and the file, when it is missing, unreadable or
+            not valid YAML.
+    """
     import yaml
 
-    where = f"`--space` {str(path)!r}"
+    where = f"`{flag}` {str(path)!r}"
     if path.is_dir():
         raise ValueError(f"{where} is a folder, not a file.")
     try:

@@ -12,6 +12,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from lightning_mixup.cli import console  # noqa: E402
 from lightning_mixup.cli import main as cli_main  # noqa: E402
 from lightning_mixup.tune import main  # noqa: E402
 from lightning_mixup.tune.space import load_space  # noqa: E402
@@ -56,7 +57,7 @@ def test_two_trial_study_then_resume(tmp_path, capsys):
     out = tmp_path / "tune"
     best = tmp_path / "best.yaml"
     argv = [*TINY, "--n-trials", "2", "--out", str(out), "--print-best-config", str(best)]
-    assert cli_main(["tune", *argv]) == 0
+    assert console(["tune", *argv]) == 0
     printed = capsys.readouterr().out
     assert "trial 1/2 #0" in printed and "[baseline]" in printed and "trial 2/2 #1" in printed
     for name in ("trials.csv", "summary.md", "alpha.png", "history.png"):
@@ -366,7 +367,11 @@ def test_report_callback_reports_and_prunes():
 
 
 def test_config_with_replaces_appends_or_removes_the_callback():
-    from lightning_mixup.tune.runner import _config_with
+    from lightning_mixup.tune._config import config_with
+    from lightning_mixup.tune.runner import _with_params
+
+    def _config_with(config, params):
+        return config_with(config, _with_params(config, params))
 
     ckpt = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {}}
     mix = {
@@ -384,6 +389,11 @@ def test_config_with_replaces_appends_or_removes_the_callback():
         {"class_path": "lightning_mixup.MixupCallback", "init_args": {"alpha": 2.0}},
     ]
     assert config["trainer"]["callbacks"][1]["init_args"]["alpha"] == 0.4  # input untouched
+    # compare's arms: the arguments replaced whole, the arm's callbacks right after them.
+    ts = {"class_path": "lightning_mixup.TemperatureScaling"}
+    out = config_with(config, {"alpha": 1.0}, [ts])["trainer"]["callbacks"]
+    assert out == [ckpt, {**mix, "init_args": {"alpha": 1.0}}, ts]
+    assert config_with(config, None, [ts])["trainer"]["callbacks"] == [ckpt, ts]
 
 
 # ---------------------------------------------------------------------------- the report
@@ -557,7 +567,7 @@ def test_out_under_a_regular_file_is_one_line(tmp_path, capfd):
     argv = [*TINY, "--out", str(tmp_path / "t"), "--print-best-config", str(best)]
     assert main(argv) == 2
     err = _one_line(capfd.readouterr().err)
-    assert err.startswith(f"lightning-mixup tune: error: `--print-best-config` {str(best)!r}")
+    assert err.startswith(f"lightning-mixup tune: error: `--print_best_config` {str(best)!r}")
     assert not (tmp_path / "t" / "trial_0").exists()  # refused before any training
 
 
@@ -567,7 +577,12 @@ def test_out_under_a_regular_file_is_one_line(tmp_path, capfd):
         (["--grace", "-1"], r"`--grace` must be longer than `--heartbeat` \(60\), got -1\."),
         (["--grace", "60"], r"`--grace` must be longer than `--heartbeat` \(60\), got 60\."),
         (["--heartbeat", "0"], r"`--heartbeat` must be an integer >= 1, got 0\."),
-        (["--n-trials", "0"], r"`--n-trials` must be an integer >= 1, got 0\."),
+        (["--n-trials", "0"], r"`--n_trials` must be an integer >= 1, got 0\."),
+        (
+            ["--direction", "up"],
+            r"`--direction`: Expected a typing.Literal\['maximize', 'minimize'\]",
+        ),
+        (["--seeds", "x"], r"`--seeds`: Expected a <class 'int'>. Got value: x"),
     ],
 )
 def test_bad_study_flags_are_named_before_the_storage_opens(tmp_path, capfd, extra, match):
