@@ -437,7 +437,7 @@ def plan(argv: Sequence[str]) -> _Plan:
     settings = {"grid": grid, "seeds": options.seeds, "seed_keys": options.seed_keys}
     settings |= {"test": tests, "arms": {n: dataclasses.asdict(a) for n, a in arms.items()}}
     settings["config"] = dumped(base)
-    order = [t for t in ("last", "best") if t in tests]
+    order: list[str] = [t for t in ("last", "best") if t in tests]
     grid_ = Grid(described, grid, list(options.seeds), order, monitor)
     return _Plan(options, list(argv), passthrough, arms, grid_, settings)
 
@@ -492,7 +492,7 @@ def run_one(plan: _Plan, point: dict[str, Any], folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"epochs": trainer.current_epoch}
     monitor = plan.grid.monitor
     if "best" in plan.grid.tests:
-        ckpt = trainer.checkpoint_callback
+        ckpt: Any = trainer.checkpoint_callback  # a ModelCheckpoint with a monitor (see plan)
         stored = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False, mmap=True)
         row["best_epoch"] = int(stored["epoch"])
         row[f"best:{monitor}"] = float(ckpt.best_model_score)

@@ -150,7 +150,7 @@ def summary_tables(runs: pd.DataFrame, grid: Grid) -> dict[str, str]:
         for key, row in stats.iterrows():
             *values, arm = key if grid.grid else (key,)
             cells = [
-                _cell(*(row[(m, s)] for s in ("mean", "std", "count")), len(grid.seeds))
+                _cell(row[(m, "mean")], row[(m, "std")], row[(m, "count")], len(grid.seeds))
                 for m in metrics
             ]
             lines.append("| " + " | ".join([f"`{arm}`", *map(str, values), *cells]) + " |")
@@ -239,7 +239,7 @@ def _plot(runs: pd.DataFrame, grid: Grid, which: str, path: Path) -> None:
     for i, metric in enumerate(metrics):
         mean, std = (stats[(metric, s)] for s in ("mean", "std"))
         if levels:  # a column per grid point
-            mean, std = (x.unstack(levels).reindex(list(grid.arms)) for x in (mean, std))
+            mean, std = (x.unstack(levels).reindex(list(grid.arms)) for x in (mean, std))  # type: ignore[assignment]
         ax = fig.add_subplot(rows, cols, i + 1)
         mean.plot.bar(ax=ax, yerr=std.fillna(0), capsize=2, rot=45, legend=i == 0 and bool(levels))
         ax.set_title(metric.split(":", 1)[1], fontsize=10)
