@@ -202,7 +202,7 @@ def parse_options(argv: Sequence[str]) -> tuple[CompareOptions, list[str]]:
 def describe(arm: Arm, init_args: dict[str, Any] | None = None) -> str:
     """``MixupCallback(alpha=1.0) + TemperatureScaling()``: an arm, or its arguments for a run.
 
-    Only arguments that differ from MixupCallback's defaults are shown.
+    The arm's own arguments are shown, and the config's ones that differ from the defaults.
     """
     import inspect
 
@@ -211,7 +211,11 @@ def describe(arm: Arm, init_args: dict[str, Any] | None = None) -> str:
     else:
         defaults = inspect.signature(MixupCallback).parameters
         given = arm.mixup if init_args is None else init_args
-        shown = {k: v for k, v in given.items() if k not in defaults or defaults[k].default != v}
+        shown = {
+            k: v
+            for k, v in given.items()
+            if k in arm.mixup or k not in defaults or defaults[k].default != v
+        }
         text = "MixupCallback(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
         if arm.as_configured and init_args is None:
             text = "the config's own MixupCallback as written (MixupCallback() if it has none)"
@@ -435,7 +439,8 @@ def plan(argv: Sequence[str]) -> _Plan:
         )
     # A change is named by its first key: the flags, then the arms, then the config.
     settings = {"grid": grid, "seeds": options.seeds, "seed_keys": options.seed_keys}
-    settings |= {"test": tests, "arms": {n: dataclasses.asdict(a) for n, a in arms.items()}}
+    settings |= {"test": tests, "arms": options.arms}
+    settings["arm"] = {n: dataclasses.asdict(a) for n, a in arms.items()}
     settings["config"] = dumped(base)
     order: list[str] = [t for t in ("last", "best") if t in tests]
     grid_ = Grid(described, grid, list(options.seeds), order, monitor)
@@ -531,13 +536,13 @@ def open_study(plan: _Plan) -> optuna.Study:
     )
     known = study.user_attrs.get("settings")
     new = json.loads(json.dumps(plan.settings))  # as the storage gives it back
-    old_flat, new_flat = _flat(known or {}), _flat(new)
+    old_flat, new_flat = _flat(known if known is not None else new), _flat(new)
     changed = [
         (_label(k), _shown(old_flat.get(k)), _shown(new_flat.get(k)))
         for k in dict.fromkeys([*old_flat, *new_flat])
         if old_flat.get(k) != new_flat.get(k)
     ]
-    if known is not None and changed:
+    if changed:
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
             what, old, now = changed[0]
             raise TuneError(
@@ -553,23 +558,21 @@ def open_study(plan: _Plan) -> optuna.Study:
     return study
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as ``{"a.b.c": leaf}``."""
+def _flat(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested mappings as ``{("a", "b", "c"): leaf}``."""
     if not isinstance(value, dict) or not value:
-        return {prefix: value}
-    return {
-        k: v
-        for key, item in value.items()
-        for k, v in _flat(item, f"{prefix}.{key}".lstrip(".")).items()
-    }
+        return {path: value}
+    return {k: v for key, item in value.items() for k, v in _flat(item, (*path, key)).items()}
 
 
-def _label(key: str) -> str:
-    """A settings key as the user set it: a config key, an arm, or a flag."""
-    top, _, rest = key.partition(".")
-    if top in ("config", "arms"):
-        return f"config key {rest}" if top == "config" else f"arm {rest.split('.')[0]!r}"
-    return f"--{top}" + (f" {rest}" if rest else "")
+def _label(path: tuple[str, ...]) -> str:
+    """A settings key as the user set it: a config key, an arm's argument, or a flag."""
+    top, *rest = path
+    if top == "config":
+        return f"config key {'.'.join(rest)}"
+    if top == "arm":
+        return " ".join([f"arm {rest[0]!r}", ".".join(rest[1:])]).rstrip()
+    return " ".join([f"--{top}", *rest])
 
 
 def _shown(value: Any) -> str:

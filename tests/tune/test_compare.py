@@ -318,6 +318,12 @@ def test_a_study_with_no_finished_run_takes_the_corrected_settings(tmp_path, mon
     assert "was run with config key trainer.max_epochs 2, got 1;" in capfd.readouterr().err
     assert main([*argv, "--seeds", "1"]) == 2
     assert "was run with --seeds [0], got [1];" in capfd.readouterr().err
+    assert main([*argv, "--arms", "erm", "cutmix"]) == 2
+    assert 'was run with --arms ["erm"], got ["erm", "cutmix"];' in capfd.readouterr().err
+    arms = tmp_path / "arms.yaml"
+    arms.write_text("erm: {mixup: {alpha: 0.5}}\n")  # another `erm`
+    assert main([*argv, "--arms_file", str(arms)]) == 2
+    assert "was run with arm 'erm' mixup.alpha (none), got 0.5;" in capfd.readouterr().err
 
 
 @pytest.mark.slow
@@ -525,6 +531,11 @@ def test_defaults_are_written_once_in_the_options_dataclass():
     grid = plan(["--grid", "data.label_noise=0,0.4", "data.batch_size=32", *TINY]).grid
     assert grid.grid == {"data.label_noise": [0, 0.4], "data.batch_size": [32]}
     assert grid.tests == ["last", "best"] and grid.monitor == "val/acc"
+    # The arms as they run: their own arguments (a default too), the config's that differ.
+    assert plan(["--arms", "mixup0.2", "mixup", *TINY]).grid.arms == {
+        "mixup0.2": "MixupCallback(alpha=0.2)",
+        "mixup": "MixupCallback(alpha=1.0, mix_at=['backbone.features.2', 'backbone.features.6'])",
+    }
     assert plan(["--test", "last", *TINY]).grid.tests == ["last"]
     assert plan(["--config", str(FOREIGN)]).grid.tests == ["last"]  # no checkpoint monitor
 
