@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import random
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 __all__ = [
     "StudyOptions",
@@ -31,6 +33,7 @@ __all__ = [
     "open_storage",
     "quiet_failed_trials",
     "save_png",
+    "stamp",
     "write_atomically",
 ]
 
@@ -280,3 +283,61 @@ def logger_level(name: str, level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(old)
+
+
+def stamp(study: optuna.Study, settings: dict[str, Any], url: str, what: str) -> None:
+    """Record ``settings`` (what decides a trial's numbers) in the study, or check them.
+
+    A study whose trials never finished (a typo in a setting fails the first one) takes the new
+    settings and says which changed; one with finished or running trials keeps its own, or its
+    trials (``what``: ``"trial"``, ``"run"``) would not be comparable.
+
+    Raises:
+        TuneError: Naming the first setting that differs, its two values and the fix.
+    """
+    known = study.user_attrs.get("settings")
+    new = json.loads(json.dumps(settings))  # as the storage gives it back
+    old_flat, new_flat = _flat(known if known is not None else new), _flat(new)
+    changed = [
+        (_label(k), _shown(old_flat.get(k)), _shown(new_flat.get(k)))
+        for k in dict.fromkeys([*old_flat, *new_flat])
+        if old_flat.get(k) != new_flat.get(k)
+    ]
+    if changed:
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        used = len(study.get_trials(deepcopy=False, states=states))
+        if used:
+            key, old, now = changed[0]
+            raise TuneError(
+                f"study {study.study_name!r} in {hide_password(url)} was run with {key} {old}, "
+                f"got {now}, and has {used} finished or running {what}{'s' if used > 1 else ''}; "
+                "use another --out, --storage or --study_name."
+            )
+        olds, news = (", ".join(f"{c[0]} {c[i]}" for c in changed[:3]) for i in (1, 2))
+        more = f" (and {len(changed) - 3} more changes)" if len(changed) > 3 else ""
+        print(
+            f"study {study.study_name!r} finished no {what} with {olds}; it now runs with {news}{more}."
+        )
+    if known != new:
+        study.set_user_attr("settings", new)
+
+
+def _flat(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested mappings as ``{("a", "b", "c"): leaf}``."""
+    if not isinstance(value, dict) or not value:
+        return {path: value}
+    return {k: v for key, item in value.items() for k, v in _flat(item, (*path, key)).items()}
+
+
+def _label(path: tuple[str, ...]) -> str:
+    """A settings key as the user set it: a config key, an arm's argument, or a flag."""
+    top, *rest = path
+    if top == "config":
+        return f"config key {'.'.join(rest)}"
+    if top == "arm":
+        return " ".join([f"arm {rest[0]!r}", ".".join(rest[1:])]).rstrip()
+    return " ".join([f"--{top}", *rest])
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else "(none)" if value is None else json.dumps(value)

@@ -52,6 +52,7 @@ from lightning_mixup.tune._study import (
     logger_level,
     one_line,
     quiet_failed_trials,
+    stamp,
 )
 from lightning_mixup.tune.compare_report import Grid, machine, point_of, write_report
 from lightning_mixup.tune.space import read_yaml
@@ -515,8 +516,7 @@ def run_one(plan: _Plan, point: dict[str, Any], folder: Path) -> dict[str, Any]:
 def open_study(plan: _Plan) -> optuna.Study:
     """The grid study in ``--storage``, created or joined.
 
-    A study whose runs never finished (say the first command failed in its first run) takes this
-    command's settings, with one line saying which changed.
+    The settings are stamped on it (:func:`~lightning_mixup.tune._study.stamp`).
 
     Raises:
         TuneError: When the storage cannot be opened, or the study has finished or running runs
@@ -534,49 +534,8 @@ def open_study(plan: _Plan) -> optuna.Study:
         pruner=optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
-    known = study.user_attrs.get("settings")
-    new = json.loads(json.dumps(plan.settings))  # as the storage gives it back
-    old_flat, new_flat = _flat(known if known is not None else new), _flat(new)
-    changed = [
-        (_label(k), _shown(old_flat.get(k)), _shown(new_flat.get(k)))
-        for k in dict.fromkeys([*old_flat, *new_flat])
-        if old_flat.get(k) != new_flat.get(k)
-    ]
-    if changed:
-        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            what, old, now = changed[0]
-            raise TuneError(
-                f"study {o.study_name!r} in {hide_password(o.storage_url)} was run with {what} "
-                f"{old}, got {now}; use another --out, --storage or --study_name."
-            )
-        # No run finished (or is running) with the old settings: the command takes it over.
-        olds, news = (", ".join(f"{c[0]} {c[i]}" for c in changed[:3]) for i in (1, 2))
-        more = f" (and {len(changed) - 3} more changes)" if len(changed) > 3 else ""
-        print(f"study {o.study_name!r} finished no run with {olds}; it now runs with {news}{more}.")
-    if known != new:
-        study.set_user_attr("settings", new)
+    stamp(study, plan.settings, o.storage_url, "run")
     return study
-
-
-def _flat(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Nested mappings as ``{("a", "b", "c"): leaf}``."""
-    if not isinstance(value, dict) or not value:
-        return {path: value}
-    return {k: v for key, item in value.items() for k, v in _flat(item, (*path, key)).items()}
-
-
-def _label(path: tuple[str, ...]) -> str:
-    """A settings key as the user set it: a config key, an arm's argument, or a flag."""
-    top, *rest = path
-    if top == "config":
-        return f"config key {'.'.join(rest)}"
-    if top == "arm":
-        return " ".join([f"arm {rest[0]!r}", ".".join(rest[1:])]).rstrip()
-    return " ".join([f"--{top}", *rest])
-
-
-def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else "(none)" if value is None else json.dumps(value)
 
 
 def _untaken(trials: list[FrozenTrial], plan: _Plan) -> list[tuple[Any, ...]]:

@@ -43,6 +43,7 @@ from lightning_mixup.tune._study import (
     failed,
     make_folder,
     quiet_failed_trials,
+    stamp,
     write_atomically,
 )
 from lightning_mixup.tune.report import label, write_plots, write_summary
@@ -136,7 +137,7 @@ def _run(args: TuneOptions, passthrough: list[str]) -> int:
         )
     heartbeat = isinstance(storage, optuna.storages.RDBStorage)
     fail_stale(study)
-    _stamp_monitor(study, args.monitor)
+    stamp(study, {"monitor": args.monitor}, args.storage_url, "trial")
     # A failed baseline (say with a --monitor typo, or a crash) is queued again: the summary
     # compares mixing with it. A killed worker's baseline is queued again by the heartbeat's
     # retry, with its user attributes, so it is not FAIL-only then.
@@ -167,33 +168,6 @@ def _run(args: TuneOptions, passthrough: list[str]) -> int:
     for note in write_plots(study, out, args.monitor, text):
         print(note)
     return 0
-
-
-def _stamp_monitor(study: optuna.Study, monitor: str) -> None:
-    """Record ``--monitor`` in the study, or check it against the recorded one.
-
-    A study whose trials never finished (a typo in ``--monitor`` fails the first trial) takes the
-    new setting; one with finished or running trials keeps its own, or its values would mix two
-    metrics.
-    """
-    known = study.user_attrs.get("monitor")
-    if known == monitor:
-        return
-    if known is not None:
-        states = (*_FINISHED, TrialState.RUNNING)
-        used = len(study.get_trials(deepcopy=False, states=states))
-        if used:
-            raise TuneError(
-                f"study {study.study_name!r} was run with --monitor {known!r}, got {monitor!r}, "
-                f"and has {used} finished or running trial{'s' if used > 1 else ''} measured "
-                "with it; use another --study-name or --out."
-            )
-        print(
-            f"study {study.study_name!r} finished no trial with --monitor {known!r}; "
-            f"it now monitors {monitor!r}.",
-            flush=True,
-        )
-    study.set_user_attr("monitor", monitor)
 
 
 def _missing(study: optuna.Study, n_trials: int, count_running: bool) -> int:

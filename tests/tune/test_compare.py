@@ -165,8 +165,8 @@ def test_tiny_grid_writes_csv_summary_and_plots_from_the_study(tmp_path, capsys)
     assert main([*argv, "--trainer.max_epochs=3"]) == 2
     assert one_line(capsys.readouterr().err) == (
         f"lightning-mixup compare: error: study 'compare' in sqlite:///{out / 'study.db'} was "
-        "run with config key trainer.max_epochs 2, got 3; use another --out, --storage or "
-        "--study_name."
+        "run with config key trainer.max_epochs 2, got 3, and has 2 finished or running runs; "
+        "use another --out, --storage or --study_name."
     )
     assert len(load(out).get_trials()) == 2
 
@@ -315,15 +315,17 @@ def test_a_study_with_no_finished_run_takes_the_corrected_settings(tmp_path, mon
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE"]
     # A finished run now holds the settings: other ones are refused, an arm or a seed too.
     assert main([*argv, "--trainer.max_epochs=1"]) == 2
-    assert "was run with config key trainer.max_epochs 2, got 1;" in capfd.readouterr().err
+    assert (
+        "was run with config key trainer.max_epochs 2, got 1, and has 1 " in capfd.readouterr().err
+    )
     assert main([*argv, "--seeds", "1"]) == 2
-    assert "was run with --seeds [0], got [1];" in capfd.readouterr().err
+    assert "was run with --seeds [0], got [1], and" in capfd.readouterr().err
     assert main([*argv, "--arms", "erm", "cutmix"]) == 2
-    assert 'was run with --arms ["erm"], got ["erm", "cutmix"];' in capfd.readouterr().err
+    assert 'was run with --arms ["erm"], got ["erm", "cutmix"], and' in capfd.readouterr().err
     arms = tmp_path / "arms.yaml"
     arms.write_text("erm: {mixup: {alpha: 0.5}}\n")  # another `erm`
     assert main([*argv, "--arms_file", str(arms)]) == 2
-    assert "was run with arm 'erm' mixup.alpha (none), got 0.5;" in capfd.readouterr().err
+    assert "was run with arm 'erm' mixup.alpha (none), got 0.5, and" in capfd.readouterr().err
 
 
 @pytest.mark.slow

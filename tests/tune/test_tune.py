@@ -267,19 +267,19 @@ def test_monitor_never_logged_lists_logged_names_and_can_be_corrected(tmp_path, 
     # No trial finished with the typo: the corrected command takes the new setting.
     assert main([*TINY, "--out", str(out), "--n-trials", "1"]) == 0
     assert (
-        "study 'lightning-mixup' finished no trial with --monitor 'val/accuracy'; "
-        "it now monitors 'val/acc'."
+        "study 'lightning-mixup' finished no trial with --monitor val/accuracy; "
+        "it now runs with --monitor val/acc."
     ) in capfd.readouterr().out
     study = _load(out)
-    assert study.user_attrs["monitor"] == "val/acc"
+    assert study.user_attrs["settings"] == {"monitor": "val/acc"}
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE"]
     assert study.get_trials()[1].user_attrs["baseline"] is True  # the failed baseline, again
     # Now a trial finished with it: another --monitor is refused.
     assert main([*TINY, "--out", str(out), "--n-trials", "1", "--monitor", "val/nll"]) == 2
     assert _error_line(capfd.readouterr().err) == (
-        "lightning-mixup tune: error: study 'lightning-mixup' was run with --monitor 'val/acc', "
-        "got 'val/nll', and has 1 finished or running trial measured with it; use another "
-        "--study-name or --out."
+        f"lightning-mixup tune: error: study 'lightning-mixup' in sqlite:///{out / 'study.db'} "
+        "was run with --monitor val/acc, got val/nll, and has 1 finished or running trial; use "
+        "another --out, --storage or --study_name."
     )
 
 
