@@ -227,33 +227,29 @@ def describe(arm: Arm, init_args: dict[str, Any] | None = None) -> str:
 
 
 def load_arms(path: str) -> dict[str, Arm]:
-    """The arms of an ``--arms_file``; every mistake in its shape is a one-line ``ValueError``."""
-    where = f"`--arms_file` {path!r}"
+    """The arms of an ``--arms_file``; a file or an arm of another shape is a one-line ``ValueError``."""
     raw = read_yaml("--arms_file", Path(path))
-    example = "NAME: {mixup: {alpha: 1.0}, callbacks: [{class_path: ...}]}"
+    shape = "{mixup: {MixupCallback arguments} or null, callbacks: [{class_path: ...}, ...]}"
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{where} must be a non-empty mapping {example}, got {raw!r}.")
+        raise ValueError(f"`--arms_file` {path!r} must map arm names to {shape}, got {raw!r}.")
     arms = {}
     for name, spec in raw.items():
-        at = f"{where}, arm {name!r}"
-        if not isinstance(spec, dict) or "mixup" not in spec or set(spec) - {"mixup", "callbacks"}:
-            raise ValueError(
-                f"{at}: must be a mapping with `mixup` (MixupCallback arguments, or null for no "
-                f"MixupCallback) and optionally `callbacks`, got {spec!r}."
+        ok = isinstance(spec, dict) and "mixup" in spec and not set(spec) - {"mixup", "callbacks"}
+        callbacks = (spec.get("callbacks") or []) if ok else None
+        if (
+            not ok
+            or not (spec["mixup"] is None or isinstance(spec["mixup"], dict))
+            or not (
+                isinstance(callbacks, list)
+                and all(
+                    isinstance(c, dict) and isinstance(c.get("class_path"), str) for c in callbacks
+                )
             )
-        mixup, callbacks = spec["mixup"], spec.get("callbacks") or []
-        if mixup is not None and not isinstance(mixup, dict):
-            raise ValueError(
-                f"{at}: `mixup` must be a mapping of MixupCallback arguments or null, got {mixup!r}."
-            )
-        if not isinstance(callbacks, list) or not all(
-            isinstance(c, dict) and isinstance(c.get("class_path"), str) for c in callbacks
         ):
             raise ValueError(
-                f"{at}: `callbacks` must be a list of {{class_path: ..., init_args: ...}} entries, "
-                f"got {callbacks!r}."
+                f"`--arms_file` {path!r}, arm {name!r}: must be {shape}, got {spec!r}."
             )
-        arms[str(name)] = Arm(mixup, tuple(callbacks))
+        arms[str(name)] = Arm(spec["mixup"], tuple(callbacks))
     return arms
 
 

@@ -469,14 +469,15 @@ def test_an_arms_file_adds_arms_and_replaces_builtin_ones(tmp_path):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("", r"must be a non-empty mapping NAME: \{mixup: "),
-        ("a: 1", r"arm 'a': must be a mapping with `mixup` \(MixupCallback arguments, or null"),
-        ("a: {mixup: {}, more: 1}", r"arm 'a': must be a mapping with `mixup`"),
-        ("a: {mixup: 3}", r"arm 'a': `mixup` must be a mapping of MixupCallback arguments or null"),
+        ("", r"must map arm names to \{mixup: \{MixupCallback arguments\} or null, callbacks: "),
+        ("a: 1", r"arm 'a': must be \{mixup: \{MixupCallback arguments\} or null, .*got 1\."),
         (
-            "a: {mixup: null, callbacks: [x]}",
-            r"arm 'a': `callbacks` must be a list of \{class_path",
+            "a: {mixup: {}, more: 1}",
+            r"arm 'a': must be \{mixup: .*got \{'mixup': \{\}, 'more': 1\}",
         ),
+        ("a: {mixup: 3}", r"arm 'a': must be \{mixup: .*got \{'mixup': 3\}\."),
+        ("a: {mixup: null, callbacks: [x]}", r"arm 'a': must be \{mixup: .*'callbacks': \['x'\]\}"),
+        ("a: {callbacks: []}", r"arm 'a': must be \{mixup: "),
         ("a: [", r"is not valid YAML: "),
     ],
 )
