@@ -76,6 +76,8 @@ def main() -> None:
             "report.py",
             "compare.py",
             "compare_report.py",
+            "_config.py",
+            "_options.py",
             "_study.py",
         }
         <= tune_files

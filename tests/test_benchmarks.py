@@ -54,8 +54,10 @@ def test_benchmark_script_runs_and_prints_its_summary(args):
 @pytest.mark.slow
 def test_compare_workers_benchmark_times_both_and_checks_the_results_match():
     pytest.importorskip("optuna")
-    grid = ["--arms", "erm", "--noise", "0", "--seeds", "0", "--epochs", "1", "--width", "4"]
-    grid += ["--limit-train-batches", "1", "--limit-val-batches", "1", "--limit-test-batches", "1"]
+    grid = ["--arms", "erm", "--grid", "data.label_noise=0", "--seeds", "0"]
+    grid += ["--trainer.max_epochs=1", "--model.init_args.backbone.init_args.width=4"]
+    grid += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    grid += ["--trainer.limit_test_batches=1"]
     proc = subprocess.run(
         [sys.executable, str(BENCH / "bench_compare.py"), "--rounds", "1", "--", *grid],
         capture_output=True,

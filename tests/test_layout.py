@@ -73,30 +73,119 @@ def test_public_names_match_the_lazy_table():
     assert set(dir(lightning_mixup)) >= set(lightning_mixup.__all__)
 
 
-def test_nothing_imports_upward():
-    """The core imports no upper layer; the toolkits import no evaluation code, nor each other
-    except segmentation and detection, which build on classification's (and detection on
-    segmentation's) optimizer and data helpers."""
-    upper = {
-        "core": ("classification", "segmentation", "detection", "evaluation", "tune", "cli"),
-        "classification": ("evaluation", "segmentation", "detection", "tune"),
-        "segmentation": ("evaluation", "detection", "tune"),
-        "detection": ("evaluation", "tune"),
-        "evaluation": ("tune",),
-    }
-    core = CORE
+#: The layers, lowest first: a module imports only from its own layer and the ones below.
+LAYERS = (
+    ("core", ("lightning_mixup", *(f"lightning_mixup.{name}" for name in CORE))),
+    ("toolkits", ("lightning_mixup.classification", "lightning_mixup.segmentation",
+                  "lightning_mixup.detection", "lightning_mixup.evaluation")),
+    ("mixup_cli", ("lightning_mixup.mixup_cli",)),  # the LightningCLI every command builds on
+    ("tune", ("lightning_mixup.tune",)),
+    ("commands", ("lightning_mixup.cli", "lightning_mixup.__main__")),  # the console script
+)  # fmt: skip
+#: Within the toolkits: which may not import which (segmentation builds on classification's
+#: optimizer and data helpers, detection on both; evaluation measures any of them).
+SIDEWAYS = {
+    "classification": ("evaluation", "segmentation", "detection"),
+    "segmentation": ("evaluation", "detection"),
+    "detection": ("evaluation",),
+}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
     for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(PACKAGE)
-        layer = "core" if rel.stem in core and len(rel.parts) == 1 else rel.parts[0]
-        if layer not in upper:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes under ``if TYPE_CHECKING:`` (imports for type checkers only)."""
+    skipped = set()
+    for node in ast.walk(tree):
+        test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+        name = getattr(test, "id", None) or getattr(test, "attr", None)
+        if name == "TYPE_CHECKING":
+            for child in node.body:
+                skipped |= {id(n) for n in ast.walk(child)}
+    return skipped
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package -> the package modules it imports, at any depth of its code."""
+    modules = _modules()
+
+    def module_of(name: str) -> str | None:  # the longest prefix of ``name`` that is a module
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        skipped = _type_checking_only(tree)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{anchor}.{base}" if base else anchor
+                targets = [f"{base}.{alias.name}" for alias in node.names]
             else:
                 continue
-            for name in names:
-                for above in upper[layer]:
-                    assert not name.startswith(f"lightning_mixup.{above}"), (rel, name)
+            found |= {m for m in map(module_of, targets) if m is not None}
+        graph[name] = found - {name}
+    return graph
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("lightning_mixup.")
+    if name.startswith("_") and not name.startswith("__") and "." not in name:
+        return 0  # every private top-level module is core (_checks, _seed, ...)
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(
+            module == p or (p != "lightning_mixup" and module.startswith(p + ".")) for p in prefixes
+        ):
+            return rank
+    raise AssertionError(f"{module} is in no layer of tests/test_layout.py's LAYERS")
+
+
+def test_the_import_graph_sees_function_level_and_relative_imports():
+    graph = import_graph()
+    # cli.console imports the tune package inside the function, only for `tune`/`compare`.
+    assert "lightning_mixup.tune" in graph["lightning_mixup.cli"]
+    assert "lightning_mixup.tune.runner" in graph["lightning_mixup.tune"]
+    # The root's type-checking imports of the toolkits are not imports at run time.
+    assert graph["lightning_mixup"] == {"lightning_mixup.callback", "lightning_mixup.policies"}
+
+
+def test_nothing_imports_upward_or_sideways():
+    for module, imported in import_graph().items():
+        for target in imported:
+            assert _layer(target) <= _layer(module), f"{module} imports {target}, a layer above"
+        kind = module.split(".")[1] if "." in module else ""
+        for other in SIDEWAYS.get(kind, ()):
+            assert not any(t.startswith(f"lightning_mixup.{other}") for t in imported), module
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            assert state.get(target) != "open", f"import cycle: {' -> '.join([*path, target])}"
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

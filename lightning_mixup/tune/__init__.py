@@ -1,8 +1,8 @@
-"""``lightning-mixup tune`` and ``lightning-mixup compare``, on Optuna.
+"""``lightning-mixup tune`` and ``lightning-mixup compare``, on Optuna, for any LightningCLI config.
 
-``tune`` searches MixupCallback arguments for your own LightningCLI config; ``compare`` runs the
-fixed grid of mixing arms × label noise × seeds behind ``docs/evidence``. Both keep their runs in an
-Optuna study, so they resume and take several workers. Optional extra:
+``tune`` searches MixupCallback arguments for your config; ``compare`` trains a grid of mixing
+arms × config values × seeds on it and reports what the model logs at test time. Both keep their
+runs in an Optuna study, so they resume and take several workers. Optional extra:
 ``pip install "lightning-mixup[tune]"`` (Optuna, pandas, matplotlib). Importing this package
 imports none of them; :func:`main` and :func:`main_compare` do.
 

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import logging
 import os
 import random
 import time
+import traceback
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 __all__ = [
+    "StudyOptions",
+    "TrialFailed",
     "TuneError",
-    "add_study_arguments",
+    "check_heartbeat",
+    "fail_stale",
+    "failed",
     "hide_password",
+    "logger_level",
+    "make_folder",
+    "one_line",
     "open_storage",
+    "quiet_failed_trials",
     "save_png",
+    "stamp",
     "write_atomically",
 ]
 
@@ -26,32 +42,87 @@ class TuneError(RuntimeError):
     """A problem that makes the study pointless to continue (reported in one line)."""
 
 
-def add_study_arguments(parser: Any, study_name: str, what: str) -> None:
-    """Add ``--storage``, ``--study-name``, ``--heartbeat`` and ``--grace`` to ``parser``.
+class TrialFailed(Exception):
+    """A trial raised: the worker stops, with one line that says where its traceback is."""
 
-    ``what`` names one unit of work in the help (``"trial"``, ``"run"``).
+    def __init__(self, number: int, err: BaseException, log: Path) -> None:
+        self.error = one_line(err)
+        reason = self.error.rstrip(".")
+        super().__init__(f"trial {number} failed: {reason}; full traceback in {log}")
+
+
+def failed(trial: optuna.Trial, err: BaseException, folder: Path) -> TrialFailed:
+    """Record why ``trial`` failed; the :class:`TrialFailed` to raise from ``err``.
+
+    The traceback goes to ``folder/error.log``, the one-line reason to the trial's ``error``
+    user attribute.
     """
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL, or journal:PATH (default: sqlite:///<out>/study.db); workers on "
-        "several machines share one database URL.",
-    )
-    parser.add_argument("--study-name", default=study_name, help=f"Default: {study_name}.")
-    parser.add_argument(
-        "--heartbeat",
-        type=int,
-        default=60,
-        help=f"Seconds between heartbeats of a running {what} (database storages only; journal "
-        f"storage has none, so a killed worker's {what} stays RUNNING there). A {what} silent for "
-        "--grace seconds is marked FAIL and retried once with the same arguments.",
-    )
-    parser.add_argument(
-        "--grace",
-        type=int,
-        default=None,
-        help=f"Seconds before a silent {what} counts as dead (default: 2 x --heartbeat).",
-    )
+    log = folder / "error.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(traceback.format_exception(err)))
+    error = TrialFailed(trial.number, err, log)
+    trial.set_user_attr("error", error.error)
+    return error
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` as ``Type: first line of its message`` (a TuneError: its message alone)."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(err, TuneError):
+        return first
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def quiet_failed_trials() -> contextlib.AbstractContextManager[None]:
+    """Keep Optuna from logging each failed trial with its traceback (~40 lines).
+
+    Optuna's optimize loop logs a failed trial as two warnings, the first with the traceback,
+    from its ``optuna.study._optimize`` logger, and nothing else at that level: that logger is
+    raised to ERROR meanwhile. The commands say it in one line instead (:class:`TrialFailed`),
+    and the traceback goes to the trial's ``error.log`` (:func:`failed`).
+    """
+    return logger_level("optuna.study._optimize", logging.ERROR)
+
+
+@dataclass
+class StudyOptions:
+    """Where a command's Optuna study lives, and how its workers show they are alive.
+
+    Args:
+        storage: Optuna storage URL, or journal:PATH (default: sqlite:///<out>/study.db); workers
+            on several machines share one database URL.
+        study_name: The study's name in the storage.
+        heartbeat: Seconds between heartbeats of a running trial (database storages only;
+            journal storage has none, so a killed worker's trial stays RUNNING there). A trial
+            silent for --grace seconds is marked FAIL and retried once with the same arguments.
+        grace: Seconds before a silent trial counts as dead (default: 2 x --heartbeat).
+        out: The command's output folder.
+    """
+
+    storage: str | None = None
+    study_name: str = "lightning-mixup"
+    heartbeat: int = 60
+    grace: int | None = None
+    out: str = "runs"
+
+    @property
+    def storage_url(self) -> str:
+        """``--storage``, or the study database in ``--out``."""
+        return self.storage or f"sqlite:///{Path(self.out) / 'study.db'}"
+
+    def open_storage(self) -> optuna.storages.BaseStorage:
+        """The storage (:func:`open_storage`), once ``--out`` exists; a :class:`TuneError` if not."""
+        make_folder("--out", Path(self.out))
+        return open_storage(self.storage_url, self.heartbeat, self.grace)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Mark the trials of killed workers (silent for ``--grace``) failed, and queue their retry."""
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
 def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
@@ -178,3 +249,107 @@ def save_png(fig: Any, path: Path, dpi: float | None = None) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     write_atomically(path, buffer.getvalue())
+
+
+def check_heartbeat(heartbeat: int, grace: int | None) -> None:
+    """Check ``--heartbeat`` and ``--grace`` before any storage is opened.
+
+    A grace period no longer than the heartbeat would fail a live trial between two of its beats
+    (and run it a second time), so ``--grace`` must exceed ``--heartbeat``.
+
+    Raises:
+        ValueError: Naming the flag, the rule and the value.
+    """
+    from lightning_mixup import _checks
+
+    _checks.integer("--heartbeat", heartbeat, 1)
+    if grace is not None and grace <= heartbeat:
+        raise ValueError(
+            f"`--grace` must be longer than `--heartbeat` ({heartbeat}), got {grace!r}."
+        )
+
+
+def make_folder(flag: str, folder: Path, given: Path | None = None) -> None:
+    """Create ``folder`` (and its parents) for the path ``given`` to ``flag`` (default ``folder``).
+
+    Raises:
+        TuneError: In one line, when the folder cannot be created (say a regular file is in the
+            way, or the permissions refuse it).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        why = f"{str(blocker)!r} is a file" if blocker else (err.strerror or type(err).__name__)
+        shown, what = (str(folder), "the folder") if given is None else (str(given), "its folder")
+        raise TuneError(f"`{flag}` {shown!r}: cannot create {what}, {why}.") from None
+
+
+@contextlib.contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """Set the level of the ``logging`` logger ``name`` inside the block; restore it after."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def stamp(study: optuna.Study, settings: dict[str, Any], url: str, what: str) -> None:
+    """Record ``settings`` (what decides a trial's numbers) in the study, or check them.
+
+    A study whose trials never finished (a typo in a setting fails the first one) takes the new
+    settings and says which changed; one with finished or running trials keeps its own, or its
+    trials (``what``: ``"trial"``, ``"run"``) would not be comparable.
+
+    Raises:
+        TuneError: Naming the first setting that differs, its two values and the fix.
+    """
+    known = study.user_attrs.get("settings")
+    new = json.loads(json.dumps(settings))  # as the storage gives it back
+    old_flat, new_flat = _flat(known if known is not None else new), _flat(new)
+    changed = [
+        (_label(k), _shown(old_flat.get(k)), _shown(new_flat.get(k)))
+        for k in dict.fromkeys([*old_flat, *new_flat])
+        if old_flat.get(k) != new_flat.get(k)
+    ]
+    if changed:
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        used = len(study.get_trials(deepcopy=False, states=states))
+        if used:
+            key, old, now = changed[0]
+            raise TuneError(
+                f"study {study.study_name!r} in {hide_password(url)} was run with {key} {old}, "
+                f"got {now}, and has {used} finished or running {what}{'s' if used > 1 else ''}; "
+                "use another --out, --storage or --study_name."
+            )
+        olds, news = (", ".join(f"{c[0]} {c[i]}" for c in changed[:3]) for i in (1, 2))
+        more = f" (and {len(changed) - 3} more changes)" if len(changed) > 3 else ""
+        print(
+            f"study {study.study_name!r} finished no {what} with {olds}; it now runs with {news}{more}."
+        )
+    if known != new:
+        study.set_user_attr("settings", new)
+
+
+def _flat(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested mappings as ``{("a", "b", "c"): leaf}``."""
+    if not isinstance(value, dict) or not value:
+        return {path: value}
+    return {k: v for key, item in value.items() for k, v in _flat(item, (*path, key)).items()}
+
+
+def _label(path: tuple[str, ...]) -> str:
+    """A settings key as the user set it: a config key, an arm's argument, or a flag."""
+    top, *rest = path
+    if top == "config":
+        return f"config key {'.'.join(rest)}"
+    if top == "arm":
+        return " ".join([f"arm {rest[0]!r}", ".".join(rest[1:])]).rstrip()
+    return " ".join([f"--{top}", *rest])
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else "(none)" if value is None else json.dumps(value)

@@ -1,257 +1,280 @@
 """What ``lightning-mixup compare`` writes into ``--out``, from the study's records.
 
-``results.csv`` (one row per finished run), ``summary.md`` (mean ± sample std over seeds per arm ×
-noise, with the command, versions and times) and three PNG plots. pandas does the table and the
-statistics; matplotlib draws.
+``results.csv`` (one row per finished run), ``summary.md`` (mean ± sample std over seeds per arm
+and grid point, for each tested set of weights) and one PNG per tested set of weights (a panel per
+metric). The metrics are whatever the config's module and callbacks log at test time: nothing
+here knows their names. pandas does the table and the statistics; matplotlib draws.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
 import platform
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning
-import numpy as np
 import optuna
 import pandas as pd
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from lightning_mixup.evaluation.visual import _figure, plot_reliability
 from lightning_mixup.tune._study import hide_password, save_png, write_atomically
-from lightning_mixup.tune.compare import _METRICS, _POINT, TS_SUFFIX, CompareConfig, _describe
 
-__all__ = ["load_runs", "summary_table", "write_reports"]
+__all__ = ["Grid", "load_runs", "summary_tables", "write_report"]
 
-
-def _columns(cfg: CompareConfig) -> list[str]:
-    per = list(_METRICS) + [f"fgsm@{e:g}" for e in cfg.eps]
-    if cfg.pgd_steps > 0:
-        per += [f"pgd@{e:g}" for e in cfg.eps]
-    per += [f"ood_{name}" for name in cfg.ood_sets]
-    head = ["arm", "noise", "seed", "epochs", "best_epoch", "best_val_acc", "last_val_acc"]
-    return head + [f"best_{c}" for c in per] + [f"last_{c}" for c in per] + ["train_seconds"]
+#: What each tested set of weights is, for the summary's headings.
+_TESTED = {"last": "the weights after the last epoch", "best": "the best checkpoint"}
 
 
-def load_runs(study: optuna.Study, cfg: CompareConfig) -> pd.DataFrame:
-    """The finished runs of the study, one row each, seeds outermost as the grid is listed.
+@dataclass
+class Grid:
+    """The runs of a comparison: every arm × every combination of grid values × every seed.
 
-    Columns: those of ``results.csv``, then ``trial`` (the trial number), ``confidences`` and
-    ``correct`` (the best checkpoint's test max-softmax confidences and hits).
+    Attributes:
+        arms: Each arm's name and what it trains with, in the order of the report.
+        grid: Each config key varied and its values (scalars; JSON text for lists and mappings).
+        seeds: The seeds.
+        tests: The weights tested after fitting, in order: ``last`` and/or ``best``.
+        monitor: The metric of the config's checkpoint callback (what ``best`` is best in).
     """
-    columns = [*_columns(cfg), "trial", "confidences", "correct"]
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    records = [{**t.params, **t.user_attrs["run"], "trial": t.number}
-               for t in trials if "run" in t.user_attrs]  # fmt: skip
-    frame = pd.DataFrame(records, columns=columns)
-    frame = frame.drop_duplicates(list(_POINT))  # one run per point: the lowest trial number
-    frame["arm"] = pd.Categorical(frame["arm"], categories=cfg.arms, ordered=True)
-    frame = frame.sort_values(["seed", "noise", "arm"], ignore_index=True)
-    frame["arm"] = frame["arm"].astype(str)
-    return frame
+
+    arms: dict[str, str]
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    tests: list[str]
+    monitor: str | None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of a point's coordinates: ``arm``, the grid keys, ``seed``."""
+        return ("arm", *self.grid, "seed")
+
+    @property
+    def space(self) -> dict[str, list[Any]]:
+        """Each coordinate's values, for Optuna's grid sampler."""
+        return {"arm": list(self.arms), **self.grid, "seed": list(self.seeds)}
+
+    @property
+    def points(self) -> list[tuple[Any, ...]]:
+        """Every run as ``(arm, *grid values, seed)``, arms outermost."""
+        return list(itertools.product(*self.space.values()))
 
 
-def summary_table(runs: pd.DataFrame, cfg: CompareConfig) -> str:
-    """The Markdown table: mean ± sample std over seeds per arm × noise."""
-    eps_cols = [f"FGSM ε={e:g} (%)" for e in cfg.eps]
-    pgd_cols = [f"PGD-{cfg.pgd_steps} ε={e:g} (%)" for e in cfg.eps] if cfg.pgd_steps else []
-    head = ["arm", "noise", "acc best (%)", "acc last (%)", "NLL", "ECE", "conf gap"]
-    head += eps_cols + pgd_cols + [f"OOD AUROC {name.replace('_', ' ')}" for name in cfg.ood_sets]
-    # (column, scale, decimals, signed)
-    cells = [("best_acc", 100, 1, False), ("last_acc", 100, 1, False), ("best_nll", 1, 3, False),
-             ("best_ece", 1, 3, False), ("best_conf_gap", 1, 3, True)]  # fmt: skip
-    cells += [(f"best_fgsm@{e:g}", 100, 1, False) for e in cfg.eps]
-    cells += [(f"best_pgd@{e:g}", 100, 1, False) for e in cfg.eps] if cfg.pgd_steps else []
-    cells += [(f"best_ood_{name}", 1, 3, False) for name in cfg.ood_sets]
-    stats = runs.groupby(["arm", "noise"])[[c[0] for c in cells]].agg(["mean", "std"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm in cfg.arms:
-        for noise in cfg.noise:
-            if (arm, noise) not in stats.index:
-                continue
-            row = stats.loc[(arm, noise)]
-            text = [f"`{arm}`", f"{noise:.0%}"]
-            for key, scale, digits, signed in cells:
-                mean, std = row[(key, "mean")] * scale, row[(key, "std")] * scale
-                cell = f"{mean:{'+' if signed else ''}.{digits}f}"
-                text.append(cell if pd.isna(std) else f"{cell} ± {std:.{digits}f}")
-            lines.append("| " + " | ".join(text) + " |")
-    return "\n".join(lines)
+def point_of(trial: FrozenTrial, names: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """A trial's point: its parameters, or those it was queued with (None: neither yet)."""
+    params = trial.params
+    if not all(k in params for k in names):
+        params = trial.system_attrs.get("fixed_params") or {}
+    return tuple(params[k] for k in names) if all(k in params for k in names) else None
+
+
+def load_runs(study: optuna.Study, grid: Grid) -> pd.DataFrame:
+    """The finished runs of the study, one row each: the point, then what the run recorded.
+
+    One run per point (the lowest trial number), seeds outermost, then the grid values, then the
+    arms in ``grid``'s order. Columns: ``trial``, the point's names, then the recorded values in
+    the order the first run holding each recorded it.
+    """
+    records = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        point = point_of(t, grid.names)
+        if "run" in t.user_attrs and point is not None:
+            records.append(
+                {"trial": t.number, **dict(zip(grid.names, point)), **t.user_attrs["run"]}
+            )
+    columns = ["trial", *grid.names]
+    frame = pd.DataFrame(records, columns=columns if not records else None)
+    if frame.empty:
+        return frame
+    frame = frame.sort_values("trial").drop_duplicates(list(grid.names))
+    order = {p: i for i, p in enumerate(_report_order(grid))}
+    keys = [
+        order.get(tuple(row), math.inf) for row in frame[list(grid.names)].itertuples(index=False)
+    ]
+    return (
+        frame.assign(_order=keys)
+        .sort_values("_order")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def _report_order(grid: Grid) -> Iterator[tuple[Any, ...]]:
+    """The points with the seed outermost, then the grid values, then the arm."""
+    for seed in grid.seeds:
+        for values in itertools.product(*grid.grid.values()):
+            for arm in grid.arms:
+                yield (arm, *values, seed)
+
+
+def _stats(runs: pd.DataFrame, grid: Grid, which: str) -> pd.DataFrame:
+    """Mean, sample std and count over seeds of each ``which:`` metric, by grid point and arm.
+
+    Rows in report order (grid values outermost, arms as listed), those with no run left out.
+    """
+    metrics = [c for c in runs.columns if c.startswith(f"{which}:")]
+    if not metrics:
+        return pd.DataFrame()
+    keys = [*grid.grid, "arm"]
+    stats = runs.groupby(keys, sort=False)[metrics].agg(["mean", "std", "count"])
+    order = [(*v, a) for v in itertools.product(*grid.grid.values()) for a in grid.arms]
+    index = pd.MultiIndex.from_tuples(order, names=keys) if grid.grid else pd.Index(grid.arms)
+    return stats.reindex(index).dropna(how="all")
+
+
+def _cell(mean: float, std: float, count: float, n_seeds: int) -> str:
+    if not count:
+        return "-"
+    text = f"{mean:.3f}" + (f" ± {std:.3f}" if count > 1 else "")
+    return text + (f" (n={count:.0f})" if count < n_seeds else "")
+
+
+def summary_tables(runs: pd.DataFrame, grid: Grid) -> dict[str, str]:
+    """One Markdown table per tested set of weights: mean ± sample std over seeds of every metric.
+
+    A row per combination of grid values and arm; a cell that fewer seeds than asked for have
+    finished says how many (``n=``); a single value shows alone.
+    """
+    tables = {}
+    for which in grid.tests:
+        stats = _stats(runs, grid, which)
+        metrics = list(dict.fromkeys(m for m, _ in stats.columns))
+        head = ["arm", *grid.grid, *(m.split(":", 1)[1] for m in metrics)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key, row in stats.iterrows():
+            *values, arm = key if grid.grid else (key,)
+            cells = [
+                _cell(row[(m, "mean")], row[(m, "std")], row[(m, "count")], len(grid.seeds))
+                for m in metrics
+            ]
+            lines.append("| " + " | ".join([f"`{arm}`", *map(str, values), *cells]) + " |")
+        tables[which] = "\n".join(lines)
+    return tables
 
 
 def _times(study: optuna.Study, runs: pd.DataFrame) -> str:
     done = [t for t in study.get_trials(deepcopy=False) if t.number in set(runs["trial"])]
     if not done:
         return "no run finished yet"
-    first = min(t.datetime_start for t in done)
-    last = max(t.datetime_complete for t in done)
-    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+    first = min(t.datetime_start for t in done if t.datetime_start)
+    last = max(t.datetime_complete for t in done if t.datetime_complete)
+    busy = sum((t.duration.total_seconds() for t in done if t.duration), 0.0)
     return (
         f"first run started {first:%Y-%m-%d %H:%M}, last finished {last:%Y-%m-%d %H:%M} (local "
         f"time of the workers), {busy / 60:.1f} min of runs in all"
     )
 
 
-def write_summary(study: optuna.Study, runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
-    """Write ``summary.md``: setup, the table, the plots, and what is missing from the grid."""
-    model = (
-        f"SmallCNN(width={cfg.width})" if cfg.digits else "PreActResNet18"
-    ) + " + SoftLabelClassifier"
-    arms = "\n".join(
-        f"- `{a}`: {_describe(cfg.arm_kwargs(a))}"
-        + (" + TemperatureScaling()" if a.endswith(TS_SUFFIX) else "")
-        for a in cfg.arms
+def machine() -> str:
+    """This machine as the summary names it: OS, CPUs, torch threads, GPU if any."""
+    text = (
+        f"{platform.platform()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
     )
-    states = pd.Series([t.state.name.lower() for t in study.get_trials(deepcopy=False)])
-    counts = ", ".join(f"{k} {v}" for k, v in states.value_counts().items())
-    missing = (
-        f"\n**{len(runs)} of {len(cfg.points)} runs finished** (`--max-minutes`, a stopped "
-        "command, or workers still running: rerun the command to continue); each cell covers "
-        "the seeds that finished.\n"
-        if len(runs) < len(cfg.points)
-        else ""
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def _summary(study: optuna.Study, runs: pd.DataFrame, grid: Grid, command: str, url: str) -> str:
+    trials = study.get_trials(deepcopy=False)
+    states = pd.Series([t.state.name.lower() for t in trials], dtype=str)
+    counts = ", ".join(f"{k} {v}" for k, v in states.value_counts().items()) or "none"
+    machines = sorted({t.user_attrs["machine"] for t in trials if "machine" in t.user_attrs})
+    axes = " × ".join(
+        [f"{len(grid.arms)} arms"]
+        + [f"{key} ({', '.join(map(str, values))})" for key, values in grid.grid.items()]
+        + [f"seeds ({' '.join(map(str, grid.seeds))})"]
     )
-    limits = ", ".join(
-        f"limit_{s}_batches={v:g}"
-        for s, v in (
-            ("train", cfg.limit_train_batches),
-            ("val", cfg.limit_val_batches),
-            ("test", cfg.limit_test_batches),
-        )
-        if v is not None
+    tested = "; ".join(
+        f"**{w}**: {_TESTED[w]}" + (f" (by `{grid.monitor}`)" if w == "best" else "")
+        for w in grid.tests
     )
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
-    setup = f"{cfg.epochs} epochs" + (f", {limits}" if limits else "")
     lines = [
-        f"# lightning-mixup compare: {cfg.dataset}",
+        "# lightning-mixup compare",
         "",
         "```",
-        cfg.command,
+        command,
         "```",
         "",
-        f"- Written (UTC): {date}, from study `{cfg.study_name}` in `{hide_password(cfg.storage_url)}` "
-        f"(trials: {counts}). Runs: {_times(study, runs)}; accelerator `{cfg.accelerator}`, "
-        f"{cfg.threads or torch.get_num_threads()} torch thread(s) per worker.",
+        f"- Written (UTC): {datetime.now(timezone.utc):%Y-%m-%d %H:%M}, from study "
+        f"`{study.study_name}` in `{hide_password(url)}` (trials: {counts}). Runs: "
+        f"{_times(study, runs)}.",
+        f"- Machines: {'; '.join(machines) or 'none yet'}.",
         f"- Versions: python {platform.python_version()}, torch {torch.__version__}, "
         f"lightning {lightning.__version__}, optuna {optuna.__version__}.",
-        f"- Model: {model}; SGD lr {cfg.resolved_lr:g} (Nesterov momentum 0.9, weight decay "
-        f"5e-4, cosine decay), batch {cfg.resolved_batch_size}, {setup}.",
-        "- Noise: that fraction of the *training* labels is replaced by a different class; "
-        f"validation and test labels are clean. Seeds: {' '.join(map(str, cfg.seeds))} (split, "
-        "noise, initialisation, shuffling, mixing).",
-        "- **acc best**: test accuracy of the checkpoint with the best `val/acc`; **acc last**: "
-        "after the last epoch. NLL, ECE (15 bins), conf gap (mean max-softmax confidence − "
-        "accuracy; negative = under-confident) and FGSM accuracy (ε in [0, 1] pixel units of the "
-        "unnormalised image) are of the best checkpoint. OOD AUROC: how well max-softmax "
-        "confidence separates the test split from an out-of-distribution set (pure-noise images; "
-        "the left-out digit classes with `--classes`), 0.5 = chance. `+TS` arms divide the "
-        "logits by a temperature fitted on the validation split (each checkpoint its own). "
-        "Cells: mean ± sample std over seeds.",
-        missing,
-        "Arms:",
-        "",
-        arms,
-        "",
-        summary_table(runs, cfg),
-        "",
-        "![test accuracy vs label noise](accuracy_vs_noise.png)",
-        "![FGSM accuracy vs ε](fgsm_vs_eps.png)",
-        "![reliability diagrams](reliability.png)",
-        "",
+        f"- Grid: {axes} = {len(grid.points)} runs; each run's full config is "
+        "`trial_<n>/config.yaml` (`lightning-mixup fit --config` trains it again).",
+        f"- Tested: {tested}. Cells: mean ± sample std over seeds of what the model and its "
+        "callbacks logged at test time.",
     ]
-    write_atomically(path, "\n".join(lines))
-
-
-def _errorbars(
-    ax: Any, xs: list[float], arms: dict[str, pd.DataFrame], xlabel: str, ylabel: str, title: str
-) -> None:
-    """One panel with its labels and grid: an errorbar line per arm, shifted apart.
-
-    ``arms`` maps each arm to a frame whose rows are the x values and columns mean/std.
-    """
-    span = (max(xs) - min(xs)) or 1.0
-    for j, (arm, stats) in enumerate(arms.items()):
-        shift = (j - (len(arms) - 1) / 2) * 0.012 * span
-        x = [x + shift for x in xs]
-        ax.errorbar(x, stats["mean"], yerr=stats["std"].fillna(0), marker="o", markersize=4,
-                    capsize=3, label=arm)  # fmt: skip
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-
-
-def _save_panels(fig: Any, title: str, path: Path) -> None:
-    """The arms' legend on the first panel, the figure's title, then the PNG."""
-    fig.axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_png(fig, path)
-
-
-def plot_accuracy_vs_noise(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
-    """Test accuracy (best checkpoint and last epoch, mean ± std over seeds) against noise."""
-    fig = _figure(9.0, 3.6)
-    for i, (key, title) in enumerate((("best_acc", "best val/acc checkpoint"),
-                                      ("last_acc", "last epoch"))):  # fmt: skip
-        ax = fig.add_subplot(1, 2, i + 1)
-        stats = (100 * runs.set_index(["arm", "noise"])[key]).groupby(["arm", "noise"])
-        stats = stats.agg(["mean", "std"]).reindex(
-            pd.MultiIndex.from_product([cfg.arms, cfg.noise], names=["arm", "noise"])
+    if len(runs) < len(grid.points):
+        lines.append(
+            f"\n**{len(runs)} of {len(grid.points)} runs finished** (`--max_minutes`, a stopped "
+            "command, a failed run, or workers still running: rerun the command to continue); "
+            "each cell covers the seeds that finished."
         )
-        arms = {a: stats.loc[a] for a in cfg.arms}
-        noise = [100 * n for n in cfg.noise]
-        _errorbars(ax, noise, arms, "training label noise (%)", "clean test accuracy (%)", title)
-    _save_panels(fig, f"{cfg.dataset}: accuracy vs label noise (mean ± std over seeds)", path)
+    lines += ["", "Arms:", "", *(f"- `{a}`: {d}" for a, d in grid.arms.items())]
+    for which, table in summary_tables(runs, grid).items():
+        heading = _TESTED[which][0].upper() + _TESTED[which][1:]
+        lines += ["", f"## {heading}", "", table, "", f"![{which}]({which}.png)"]
+    return "\n".join(lines) + "\n"
 
 
-def plot_fgsm(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
-    """FGSM accuracy against ε (ε = 0: clean accuracy), one panel per noise level."""
-    fig = _figure(4.5 * len(cfg.noise), 3.6)
-    keys = ["best_acc"] + [f"best_fgsm@{e:g}" for e in cfg.eps]
-    for i, noise in enumerate(cfg.noise):
-        ax = fig.add_subplot(1, len(cfg.noise), i + 1)
-        at = runs[runs["noise"] == noise]
-        series = {}
-        for arm in cfg.arms:
-            values = 100 * at.loc[at["arm"] == arm, keys]
-            series[arm] = pd.DataFrame({"mean": values.mean(), "std": values.std()})
-        title = f"label noise {noise:.0%}"
-        _errorbars(ax, [0.0, *cfg.eps], series, "FGSM ε (pixel units)", "test accuracy (%)", title)
-    _save_panels(fig, f"{cfg.dataset}: FGSM accuracy, best checkpoints (mean ± std)", path)
+def _plot(runs: pd.DataFrame, grid: Grid, which: str, path: Path) -> None:
+    """A panel per metric: bars of the mean over seeds (± std) per arm, one per grid point."""
+    from matplotlib.figure import Figure
 
-
-def plot_reliability_grid(runs: pd.DataFrame, cfg: CompareConfig, path: Path) -> None:
-    """Reliability diagrams, one row per noise level and one column per arm, seeds pooled."""
-    rows, cols = len(cfg.noise), len(cfg.arms)
-    fig = _figure(2.6 * cols, 2.8 * rows)
-    for i, noise in enumerate(cfg.noise):
-        for j, arm in enumerate(cfg.arms):
-            ax = fig.add_subplot(rows, cols, i * cols + j + 1)
-            cell = runs[(runs["arm"] == arm) & (runs["noise"] == noise)]
-            if cell.empty:
-                ax.set_axis_off()
-                continue
-            conf = np.concatenate([np.asarray(c, dtype=np.float64) for c in cell["confidences"]])
-            hit = np.concatenate([np.asarray(h, dtype=bool) for h in cell["correct"]])
-            plot_reliability(ax, conf, hit, 15, title=f"{arm}, noise {noise:.0%}")
-            ax.xaxis.label.set_fontsize(7)
-            ax.yaxis.label.set_fontsize(7)
-            ax.tick_params(labelsize=7)
+    stats = _stats(runs, grid, which)
+    metrics = list(dict.fromkeys(m for m, _ in stats.columns))
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows))
+    levels = list(range(len(grid.grid)))
+    for i, metric in enumerate(metrics):
+        mean, std = (stats[(metric, s)] for s in ("mean", "std"))
+        if levels:  # a column per grid point
+            mean, std = (x.unstack(levels).reindex(list(grid.arms)) for x in (mean, std))  # type: ignore[assignment]
+        ax = fig.add_subplot(rows, cols, i + 1)
+        mean.plot.bar(ax=ax, yerr=std.fillna(0), capsize=2, rot=45, legend=i == 0 and bool(levels))
+        ax.set_title(metric.split(":", 1)[1], fontsize=10)
+        ax.set_xlabel("")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{_TESTED[which]}: mean ± std over seeds", fontsize=10)
     fig.tight_layout()
     save_png(fig, path)
 
 
-def write_reports(study: optuna.Study, cfg: CompareConfig) -> pd.DataFrame:
-    """Write ``results.csv``, ``summary.md`` and the three plots into ``cfg.out``; the runs."""
-    runs = load_runs(study, cfg)
-    text = runs[_columns(cfg)].to_csv(index=False, float_format="%.6g")
-    write_atomically(cfg.out / "results.csv", text)
-    write_summary(study, runs, cfg, cfg.out / "summary.md")
-    if not runs.empty:
-        plot_accuracy_vs_noise(runs, cfg, cfg.out / "accuracy_vs_noise.png")
-        plot_fgsm(runs, cfg, cfg.out / "fgsm_vs_eps.png")
-        plot_reliability_grid(runs, cfg, cfg.out / "reliability.png")
-    return runs
+def write_report(
+    study: optuna.Study, grid: Grid, out: Path, command: str, url: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """Write ``results.csv``, ``summary.md`` and ``<which>.png`` into ``out``.
+
+    The tables come first: a plot that fails to draw is skipped (an older file of that name
+    removed) and said in one line, never at the cost of the files written before it.
+
+    Returns:
+        The runs, and one line per plot skipped.
+    """
+    runs = load_runs(study, grid)
+    write_atomically(out / "results.csv", runs.to_csv(index=False, float_format="%.6g"))
+    write_atomically(out / "summary.md", _summary(study, runs, grid, command, url))
+    notes = []
+    for which in grid.tests:
+        path = out / f"{which}.png"
+        if runs.empty or not any(c.startswith(f"{which}:") for c in runs.columns):
+            path.unlink(missing_ok=True)
+            notes.append(f"{path.name} skipped: no finished run has {which} test metrics.")
+            continue
+        try:
+            _plot(runs, grid, which, path)
+        except Exception as err:  # a plot must never cost the report
+            path.unlink(missing_ok=True)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            notes.append(f"{path.name} skipped: drawing it failed: {type(err).__name__}: {first}")
+    return runs, notes

@@ -1,34 +1,154 @@
-"""What ``lightning-mixup tune`` leaves in ``--out``: summary.md, trials.csv and PNG plots."""
+"""What ``lightning-mixup tune`` leaves in ``--out``: summary.md, trials.csv and PNG plots.
+
+The tables come first (:func:`write_summary`), the plots after (:func:`write_plots`), so a
+finished study always gets its summary: a plot with nothing to show, or one that fails to draw,
+is skipped with one line saying why. The plots are Optuna's own
+(``optuna.visualization.matplotlib``), drawn headless (Agg).
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_mixup.tune._study import save_png, write_atomically
 
-__all__ = ["write_reports"]
+__all__ = ["label", "write_plots", "write_summary"]
 
 #: The trials.csv columns: Optuna's own table of the study (one row per trial).
 _CSV_ATTRS = ("number", "state", "value", "datetime_start", "datetime_complete", "duration",
               "params", "user_attrs")  # fmt: skip
 
 
-def write_reports(study: optuna.Study, out: Path, monitor: str) -> str:
-    """Write ``summary.md``, ``trials.csv`` and the plots into ``out``; return the summary text."""
+def write_summary(study: optuna.Study, out: Path, monitor: str) -> str:
+    """Write ``trials.csv`` and ``summary.md`` into ``out``; return the summary text."""
     trials = study.get_trials(deepcopy=False)
     frame = study.trials_dataframe(attrs=_CSV_ATTRS)
     write_atomically(out / "trials.csv", frame.to_csv(index=False))
-    notes = _plots(study, trials, out)
-    text = _summary(study, trials, monitor, notes)
+    text = _summary(study, trials, monitor)
     write_atomically(out / "summary.md", text)
     return text
 
 
-def _label(t: FrozenTrial) -> str:
+def write_plots(study: optuna.Study, out: Path, monitor: str, summary: str) -> list[str]:
+    """Draw ``history.png``, ``importances.png`` and ``alpha.png`` into ``out``.
+
+    Each plot is drawn on its own: one with nothing to show (no completed trial, fewer than two
+    completed mixing trials, no ``alpha`` in the space) or one that fails is skipped, and an
+    older file of that name is removed. ``summary.md`` is then rewritten as ``summary`` plus a
+    "Plots" section.
+
+    Returns:
+        One line per plot skipped, saying why.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        notes = [
+            'plots skipped: matplotlib is not installed (pip install "lightning-mixup[tune]").'
+        ]
+        write_atomically(out / "summary.md", _with_plots(summary, [], notes))
+        return notes
+    drawn, notes = [], []
+    for name, caption, draw in _plots(study, monitor):
+        reason = _draw(draw, out / name, matplotlib, plt)
+        if reason is None:
+            drawn.append(f"![{caption}]({name})")
+        else:
+            (out / name).unlink(missing_ok=True)  # an older plot would no longer be true
+            notes.append(f"{name} skipped: {reason}")
+    write_atomically(out / "summary.md", _with_plots(summary, drawn, notes))
+    return notes
+
+
+def _draw(draw: Callable[[], Any], path: Path, matplotlib: Any, plt: Any) -> str | None:
+    """Save what ``draw()`` plots to ``path``; None, or why nothing was saved."""
+    before = set(plt.get_fignums())
+    try:
+        # Optuna's plots set their own style (ggplot): keep it inside this plot.
+        with matplotlib.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-API and few-trial warnings
+            result = draw()
+            if isinstance(result, str):
+                return result
+            fig = _figure(result)
+            fig.tight_layout()
+            save_png(fig, path, dpi=100)
+            return None
+    except Exception as err:  # a plot must never cost the report
+        text = str(err).strip()
+        return f"drawing it failed: {type(err).__name__}" + (
+            f": {text.splitlines()[0]}" if text else ""
+        )
+    finally:
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
+
+
+def _with_plots(summary: str, drawn: list[str], notes: list[str]) -> str:
+    return (
+        "\n".join([summary.rstrip("\n"), "", "## Plots", "", *drawn, *(f"- {n}" for n in notes)])
+        + "\n"
+    )
+
+
+def _figure(result: Any) -> Any:
+    """The figure of what an Optuna plot returns (one ``Axes``, or an array of them)."""
+    import numpy as np
+
+    return np.ravel(result)[0].figure
+
+
+def _plots(study: optuna.Study, monitor: str) -> list[tuple[str, str, Callable[[], Any]]]:
+    """``(file name, caption, draw)``; ``draw()`` returns the Axes, or why there is nothing to draw."""
+    from optuna.visualization import matplotlib as optuna_plots
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    mixed = [t for t in done if not t.user_attrs.get("baseline")]
+    base = [t for t in done if t.user_attrs.get("baseline")]
+
+    def history() -> Any:
+        if not done:
+            return "no trial completed."
+        return optuna_plots.plot_optimization_history(study, target_name=monitor)
+
+    def importances() -> Any:
+        names = sorted({name for t in mixed for name in t.params})
+        if len(mixed) < 2:
+            return f"fewer than 2 completed mixing trials ({len(mixed)})."
+        if len(names) < 2:
+            return f"one parameter searched ({', '.join(names) or 'none'}): nothing to rank."
+        return optuna_plots.plot_param_importances(study, params=names, target_name=monitor)
+
+    def alpha() -> Any:
+        if not any("alpha" in t.params for t in mixed):
+            return (
+                "no completed trial has an `alpha` (the space has none, or every trial with one "
+                "was pruned or failed)."
+            )
+        ax = optuna_plots.plot_slice(study, params=["alpha"], target_name=monitor)
+        if base:
+            line = ax.axhline(base[0].value, color="gray", linestyle="--")
+            ax.legend([line], ["no mixing (baseline)"], loc="best")
+        return ax
+
+    return [
+        ("history.png", "optimization history", history),
+        ("importances.png", "parameter importances", importances),
+        ("alpha.png", "alpha", alpha),
+    ]
+
+
+def label(t: FrozenTrial) -> str:
+    """A trial's arguments, ``alpha=1.529, cutmix_alpha=1``, or ``no mixing (baseline)``."""
     if t.user_attrs.get("baseline"):
         return "no mixing (baseline)"
     return ", ".join(
@@ -36,7 +156,7 @@ def _label(t: FrozenTrial) -> str:
     )
 
 
-def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str, notes: list[str]) -> str:
+def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str) -> str:
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: t.value, reverse=maximize)
@@ -53,7 +173,7 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str, notes
     base = [t for t in done if t.user_attrs.get("baseline")]
     if done:
         best = done[0]
-        lines.append(f"**Best:** trial {best.number}, {monitor}={best.value:.4f}: {_label(best)}")
+        lines.append(f"**Best:** trial {best.number}, {monitor}={best.value:.4f}: {label(best)}")
     else:
         lines.append("**Best:** no trial completed yet.")
     if base:
@@ -71,73 +191,5 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str, notes
         lines.append("**Baseline (no mixing):** not completed.")
     lines += ["", "| rank | trial | value | arguments |", "|---|---|---|---|"]
     for rank, t in enumerate(done[:5], 1):
-        lines.append(f"| {rank} | {t.number} | {t.value:.4f} | {_label(t)} |")
-    if notes:
-        lines += ["", *(f"- {n}" for n in notes)]
+        lines.append(f"| {rank} | {t.number} | {t.value:.4f} | {label(t)} |")
     return "\n".join(lines) + "\n"
-
-
-def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[str]:
-    """α scatter, optimisation history and (when it can be computed) parameter importances."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        return ['plots skipped: matplotlib is not installed (pip install "lightning-mixup[tune]").']
-    notes = []
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    base = [t.value for t in done if t.user_attrs.get("baseline")]
-    mixed = [t for t in done if "alpha" in t.params]
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.scatter([t.params["alpha"] for t in mixed], [t.value for t in mixed], label="trials")
-    if base:
-        ax.axhline(base[0], color="gray", linestyle="--", label="no mixing")
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("alpha")
-    ax.set_ylabel(study.user_attrs.get("monitor", "value"))
-    ax.legend()
-    fig.tight_layout()
-    save_png(fig, out / "alpha.png", dpi=100)
-    plt.close(fig)
-
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    xs = [t.number for t in done]
-    ys = [t.value for t in done]
-    best, running = [], None
-    for y in ys:
-        running = y if running is None else (max(running, y) if maximize else min(running, y))
-        best.append(running)
-    ax.scatter(xs, ys, label="trial")
-    ax.step(xs, best, where="post", color="C1", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(study.user_attrs.get("monitor", "value"))
-    ax.legend()
-    fig.tight_layout()
-    save_png(fig, out / "history.png", dpi=100)
-    plt.close(fig)
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # few-trial accuracy warnings
-            importances = optuna.importance.get_param_importances(study)
-    except (ImportError, ValueError, RuntimeError) as err:
-        notes.append(
-            f"importances.png skipped: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        )
-        return notes
-    if importances:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.barh(list(importances), list(importances.values()))
-        ax.set_xlabel("importance (Optuna default evaluator)")
-        fig.tight_layout()
-        save_png(fig, out / "importances.png", dpi=100)
-        plt.close(fig)
-    else:
-        notes.append("importances.png skipped: no parameter is shared by all completed trials.")
-    return notes

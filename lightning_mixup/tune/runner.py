@@ -1,33 +1,55 @@
 """``lightning-mixup tune``: an Optuna study over MixupCallback arguments for any LightningCLI config.
 
-Each trial builds the user's config through :class:`~lightning_mixup.cli.MixupCLI` (``run=False``),
+Each trial builds the user's config through :class:`~lightning_mixup.mixup_cli.MixupCLI` (``run=False``),
 puts one :class:`~lightning_mixup.MixupCallback` with the trial's arguments into ``trainer.callbacks``
 (replacing the arguments of the config's own one, else appending one), fits, and returns the
 monitored metric of the **last** validation epoch (the mean over ``--seeds``).
 
 Trial 0 of every study is a no-mixing baseline: enqueued with the user attribute ``baseline=True``,
 it runs with no MixupCallback at all and has no parameters.
+
+A trial that raises stops the worker with one line (exit status 1); its traceback is in
+``<out>/trial_<n>/error.log`` and its one-line reason in the trial's ``error`` user attribute.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import math
 import sys
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import optuna
 from optuna.trial import TrialState
 
-from lightning_mixup.tune._study import TuneError, add_study_arguments, open_storage
+from lightning_mixup.tune._config import (
+    build,
+    config_with,
+    dumped,
+    mixup_entry,
+    place,
+    write_config,
+)
+from lightning_mixup.tune._options import parse
+from lightning_mixup.tune._study import (
+    StudyOptions,
+    TrialFailed,
+    TuneError,
+    check_heartbeat,
+    fail_stale,
+    failed,
+    make_folder,
+    quiet_failed_trials,
+    stamp,
+    write_atomically,
+)
+from lightning_mixup.tune.report import label, write_plots, write_summary
 from lightning_mixup.tune.space import default_space, load_space, suggest
 
-__all__ = ["Refused", "TuneError", "run"]
+__all__ = ["Refused", "TrialFailed", "TuneError", "TuneOptions", "run"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -40,75 +62,65 @@ class Refused(Exception):
 _MAX_REFUSED = 5
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lightning-mixup tune",
-        allow_abbrev=False,
-        description=(
-            "Tune MixupCallback arguments with Optuna on your own LightningCLI config. Options not "
-            "listed here (--config, --trainer.*, --model.*, --data.*) go to LightningCLI unchanged; "
-            "write them as --key=value."
-        ),
-    )
-    p.add_argument(
-        "--n-trials",
-        type=int,
-        default=20,
-        help="Target total of COMPLETE+PRUNED trials in the study (baseline included); rerunning continues up to it.",
-    )
-    p.add_argument(
-        "--monitor",
-        default="val/acc",
-        help="Metric logged by the model, read after each validation epoch.",
-    )
-    p.add_argument("--direction", choices=("maximize", "minimize"), default="maximize")
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="Seeds per trial; the objective is the mean.",
-    )
-    p.add_argument("--space", help="YAML search space (replaces the default one).")
-    p.add_argument(
-        "--out", default="runs/tune", help="Folder for trial_<n>/, summary.md, trials.csv, plots."
-    )
-    p.add_argument("--no-prune", action="store_true", help="Turn off the MedianPruner.")
-    add_study_arguments(p, study_name="lightning-mixup", what="trial")
-    p.add_argument(
-        "--print-best-config",
-        metavar="FILE",
-        help="Write the config with the best MixupCallback arguments filled in.",
-    )
-    p.add_argument("--sampler-seed", type=int, default=None, help="Seed of the TPE sampler.")
-    return p
+@dataclass
+class TuneOptions(StudyOptions):
+    """The options of ``lightning-mixup tune``; every other flag goes to LightningCLI.
+
+    Args:
+        n_trials: Target total of COMPLETE+PRUNED trials in the study (baseline included);
+            rerunning continues up to it.
+        monitor: Metric logged by the model, read after each validation epoch.
+        direction: Whether a larger or a smaller ``--monitor`` is better.
+        seeds: Seeds per trial; the objective is the mean.
+        space: YAML search space (replaces the default one).
+        out: Folder for trial_<n>/, summary.md, trials.csv and the plots.
+        prune: Prune unpromising trials (Optuna's MedianPruner); ``--no-prune`` turns it off.
+        print_best_config: A YAML file to write the config with the best MixupCallback arguments
+            filled in to.
+        sampler_seed: Seed of the TPE sampler.
+    """
+
+    n_trials: int = 20
+    monitor: str = "val/acc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    space: str | None = None
+    out: str = "runs/tune"
+    prune: bool = True
+    print_best_config: str | None = None
+    sampler_seed: int | None = None
 
 
 def run(argv: Sequence[str]) -> int:
     """Run ``lightning-mixup tune`` with ``argv`` (the arguments after ``tune``); the exit status."""
-    args, passthrough = _parser().parse_known_args(list(argv))
+    description = (
+        "Tune MixupCallback arguments with Optuna on your own LightningCLI config. Flags not "
+        "listed here (--config, --trainer.*, --model.*, --data.*) go to LightningCLI; the flags "
+        "below may be spelt with dashes too (--n-trials), lists as `--seeds 0 1`."
+    )
     try:
-        return _run(args, passthrough)
-    except (TuneError, ValueError) as err:
+        options, passthrough = parse(TuneOptions, argv, "lightning-mixup tune", description)
+        return _run(options, passthrough)
+    except (TuneError, ValueError, TrialFailed) as err:
         print(f"lightning-mixup tune: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, TrialFailed) else 2
 
 
-def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
-    if args.n_trials < 1:
-        raise ValueError(f"`--n-trials` must be at least 1, got {args.n_trials!r}.")
-    if args.heartbeat < 1:
-        raise ValueError(f"`--heartbeat` must be at least 1 second, got {args.heartbeat!r}.")
+def _run(args: TuneOptions, passthrough: list[str]) -> int:
+    from lightning_mixup import _checks
+
+    _checks.integer("--n_trials", args.n_trials, 1)
+    check_heartbeat(args.heartbeat, args.grace)
     space = load_space(args.space) if args.space else None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(
-        args.storage or f"sqlite:///{out / 'study.db'}", args.heartbeat, args.grace
-    )
+    if args.print_best_config:
+        best = Path(args.print_best_config)
+        make_folder("--print_best_config", best.parent, given=best)
+    storage = args.open_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = (
         optuna.pruners.NopPruner()
-        if args.no_prune
+        if not args.prune
         else optuna.pruners.MedianPruner(n_startup_trials=5)
     )
     study = optuna.create_study(
@@ -123,39 +135,38 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         raise TuneError(
             f"study {args.study_name!r} exists with direction {study.direction.name.lower()}, got --direction {args.direction}."
         )
-    known = study.user_attrs.get("monitor")
-    if known is None:
-        study.set_user_attr("monitor", args.monitor)
-    elif known != args.monitor:
-        raise TuneError(
-            f"study {args.study_name!r} was run with --monitor {known!r}, got {args.monitor!r}; use another --study-name."
-        )
-    if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+    heartbeat = isinstance(storage, optuna.storages.RDBStorage)
+    fail_stale(study)
+    stamp(study, {"monitor": args.monitor}, args.storage_url, "trial")
+    # A failed baseline (say with a --monitor typo, or a crash) is queued again: the summary
+    # compares mixing with it. A killed worker's baseline is queued again by the heartbeat's
+    # retry, with its user attributes, so it is not FAIL-only then.
+    if not any(
+        t.user_attrs.get("baseline") and t.state != TrialState.FAIL
+        for t in study.get_trials(deepcopy=False)
+    ):
         study.enqueue_trial({}, user_attrs={"baseline": True})
 
     objective = _Objective(args, passthrough, space, out)
-    heartbeat = isinstance(storage, optuna.storages.RDBStorage)
-    if heartbeat:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
     todo = _missing(study, args.n_trials, count_running=heartbeat)
     if todo > 0:
         # No n_trials: refused trials do not count, so _Progress stops the worker once the study
         # has enough finished trials.
-        study.optimize(
-            objective,
-            callbacks=[_Progress(args.n_trials, heartbeat)],
-            gc_after_trial=True,
-            catch=(Refused,),
-        )
-    from lightning_mixup.tune.report import write_reports
-
-    text = write_reports(study, out, args.monitor)
+        with quiet_failed_trials():
+            study.optimize(
+                objective,
+                callbacks=[_Progress(args.n_trials, heartbeat)],
+                gc_after_trial=True,
+                catch=(Refused,),
+            )
+    # The summary and the best config first: a plot that fails must not cost them.
+    text = write_summary(study, out, args.monitor)
     print(text)
     if args.print_best_config:
         _print_best_config(study, passthrough, Path(args.print_best_config))
         print(f"best config written to {args.print_best_config}")
+    for note in write_plots(study, out, args.monitor, text):
+        print(note)
     return 0
 
 
@@ -184,7 +195,7 @@ class _Progress:
             best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:
             best = "-"
-        kind = "baseline" if trial.user_attrs.get("baseline") else _fmt_params(trial.params)
+        kind = "baseline" if trial.user_attrs.get("baseline") else label(trial)
         if trial.state == TrialState.COMPLETE:
             value = f"value={trial.value:.4f}"
         elif trial.state == TrialState.PRUNED:
@@ -205,12 +216,6 @@ class _Progress:
             )
         if _missing(study, self.n_trials, self.count_running) <= 0:
             study.stop()
-
-
-def _fmt_params(params: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )
 
 
 class _Report(pl.Callback):
@@ -253,11 +258,20 @@ class _Report(pl.Callback):
 
 class _Objective:
     def __init__(
-        self, args: argparse.Namespace, passthrough: list[str], space: dict | None, out: Path
+        self, args: TuneOptions, passthrough: list[str], space: dict | None, out: Path
     ) -> None:
         self.args, self.passthrough, self.space, self.out = args, passthrough, space, out
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """Run the trial; a failure is recorded (``error`` user attribute, ``error.log``)."""
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, Refused, TuneError):
+            raise  # said in one line by _Progress, or by run() (TuneError: a bad setting)
+        except Exception as err:
+            raise failed(trial, err, self.out / f"trial_{trial.number}") from err
+
+    def _run(self, trial: optuna.Trial) -> float:
         baseline = bool(trial.user_attrs.get("baseline"))
         if baseline and _earlier_baseline(trial):
             # A concurrent worker enqueued a second baseline: run it as an ordinary trial.
@@ -270,7 +284,7 @@ class _Objective:
             root = self.out / f"trial_{trial.number}"
             if len(seeds) > 1:
                 root = root / f"seed_{seed}"
-            cli = _build(self.passthrough, seed, root)
+            cli = build(self.passthrough, seed, root)
             if params is None and not baseline:
                 space = (
                     self.space if self.space is not None else default_space(cli.trainer.max_epochs)
@@ -281,12 +295,12 @@ class _Objective:
             except (ValueError, TypeError) as err:
                 trial.set_user_attr("refused", str(err))
                 raise Refused(str(err)) from None
-            _write_config(cli, root / "config.yaml", None if baseline else params)
+            write_config(cli, root / "config.yaml", _with_params(cli.config.as_dict(), params))
             # The baseline reports no epochs: the pruner compares mixing trials with each other
             # (plain training learns faster early, which would prune most mixing trials at once).
             reporting = trial if i == 0 and not baseline else None
             epochs = cli.trainer.max_epochs
-            report = _Report(self.args.monitor, reporting, not self.args.no_prune, epochs)
+            report = _Report(self.args.monitor, reporting, self.args.prune, epochs)
             cli.trainer.callbacks.append(report)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             if report.last is None:
@@ -309,93 +323,22 @@ def _earlier_baseline(trial: optuna.Trial) -> bool:
     )
 
 
-def _build(passthrough: list[str], seed: int | None, root: Path | None):  # -> MixupCLI
-    from lightning_mixup.cli import main
-
-    extra = []
-    if seed is not None:
-        extra.append(f"--seed_everything={seed}")
-    if root is not None:
-        extra.append(f"--trainer.default_root_dir={root}")
-    with warnings.catch_warnings():
-        # ``lightning-mixup tune ...`` is in sys.argv while we pass our own list on purpose.
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run")
-        return main([*passthrough, *extra], run=False, save_config_callback=None)
-
-
-def _mixup_entries(config: dict) -> tuple[list[dict], list[int]]:
-    """The config's ``trainer.callbacks`` as a list, and the indices of its MixupCallback entries."""
-    from lightning_mixup.callback import MixupCallback
-
-    callbacks = config.get("trainer", {}).get("callbacks") or []
-    if isinstance(callbacks, dict):
-        callbacks = [callbacks]
-    found = []
-    for i, entry in enumerate(callbacks):
-        path = entry.get("class_path") if isinstance(entry, dict) else None
-        if not isinstance(path, str) or "." not in path:
-            continue
-        module, name = path.rsplit(".", 1)
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        if isinstance(cls, type) and issubclass(cls, MixupCallback):
-            found.append(i)
-    if len(found) > 1:
-        raise TuneError(
-            f"the config has {len(found)} MixupCallbacks in trainer.callbacks; tune needs at most one."
-        )
-    return list(callbacks), found
+def _with_params(config: dict, params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The config's MixupCallback arguments with the trial's ``params`` (None: no MixupCallback)."""
+    if params is None:
+        return None
+    entry = mixup_entry(config)
+    return {**((entry or {}).get("init_args") or {}), **params}
 
 
 def _set_mixup(cli: Any, params: dict[str, Any] | None) -> None:
     """Replace (or add, or for ``None`` remove) the trainer's MixupCallback."""
     from lightning_mixup.callback import MixupCallback
 
-    callbacks, found = _mixup_entries(cli.config.as_dict())
+    init_args = _with_params(cli.config.as_dict(), params)
     old = [cb for cb in cli.trainer.callbacks if isinstance(cb, MixupCallback)]
-    for cb in old:
-        cli.trainer.callbacks.remove(cb)
-    if params is None:
-        return
-    if found:
-        init_args = dict(callbacks[found[0]].get("init_args") or {})
-        cls = type(old[0]) if old else MixupCallback
-    else:
-        init_args, cls = {}, MixupCallback
-    init_args.update(params)
-    cli.trainer.callbacks.append(cls(**init_args))
-
-
-def _config_with(config: dict, params: dict[str, Any] | None) -> dict:
-    """``config`` (``as_dict``) with the MixupCallback entry set to ``params`` (removed for None)."""
-    config = {k: v for k, v in config.items() if k != "config"}
-    callbacks, found = _mixup_entries(config)
-    if params is None:
-        callbacks = [c for i, c in enumerate(callbacks) if i not in found]
-    elif found:
-        entry = dict(callbacks[found[0]])
-        entry["init_args"] = {**(entry.get("init_args") or {}), **params}
-        callbacks[found[0]] = entry
-    else:
-        callbacks.append({"class_path": "lightning_mixup.MixupCallback", "init_args": dict(params)})
-    config["trainer"] = {**config.get("trainer", {}), "callbacks": callbacks}
-    return config
-
-
-def _write_config(cli: Any, path: Path, params: dict[str, Any] | None) -> None:
-    import yaml
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(_config_with(_dumped(cli), params), sort_keys=False))
-
-
-def _dumped(cli: Any) -> dict:
-    """The CLI's config as plain YAML data, as jsonargparse writes it (callables as import paths)."""
-    import yaml
-
-    return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
+    cls = type(old[0]) if old else MixupCallback
+    place(cli.trainer, None if init_args is None else cls(**init_args))
 
 
 def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) -> None:
@@ -404,9 +347,8 @@ def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) 
         best = study.best_trial
     except ValueError:
         raise TuneError("no trial completed, so there is no best config to write.") from None
-    cli = _build(passthrough, None, None)
+    cli = build(passthrough)
     params = None if best.user_attrs.get("baseline") else dict(best.params)
-    path.parent.mkdir(parents=True, exist_ok=True)
     import yaml
 
     header = (
@@ -415,4 +357,14 @@ def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) 
         + (" (the no-mixing baseline: no MixupCallback)" if params is None else "")
         + "\n"
     )
-    path.write_text(header + yaml.safe_dump(_config_with(_dumped(cli), params), sort_keys=False))
+    config = dumped(cli)
+    text = header + yaml.safe_dump(
+        config_with(config, _with_params(config, params)), sort_keys=False
+    )
+    make_folder("--print_best_config", path.parent, given=path)
+    try:
+        write_atomically(path, text)
+    except OSError as err:
+        raise TuneError(
+            f"`--print_best_config` {str(path)!r} cannot be written: {err.strerror or err}."
+        ) from None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["default_space", "load_space", "suggest"]
+__all__ = ["default_space", "load_space", "read_yaml", "suggest"]
 
 _KEYS = {
     "float": {"type", "low", "high", "log", "step"},
@@ -53,14 +53,11 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read and check a space file; every mistake is a ``ValueError`` naming the key and value.
 
     Raises:
-        ValueError: The file is not a mapping, a name is not a ``MixupCallback`` argument, a
-            ``type`` is unknown, a range is empty (``low >= high``), a log range is not positive,
-            or ``choices`` is missing or empty.
+        ValueError: The file cannot be read or is not valid YAML, is not a mapping, a name is not
+            a ``MixupCallback`` argument, a ``type`` is unknown, a range is empty
+            (``low >= high``), a log range is not positive, or ``choices`` is missing or empty.
     """
-    import yaml
-
-    text = Path(path).read_text()
-    raw = yaml.safe_load(text)
+    raw = read_yaml("--space", Path(path))
     if not isinstance(raw, Mapping) or not raw:
         raise ValueError(
             f"`--space` {str(path)!r} must be a non-empty YAML mapping of MixupCallback argument "
@@ -76,6 +73,34 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
             )
         space[name] = _check_spec(where, spec)
     return space
+
+
+def read_yaml(flag: str, path: Path) -> Any:
+    """The YAML data in ``path``, given to ``flag``.
+
+    Raises:
+        ValueError: In one line naming the flag and the file, when it is missing, unreadable or
+            not valid YAML.
+    """
+    import yaml
+
+    where = f"`{flag}` {str(path)!r}"
+    if path.is_dir():
+        raise ValueError(f"{where} is a folder, not a file.")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else str(err)
+        raise ValueError(f"{where} cannot be read: {reason}.") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{where} is not valid YAML: {problem}{at}.") from None
 
 
 def _check_spec(where: str, spec: Any) -> dict[str, Any]:

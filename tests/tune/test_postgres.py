@@ -17,6 +17,7 @@ optuna = pytest.importorskip("optuna")
 
 from lightning_mixup.tune import main_compare  # noqa: E402
 from lightning_mixup.tune._study import sqlalchemy_url  # noqa: E402
+from tests.tune.test_compare import TINY as COMPARE_TINY  # noqa: E402
 from tests.tune.test_compare import runs_per_point, worker  # noqa: E402
 from tests.tune.test_tune import TINY, _worker, check_killed_worker_is_retried  # noqa: E402
 
@@ -60,7 +61,8 @@ def test_missing_driver_in_compare_and_other_drivers(tmp_path, monkeypatch, caps
     monkeypatch.setitem(sys.modules, "psycopg", None)
     monkeypatch.setitem(sys.modules, "psycopg2", None)
     url = "postgresql://mixup@127.0.0.1:1/study"
-    assert main_compare(["--arms", "erm", "--storage", url, "--out", str(tmp_path / "c")]) == 2
+    argv = ["--arms", "erm", "--storage", url, "--out", str(tmp_path / "c"), *COMPARE_TINY]
+    assert main_compare(argv) == 2
     assert capsys.readouterr().err.strip() == (
         f"lightning-mixup compare: error: cannot open storage {url!r}: the PostgreSQL driver "
         f"psycopg is not installed; {EXTRA}"
@@ -77,17 +79,18 @@ def test_missing_driver_in_compare_and_other_drivers(tmp_path, monkeypatch, caps
 
 def test_a_password_in_the_storage_url_is_never_shown(postgres_url, tmp_path, capsys):
     from lightning_mixup.tune._study import hide_password
-    from lightning_mixup.tune.compare import build_config, open_study
+    from lightning_mixup.tune.compare import open_study, plan
 
     url = postgres_url.replace("mixup@", "mixup:secret@")  # trust auth: the server ignores it
-    argv = ["--arms", "erm", "--storage", url, "--out", str(tmp_path / "c")]
-    open_study(build_config([*argv, "--epochs", "2"]))
-    assert main_compare([*argv, "--epochs", "3"]) == 2  # refused: another grid, no training
+    argv = ["--arms", "erm", "--storage", url, "--out", str(tmp_path / "c"), *COMPARE_TINY]
+    open_study(plan(argv)).ask()  # a run under way with 2 epochs
+    assert main_compare([*argv, "--trainer.max_epochs=3"]) == 2  # refused: no training
     err = capsys.readouterr().err
-    assert "was run with --epochs 2, got 3" in err and "mixup:***@127.0.0.1" in err
+    assert "was run with config key trainer.max_epochs 2, got 3" in err
+    assert "mixup:***@127.0.0.1" in err
     # The command line that summary.md shows, with either way of writing the flag.
-    for args in (argv, [f"--storage={url}"]):
-        command = build_config(args).command
+    for args in (argv, [f"--storage={url}", *COMPARE_TINY]):
+        command = plan(args).command
         assert "secret" not in command and "mixup:***@127.0.0.1" in command, command
     assert "secret" not in err
     for plain in ("sqlite:///runs/study.db", "journal:/a@b/j.log", "postgresql://mixup@h/db"):
@@ -123,9 +126,7 @@ def test_killed_tune_worker_on_postgres_loses_only_its_trial(postgres_url, tmp_p
 # ---------------------------------------------------------------------------- compare
 def _compare(url: str, out: Path) -> subprocess.Popen:
     """One ``compare`` worker on the 4-run grid erm/cutmix x seeds 0, 1, tiny runs."""
-    argv = ["--arms", "erm", "cutmix", "--noise", "0", "--seeds", "0", "1", "--epochs", "2"]
-    argv += ["--limit-train-batches", "2", "--limit-val-batches", "1"]
-    argv += ["--limit-test-batches", "1", "--width", "4"]
+    argv = ["--arms", "erm", "cutmix", "--seeds", "0", "1", *COMPARE_TINY]
     return worker([*argv, "--storage", url, "--out", str(out)])
 
 
@@ -137,7 +138,7 @@ def test_two_compare_workers_on_postgres_run_each_point_once(postgres_url, tmp_p
         assert w.returncode == 0, log[-3000:]
     study = optuna.load_study(study_name="compare", storage=sqlalchemy_url(postgres_url))
     points = runs_per_point(study)
-    assert sorted(points) == [(arm, 0.0, s) for arm in ("cutmix", "erm") for s in (0, 1)]
+    assert sorted(points) == [(arm, s) for arm in ("cutmix", "erm") for s in (0, 1)]
     assert all(len(n) == 1 for n in points.values()), points
     runs = [line for log in logs for line in log.splitlines() if line.startswith("run ")]
     assert len(runs) == 4, logs

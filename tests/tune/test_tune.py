@@ -1,6 +1,7 @@
 """``lightning-mixup tune``: real Optuna studies on sqlite over the digits example, kept tiny."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from lightning_mixup.cli import console  # noqa: E402
 from lightning_mixup.cli import main as cli_main  # noqa: E402
 from lightning_mixup.tune import main  # noqa: E402
 from lightning_mixup.tune.space import load_space  # noqa: E402
@@ -28,6 +30,19 @@ TINY = [
 ]
 
 
+@pytest.fixture
+def optuna_log():
+    """What Optuna logs during the test (its own handler may hold a stream pytest replaced)."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger("optuna").addHandler(handler)
+    yield stream
+    logging.getLogger("optuna").removeHandler(handler)
+
+
 def _load(out: Path) -> "optuna.Study":
     return optuna.load_study(study_name="lightning-mixup", storage=f"sqlite:///{out / 'study.db'}")
 
@@ -42,7 +57,7 @@ def test_two_trial_study_then_resume(tmp_path, capsys):
     out = tmp_path / "tune"
     best = tmp_path / "best.yaml"
     argv = [*TINY, "--n-trials", "2", "--out", str(out), "--print-best-config", str(best)]
-    assert cli_main(["tune", *argv]) == 0
+    assert console(["tune", *argv]) == 0
     printed = capsys.readouterr().out
     assert "trial 1/2 #0" in printed and "[baseline]" in printed and "trial 2/2 #1" in printed
     for name in ("trials.csv", "summary.md", "alpha.png", "history.png"):
@@ -208,7 +223,7 @@ def test_errors_stop_before_training(tmp_path, capsys):
     assert not list(out.glob("trial_*"))
 
 
-def test_a_refused_combination_fails_its_trial_and_the_study_goes_on(tmp_path, capsys):
+def test_a_refused_combination_fails_its_trial_and_the_study_goes_on(tmp_path, capfd, optuna_log):
     out = tmp_path / "tune"
     # alpha=0 without CutMix is refused by MixupCallback; alpha=1 is fine.
     space = _space(
@@ -218,7 +233,10 @@ def test_a_refused_combination_fails_its_trial_and_the_study_goes_on(tmp_path, c
     )
     argv = [*TINY, "--out", str(out), "--space", space, "--n-trials", "3", "--sampler-seed", "0"]
     assert main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capfd.readouterr()
+    printed = captured.out
+    # One line per refused trial, and not Optuna's traceback of it.
+    assert "Traceback" not in printed + captured.err + optuna_log.getvalue()
     trials = _load(out).get_trials()
     refused = [t for t in trials if "refused" in t.user_attrs]
     assert refused and all(t.state.name == "FAIL" and t.params["alpha"] == 0 for t in refused)
@@ -231,18 +249,38 @@ def test_a_refused_combination_fails_its_trial_and_the_study_goes_on(tmp_path, c
     only = _space(tmp_path, "alpha: {type: categorical, choices: [0.0]}\n")
     argv = [*TINY, "--out", str(tmp_path / "t2"), "--space", only, "--n-trials", "3"]
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = _error_line(capfd.readouterr().err)
     assert "MixupCallback refused 5 trials in a row, the last with:" in err
     assert "Narrow `--space` to valid combinations." in err
 
 
-def test_monitor_never_logged_lists_logged_names(tmp_path, capsys):
+def test_monitor_never_logged_lists_logged_names_and_can_be_corrected(tmp_path, capfd, optuna_log):
     out = tmp_path / "tune"
     assert main([*TINY, "--out", str(out), "--monitor", "val/accuracy", "--n-trials", "3"]) == 2
-    err = capsys.readouterr().err
+    captured = capfd.readouterr()
+    err = _error_line(captured.err)
+    assert "Traceback" not in captured.out + optuna_log.getvalue()  # nor Optuna's own
     assert "`--monitor` 'val/accuracy' is not logged by the model; it logs" in err
     assert "val/acc" in err and "val/nll" in err
     assert sorted(p.name for p in out.glob("trial_*")) == ["trial_0"]  # stopped after one epoch
+
+    # No trial finished with the typo: the corrected command takes the new setting.
+    assert main([*TINY, "--out", str(out), "--n-trials", "1"]) == 0
+    assert (
+        "study 'lightning-mixup' finished no trial with --monitor val/accuracy; "
+        "it now runs with --monitor val/acc."
+    ) in capfd.readouterr().out
+    study = _load(out)
+    assert study.user_attrs["settings"] == {"monitor": "val/acc"}
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE"]
+    assert study.get_trials()[1].user_attrs["baseline"] is True  # the failed baseline, again
+    # Now a trial finished with it: another --monitor is refused.
+    assert main([*TINY, "--out", str(out), "--n-trials", "1", "--monitor", "val/nll"]) == 2
+    assert _error_line(capfd.readouterr().err) == (
+        f"lightning-mixup tune: error: study 'lightning-mixup' in sqlite:///{out / 'study.db'} "
+        "was run with --monitor val/acc, got val/nll, and has 1 finished or running trial; use "
+        "another --out, --storage or --study_name."
+    )
 
 
 def test_package_import_stays_light():
@@ -329,7 +367,11 @@ def test_report_callback_reports_and_prunes():
 
 
 def test_config_with_replaces_appends_or_removes_the_callback():
-    from lightning_mixup.tune.runner import _config_with
+    from lightning_mixup.tune._config import config_with
+    from lightning_mixup.tune.runner import _with_params
+
+    def _config_with(config, params):
+        return config_with(config, _with_params(config, params))
 
     ckpt = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {}}
     mix = {
@@ -347,3 +389,229 @@ def test_config_with_replaces_appends_or_removes_the_callback():
         {"class_path": "lightning_mixup.MixupCallback", "init_args": {"alpha": 2.0}},
     ]
     assert config["trainer"]["callbacks"][1]["init_args"]["alpha"] == 0.4  # input untouched
+    # compare's arms: the arguments replaced whole, the arm's callbacks right after them.
+    ts = {"class_path": "lightning_mixup.TemperatureScaling"}
+    out = config_with(config, {"alpha": 1.0}, [ts])["trainer"]["callbacks"]
+    assert out == [ckpt, {**mix, "init_args": {"alpha": 1.0}}, ts]
+    assert config_with(config, None, [ts])["trainer"]["callbacks"] == [ckpt, ts]
+
+
+# ---------------------------------------------------------------------------- the report
+def _one_line(text: str) -> str:
+    """The single line of ``text`` (fails when there are more, as a traceback would make)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def _error_line(text: str) -> str:
+    """The command's one error line in ``text``, which also holds Lightning's info lines."""
+    assert "Traceback" not in text and "failed with parameters" not in text, text
+    lines = [line for line in text.splitlines() if line.startswith("lightning-mixup tune: error")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def _study_of(out: Path, trials: list) -> "optuna.Study":
+    """A finished study in ``<out>/study.db``, as a run of ``tune`` leaves it (no training)."""
+    out.mkdir(parents=True)
+    study = optuna.create_study(
+        storage=f"sqlite:///{out / 'study.db'}", study_name="lightning-mixup", direction="maximize"
+    )
+    study.set_user_attr("monitor", "val/acc")
+    study.add_trials(trials)
+    return study
+
+
+def _trial(value, alpha=None, state="COMPLETE"):
+    dist = optuna.distributions.FloatDistribution(0.05, 4.0, log=True)
+    params, dists = ({}, {}) if alpha is None else ({"alpha": alpha}, {"alpha": dist})
+    pruned = state == "PRUNED"
+    return optuna.trial.create_trial(
+        state=getattr(optuna.trial.TrialState, state),
+        value=None if pruned else value,
+        params=params,
+        distributions=dists,
+        user_attrs={"baseline": True} if alpha is None else {},
+        intermediate_values={0: value} if pruned else None,
+    )
+
+
+def _image(path: Path):
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100, path
+    return pixels
+
+
+def test_one_trial_study_gets_its_report_and_best_config(tmp_path, capfd):
+    out, best = tmp_path / "tune", tmp_path / "best.yaml"
+    argv = [*TINY, "--n-trials", "1", "--out", str(out), "--print-best-config", str(best)]
+    assert main(argv) == 0
+    printed = capfd.readouterr().out
+    assert "**Best:** trial 0, val/acc=" in (out / "summary.md").read_text()
+    assert len((out / "trials.csv").read_text().splitlines()) == 2
+    assert best.read_text().startswith("# lightning-mixup tune: best trial #0")
+    assert "alpha.png skipped: no completed trial has an `alpha`" in printed
+    assert "importances.png skipped: " in printed
+    _image(out / "history.png")
+    assert not (out / "alpha.png").exists() and not (out / "importances.png").exists()
+    summary = (out / "summary.md").read_text()
+    assert "![optimization history](history.png)" in summary
+    assert "- alpha.png skipped: no completed trial has an `alpha`" in summary
+
+
+def test_space_without_alpha_gets_its_report(tmp_path, capfd):
+    out = tmp_path / "tune"
+    space = _space(tmp_path, "p: {type: float, low: 0.5, high: 1.0}\n")
+    assert main([*TINY, "--n-trials", "2", "--out", str(out), "--space", space]) == 0
+    printed = capfd.readouterr().out
+    assert "alpha.png skipped: no completed trial has an `alpha`" in printed
+    assert "**Best mixing vs baseline:**" in (out / "summary.md").read_text()
+    _image(out / "history.png")
+
+
+def test_study_whose_mixing_trials_were_all_pruned_gets_its_report(tmp_path, capfd):
+    import matplotlib
+
+    out, best = tmp_path / "tune", tmp_path / "best.yaml"
+    _study_of(out, [_trial(0.5), _trial(0.2, 1.0, "PRUNED"), _trial(0.1, 0.3, "PRUNED")])
+    style = dict(matplotlib.rcParams)
+    # The study already holds 3 finished trials: nothing trains, the report is written.
+    argv = [*TINY, "--n-trials", "3", "--out", str(out), "--print-best-config", str(best)]
+    assert main(argv) == 0
+    printed = capfd.readouterr().out
+    summary = (out / "summary.md").read_text()
+    assert "Trials: complete 1, pruned 2." in summary
+    assert "**Best:** trial 0, val/acc=0.5000: no mixing (baseline)" in summary
+    assert "(the no-mixing baseline: no MixupCallback)" in best.read_text()
+    assert "alpha.png skipped: no completed trial has an `alpha`" in printed
+    assert "importances.png skipped: fewer than 2 completed mixing trials" in printed
+    _image(out / "history.png")
+    assert dict(matplotlib.rcParams) == style  # Optuna's plot style does not leak out
+
+
+def test_plots_come_from_optuna_and_a_failing_one_costs_nothing_else(tmp_path, capfd, monkeypatch):
+    from optuna.visualization import matplotlib as optuna_plots
+
+    out, best = tmp_path / "tune", tmp_path / "best.yaml"
+    trials = [_trial(0.5), _trial(0.6, 1.0), _trial(0.7, 0.2), _trial(0.55, 2.0)]
+    cutmix = optuna.distributions.CategoricalDistribution([0.0, 1.0])
+    for t, c in zip(trials[1:], (0.0, 1.0, 0.0)):
+        t.params["cutmix_alpha"], t.distributions["cutmix_alpha"] = c, cutmix
+    _study_of(out, trials)
+    argv = [*TINY, "--n-trials", "4", "--out", str(out), "--print-best-config", str(best)]
+    assert main(argv) == 0
+    assert not [line for line in capfd.readouterr().out.splitlines() if "skipped" in line]
+    for name in ("history.png", "importances.png", "alpha.png"):
+        _image(out / name)
+    assert (
+        "**Best:** trial 2, val/acc=0.7000: alpha=0.2, cutmix_alpha=1"
+        in (out / "summary.md").read_text()
+    )
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no canvas (simulated)")
+
+    monkeypatch.setattr(optuna_plots, "plot_optimization_history", broken)
+    for name in ("summary.md", "trials.csv", "history.png"):
+        (out / name).unlink()
+    best.unlink()
+    assert main(argv) == 0
+    printed = capfd.readouterr().out
+    assert "history.png skipped: drawing it failed: RuntimeError: no canvas (simulated)" in printed
+    assert (out / "summary.md").is_file() and (out / "trials.csv").is_file()
+    assert best.read_text().startswith("# lightning-mixup tune: best trial #2")
+    assert not (out / "history.png").exists()
+    _image(out / "alpha.png")
+
+
+def test_without_matplotlib_the_report_says_so_in_one_line(tmp_path, capfd, monkeypatch):
+    out = tmp_path / "tune"
+    _study_of(out, [_trial(0.5), _trial(0.6, 1.0)])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main([*TINY, "--n-trials", "2", "--out", str(out)]) == 0
+    note = 'plots skipped: matplotlib is not installed (pip install "lightning-mixup[tune]").'
+    assert note in capfd.readouterr().out
+    assert f"- {note}" in (out / "summary.md").read_text()
+    assert not list(out.glob("*.png"))
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_missing_or_broken_space_file_is_one_line(tmp_path, capfd):
+    out = tmp_path / "tune"
+    missing = tmp_path / "nope.yaml"
+    assert main([*TINY, "--out", str(out), "--space", str(missing)]) == 2
+    err = _one_line(capfd.readouterr().err)
+    assert err == f"lightning-mixup tune: error: `--space` {str(missing)!r}: no such file."
+    broken = _space(tmp_path, "alpha: {type: float, low: 0.1\ncutmix_alpha: 1\n")
+    assert main([*TINY, "--out", str(out), "--space", broken]) == 2
+    err = _one_line(capfd.readouterr().err)
+    assert f"`--space` {broken!r} is not valid YAML" in err and "line 2" in err
+    with pytest.raises(ValueError, match=r"`--space` '.*nope.yaml': no such file\."):
+        load_space(missing)
+    with pytest.raises(ValueError, match=r"is a folder, not a file"):
+        load_space(tmp_path)
+    assert not out.exists()
+
+
+def test_out_under_a_regular_file_is_one_line(tmp_path, capfd):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out in (afile / "tune", afile):
+        assert main([*TINY, "--out", str(out)]) == 2
+        err = _one_line(capfd.readouterr().err)
+        assert err.startswith(f"lightning-mixup tune: error: `--out` {str(out)!r}: cannot create")
+    best = afile / "best.yaml"
+    argv = [*TINY, "--out", str(tmp_path / "t"), "--print-best-config", str(best)]
+    assert main(argv) == 2
+    err = _one_line(capfd.readouterr().err)
+    assert err.startswith(f"lightning-mixup tune: error: `--print_best_config` {str(best)!r}")
+    assert not (tmp_path / "t" / "trial_0").exists()  # refused before any training
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--grace", "-1"], r"`--grace` must be longer than `--heartbeat` \(60\), got -1\."),
+        (["--grace", "60"], r"`--grace` must be longer than `--heartbeat` \(60\), got 60\."),
+        (["--heartbeat", "0"], r"`--heartbeat` must be an integer >= 1, got 0\."),
+        (["--n-trials", "0"], r"`--n_trials` must be an integer >= 1, got 0\."),
+        (
+            ["--direction", "up"],
+            r"`--direction`: Expected a typing.Literal\['maximize', 'minimize'\]",
+        ),
+        (["--seeds", "x"], r"`--seeds`: Expected a <class 'int'>. Got value: x"),
+    ],
+)
+def test_bad_study_flags_are_named_before_the_storage_opens(tmp_path, capfd, extra, match):
+    out = tmp_path / "tune"
+    assert main([*TINY, "--out", str(out), *extra]) == 2
+    err = _one_line(capfd.readouterr().err)
+    assert re.search(match, err), err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_failed_trial_is_one_line_with_its_traceback_in_a_file(tmp_path):
+    # The baseline completes; the mixing trial fails in `fit` (MixupCallback's setup refuses a
+    # layer the model does not have). Run as a user runs it, to see the terminal.
+    out = tmp_path / "tune"
+    space = _space(tmp_path, "mix_at: {type: categorical, choices: [backbone.nope]}\n")
+    worker = _worker(out, 2, "--space", space)
+    printed = worker.communicate(timeout=240)[0]
+    assert worker.returncode == 1, printed
+    log = out / "trial_1" / "error.log"
+    line = _error_line(printed)
+    assert line.startswith(
+        "lightning-mixup tune: error: trial 1 failed: ValueError: `mix_at` names 'backbone.nope'"
+    )
+    assert line.endswith(f"; full traceback in {log}")
+    text = log.read_text()
+    assert text.startswith("Traceback (most recent call last):")
+    assert "in bind\n" in text and text.rstrip().splitlines()[-1].startswith("ValueError: `mix_at`")
+    trial = _load(out).get_trials()[1]
+    assert trial.state.name == "FAIL" and trial.user_attrs["error"].startswith(
+        "ValueError: `mix_at`"
+    )
