@@ -103,10 +103,11 @@ ARMS: dict[str, Arm] = {
 }
 
 #: The config's MixupCallback arguments every arm keeps: those that fit the callback to the
-#: batches and the loss. The others (the mixing recipe) are the arm's, or MixupCallback's defaults.
+#: batches and the loss (with `min_visible`, the rule for a detection dataset's cut boxes). The
+#: others (the mixing recipe) are the arm's, or MixupCallback's defaults.
 KEPT = frozenset(
     {"num_classes", "input_key", "target_key", "same_on_all_ranks", "skip_nonfinite", "name",
-     "ignore_index", "mask_key", "mask_marks", "targets", "criterion"}
+     "ignore_index", "mask_key", "mask_marks", "targets", "criterion", "min_visible"}
 )  # fmt: skip
 
 

@@ -125,7 +125,7 @@ def test_two_workers_share_one_study(tmp_path):
 
 
 def _open(url: str) -> str:
-    from lightning_mixup.tune.runner import open_storage
+    from lightning_mixup.tune._study import open_storage
 
     try:
         open_storage(url, 60, None)
