@@ -47,7 +47,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -63,6 +63,9 @@ from lightning_mixup.classification.module import SoftLabelClassifier
 from lightning_mixup.evaluation.calibration import TemperatureScaling
 from lightning_mixup.evaluation.ood import OODEval
 from lightning_mixup.evaluation.robustness import AdversarialEval
+
+if TYPE_CHECKING:  # the datamodules load when a run builds one
+    from lightning_mixup.classification.data import _ClassificationDataModule
 from lightning_mixup.tune._study import (
     TuneError,
     add_study_arguments,
@@ -432,7 +435,7 @@ def _limit_arg(text: str) -> float | int:
 
 
 # ---------------------------------------------------------------------------- one run
-def _datamodule(cfg: CompareConfig, noise: float, seed: int) -> pl.LightningDataModule:
+def _datamodule(cfg: CompareConfig, noise: float, seed: int) -> _ClassificationDataModule:
     batch_size = cfg.resolved_batch_size
     if cfg.digits:
         from lightning_mixup.classification.data import DigitsDataModule
@@ -507,15 +510,6 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
     dm = _datamodule(cfg, noise, seed)
     model = _model(cfg, dm.num_classes)
     kwargs = cfg.arm_kwargs(arm)
-    limits = {
-        f"limit_{stage}_batches": value
-        for stage, value in (
-            ("train", cfg.limit_train_batches),
-            ("val", cfg.limit_val_batches),
-            ("test", cfg.limit_test_batches),
-        )
-        if value is not None
-    }
     adversarial = AdversarialEval(cfg.eps, pgd_steps=cfg.pgd_steps, seed=seed, save_diagram=False)
     with tempfile.TemporaryDirectory(prefix="lightning-mixup-compare-") as tmp:
         checkpoint = ModelCheckpoint(
@@ -543,7 +537,10 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
             num_sanity_val_steps=0,
             default_root_dir=tmp,
             callbacks=callbacks,
-            **limits,
+            # None is the Trainer's default (every batch)
+            limit_train_batches=cfg.limit_train_batches,
+            limit_val_batches=cfg.limit_val_batches,
+            limit_test_batches=cfg.limit_test_batches,
         )
         start = time.perf_counter()
         trainer.fit(model, datamodule=dm)
@@ -553,7 +550,9 @@ def run_one(cfg: CompareConfig, arm: str, noise: float, seed: int) -> RunResult:
         last = _metrics(trainer, "last", cfg.eps, cfg.pgd_steps > 0, cfg.ood_sets)
         best_path = checkpoint.best_model_path
         best_epoch = int(Path(best_path).stem.split("-")[1])
-        best_val = float(checkpoint.best_model_score)
+        best_score = checkpoint.best_model_score
+        assert best_score is not None  # set with best_model_path at the first validation
+        best_val = float(best_score)
         trainer.test(model, datamodule=dm, ckpt_path=best_path, verbose=False)
         best = _metrics(trainer, "best", cfg.eps, cfg.pgd_steps > 0, cfg.ood_sets)
     row: dict[str, Any] = {
@@ -698,9 +697,10 @@ def _work(cfg: CompareConfig, study: optuna.Study) -> None:
         # second heartbeat failure) is queued again, so every point left is one never started.
         untaken = set(_untaken(study.get_trials(deepcopy=False), cfg))
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if _point(t) in untaken:  # once per point, however often it failed
-                untaken.discard(_point(t))
-                study.enqueue_trial(dict(zip(_POINT, _point(t))), skip_if_exists=False)
+            point = _point(t)
+            if point is not None and point in untaken:  # once per point, however often it failed
+                untaken.discard(point)
+                study.enqueue_trial(dict(zip(_POINT, point)), skip_if_exists=False)
         if not _work_left(study.get_trials(deepcopy=False), cfg):
             return
         timeout = None if deadline is None else deadline - time.monotonic()

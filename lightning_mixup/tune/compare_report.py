@@ -71,7 +71,7 @@ def summary_table(runs: pd.DataFrame, cfg: CompareConfig) -> str:
         for noise in cfg.noise:
             if (arm, noise) not in stats.index:
                 continue
-            row = stats.loc[(arm, noise)]
+            row = stats.loc[(arm, noise), :]
             text = [f"`{arm}`", f"{noise:.0%}"]
             for key, scale, digits, signed in cells:
                 mean, std = row[(key, "mean")] * scale, row[(key, "std")] * scale
@@ -85,9 +85,14 @@ def _times(study: optuna.Study, runs: pd.DataFrame) -> str:
     done = [t for t in study.get_trials(deepcopy=False) if t.number in set(runs["trial"])]
     if not done:
         return "no run finished yet"
-    first = min(t.datetime_start for t in done)
-    last = max(t.datetime_complete for t in done)
-    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+    spans = [
+        (t.datetime_start, t.datetime_complete)
+        for t in done
+        if t.datetime_start is not None and t.datetime_complete is not None
+    ]
+    first = min(start for start, _ in spans)
+    last = max(end for _, end in spans)
+    busy = sum((end - start).total_seconds() for start, end in spans)
     return (
         f"first run started {first:%Y-%m-%d %H:%M}, last finished {last:%Y-%m-%d %H:%M} (local "
         f"time of the workers), {busy / 60:.1f} min of runs in all"

@@ -36,10 +36,16 @@ def _label(t: FrozenTrial) -> str:
     )
 
 
+def _value(t: FrozenTrial) -> float:
+    """A completed trial's value."""
+    assert t.value is not None  # Optuna sets it on every completed trial of a one-objective study
+    return t.value
+
+
 def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str, notes: list[str]) -> str:
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    done.sort(key=lambda t: t.value, reverse=maximize)
+    done.sort(key=_value, reverse=maximize)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     lines = [
         f"# lightning-mixup tune: study `{study.study_name}`",
@@ -62,7 +68,7 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str, notes
         )
         mixed = [t for t in done if not t.user_attrs.get("baseline")]
         if mixed:
-            gain = mixed[0].value - base[0].value
+            gain = _value(mixed[0]) - _value(base[0])
             better = gain > 0 if maximize else gain < 0
             lines.append(
                 f"**Best mixing vs baseline:** {gain:+.4f} ({'mixing helps' if better else 'mixing does not help'} on this run)"
@@ -89,11 +95,11 @@ def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[st
         return ['plots skipped: matplotlib is not installed (pip install "lightning-mixup[tune]").']
     notes = []
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    base = [t.value for t in done if t.user_attrs.get("baseline")]
+    base = [_value(t) for t in done if t.user_attrs.get("baseline")]
     mixed = [t for t in done if "alpha" in t.params]
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.scatter([t.params["alpha"] for t in mixed], [t.value for t in mixed], label="trials")
+    ax.scatter([t.params["alpha"] for t in mixed], [_value(t) for t in mixed], label="trials")
     if base:
         ax.axhline(base[0], color="gray", linestyle="--", label="no mixing")
     ax.set_xscale("log")
@@ -108,7 +114,7 @@ def _plots(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[st
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = [t.number for t in done]
-    ys = [t.value for t in done]
+    ys = [_value(t) for t in done]
     best, running = [], None
     for y in ys:
         running = y if running is None else (max(running, y) if maximize else min(running, y))

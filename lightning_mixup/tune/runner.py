@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import optuna
@@ -26,6 +26,9 @@ from optuna.trial import TrialState
 
 from lightning_mixup.tune._study import TuneError, add_study_arguments, open_storage
 from lightning_mixup.tune.space import default_space, load_space, suggest
+
+if TYPE_CHECKING:  # cli.py imports this module (at run time) for `tune`
+    from lightning_mixup.cli import MixupCLI
 
 __all__ = ["Refused", "TuneError", "run"]
 
@@ -226,8 +229,9 @@ class _Report(pl.Callback):
         self, monitor: str, trial: optuna.Trial | None, prune: bool, max_epochs: int | None = None
     ) -> None:
         self.monitor, self.trial, self.prune = monitor, trial, prune
-        known = max_epochs is not None and max_epochs > 0
-        self.window = (max_epochs // 2, max_epochs - 1) if known else (0, None)
+        self.window: tuple[int, int | None] = (0, None)
+        if max_epochs is not None and max_epochs > 0:
+            self.window = (max_epochs // 2, max_epochs - 1)
         self.last: float | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -287,7 +291,7 @@ class _Objective:
             reporting = trial if i == 0 and not baseline else None
             epochs = cli.trainer.max_epochs
             report = _Report(self.args.monitor, reporting, not self.args.no_prune, epochs)
-            cli.trainer.callbacks.append(report)
+            cli.trainer.callbacks.append(report)  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             if report.last is None:
                 raise TuneError(
@@ -309,8 +313,8 @@ def _earlier_baseline(trial: optuna.Trial) -> bool:
     )
 
 
-def _build(passthrough: list[str], seed: int | None, root: Path | None):  # -> MixupCLI
-    from lightning_mixup.cli import main
+def _build(passthrough: list[str], seed: int | None, root: Path | None) -> MixupCLI:
+    from lightning_mixup.cli import MixupCLI, main
 
     extra = []
     if seed is not None:
@@ -320,7 +324,9 @@ def _build(passthrough: list[str], seed: int | None, root: Path | None):  # -> M
     with warnings.catch_warnings():
         # ``lightning-mixup tune ...`` is in sys.argv while we pass our own list on purpose.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run")
-        return main([*passthrough, *extra], run=False, save_config_callback=None)
+        cli = main([*passthrough, *extra], run=False, save_config_callback=None)
+    assert isinstance(cli, MixupCLI)  # the passthrough never starts with `tune`/`compare`
+    return cli
 
 
 def _mixup_entries(config: dict) -> tuple[list[dict], list[int]]:
