@@ -10,7 +10,7 @@ Besides inputs and targets, a padding mask (``mask_key``) is mixed too, and with
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -18,6 +18,19 @@ from torch import Tensor
 from lightning_mixup import functional as F
 from lightning_mixup._boxes import is_detection_targets
 from lightning_mixup.policies import MixParams
+
+
+class Batch(Protocol):
+    """A batch the callback reads and writes in place: a list (int keys) or a mutable mapping.
+
+    Keys are typed ``Any``: a list takes only ints, and a str key's ``TypeError`` is turned into
+    the error message (:func:`lookup`).
+    """
+
+    def __getitem__(self, key: Any, /) -> Any: ...
+    def __setitem__(self, key: Any, value: Any, /) -> None: ...
+    def __len__(self) -> int: ...
+
 
 #: The keys a dict batch's inputs and targets are looked for under when ``input_key`` and
 #: ``target_key`` are left at None, in this order (torchvision, torchgeo, Hugging Face, ...).
@@ -82,9 +95,10 @@ def detection_keys(
     """
     if not isinstance(batch, (list, MutableMapping)):
         return None
+    container: Batch = batch  # a str key into a list raises the TypeError caught below
     try:
         keys = resolve_keys(batch, input_key, target_key)
-        target = batch[keys[1]]
+        target = container[keys[1]]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
     return keys if is_detection_targets(target) else None
@@ -96,7 +110,7 @@ def unpack(
     target_key: int | str | None,
     part: str | int | None = None,
     float_inputs: bool = True,
-) -> tuple[MutableMapping | list, Tensor, Tensor, tuple[int | str, int | str]]:
+) -> tuple[Batch, Tensor, Tensor, tuple[int | str, int | str]]:
     """``(container, inputs, targets, keys)`` of a list or dict batch, checked for mixing.
 
     ``keys`` are the resolved ``(input_key, target_key)`` (see :func:`resolve_keys`).
@@ -132,7 +146,7 @@ def unpack(
     return batch, x, target, (input_key, target_key)
 
 
-def lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:
+def lookup(batch: Batch, name: str, key: int | str) -> Tensor:
     """``batch[key]``, which must be a tensor; the errors name the argument ``name``."""
     try:
         value = batch[key]
@@ -145,7 +159,7 @@ def lookup(batch: list | MutableMapping, name: str, key: int | str) -> Tensor:
 
 
 def join_masks(
-    batch: list | MutableMapping,
+    batch: Batch,
     mask_key: int | str,
     marks: Literal["tokens", "padding"],
     params: MixParams,
@@ -176,7 +190,7 @@ def join_masks(
     batch[mask_key] = torch.cat([mask, union]) if keep_clean else union
 
 
-def repeat_samples(batch: list | MutableMapping, n: int, skip: tuple[Any, ...]) -> None:
+def repeat_samples(batch: Batch, n: int, skip: tuple[Any, ...]) -> None:
     """Double every per-sample entry but ``skip`` (tensors or lists of ``n`` rows) in place."""
     keys = batch.keys() if isinstance(batch, Mapping) else range(len(batch))
     for key in list(keys):

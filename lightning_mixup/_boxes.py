@@ -60,7 +60,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -92,6 +92,8 @@ BOXES, LABELS, WEIGHTS = "boxes", "labels", "weights"
 
 Images = Tensor | Sequence[Tensor]
 Size = tuple[int, int]
+#: A CutMix region in pixels, ``(x1, y1, x2, y2)``.
+Region = tuple[int, int, int, int]
 
 
 # ---------------------------------------------------------------------------- recognising, checking
@@ -239,7 +241,7 @@ def image_sizes(images: Images) -> list[Size]:
                 "Detection images must be a floating point (B, C, H, W) tensor or a list of "
                 f"(C, H, W) tensors, got {_describe(images)}."
             )
-        return [tuple(images.shape[2:])] * images.shape[0]
+        return [(images.shape[2], images.shape[3])] * images.shape[0]
     if not isinstance(images, (list, tuple)) or not all(isinstance(x, Tensor) for x in images):
         raise TypeError(
             "Detection images must be a floating point (B, C, H, W) tensor or a list of "
@@ -389,7 +391,7 @@ def mix_detection_images(images: Images, params: MixParams) -> Images:
             own, other = (_pad(images[k].to(wide), height, width) for k in (i, j))
             share = torch.tensor(1.0 - lam, dtype=wide)  # 1 - λ in float64, then as mix_features
             out[i] = torch.lerp(own, other.to(own.device), share.to(own.device)).to(x.dtype)
-        elif kind == "cut":
+        elif region is not None:  # a cut: the plan gives a region to cuts only
             c0, r0, c1, r1 = region
             out[i] = x.clone()
             out[i][:, r0:r1, c0:c1] = images[j][:, r0:r1, c0:c1].to(x.device, x.dtype)
@@ -451,7 +453,7 @@ def mix_detection_targets(
         if kind == "blend":
             own = _weighted(targets[i], lam)
             out.append(_join(own, _weighted(targets[j], 1.0 - lam, own[BOXES])))
-        elif kind == "cut":
+        elif region is not None:  # a cut: the plan gives a region to cuts only
             own = _weighted(targets[i], 1.0)
             other = _weighted(targets[j], 1.0, own[BOXES])
             out.append(_join(*_cut(own, other, region, min_visible)))
@@ -487,16 +489,17 @@ def _check_params(params: MixParams, batch_size: int) -> None:
 
 def _plan(
     params: MixParams, sizes: list[Size]
-) -> list[tuple[str, int, float, tuple[int, int, int, int] | None]]:
+) -> list[tuple[Literal["own", "blend", "cut"], int, float, Region | None]]:
     """Per sample: ``(kind, partner, λ, xyxy region)``.
 
     ``kind`` is ``"own"``, ``"blend"`` or ``"cut"``; the region (cut only) is clipped to both
     images of the pair.
     """
     partner, lam, cut = params.partner.tolist(), params.lam.tolist(), params.cut.tolist()
-    lo = None if params.lo is None else params.lo.tolist()
-    hi = None if params.hi is None else params.hi.tolist()
-    plan = []
+    # Cuts exist only in params drawn with regions (``lo``/``hi``).
+    lo: list[list[int]] = [] if params.lo is None else params.lo.tolist()
+    hi: list[list[int]] = [] if params.hi is None else params.hi.tolist()
+    plan: list[tuple[Literal["own", "blend", "cut"], int, float, Region | None]] = []
     for i, j in enumerate(partner):
         if params.identity or j == i or lam[i] >= 1.0:
             plan.append(("own", i, 1.0, None))
@@ -513,7 +516,9 @@ def _plan(
     return plan
 
 
-def _weighted(target: Mapping[str, Tensor], weight: float, like: Tensor | None = None) -> dict:
+def _weighted(
+    target: Mapping[str, Tensor], weight: float, like: Tensor | None = None
+) -> dict[str, Tensor]:
     """A shallow copy of ``target`` with float32 ``"weights"`` scaled by ``weight``.
 
     With ``like``, the boxes get its dtype and device (a partner's boxes joining the sample's).
@@ -543,7 +548,7 @@ def _area(boxes: Tensor) -> Tensor:
 def _cut(
     own: dict[str, Tensor],
     other: dict[str, Tensor],
-    region: tuple[int, int, int, int],
+    region: Region,
     min_visible: float,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The sample's boxes left visible outside ``region`` and the partner's clipped to it."""

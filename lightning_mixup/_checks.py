@@ -9,10 +9,13 @@ writes ``1`` for ``1.0``).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 from torch import Tensor
+
+#: A string option; a ``Literal`` type's values come back from :func:`choice` as that type.
+_Option = TypeVar("_Option", bound=str)
 
 
 def integer(name: str, value: Any, low: int | None = None) -> int:
@@ -75,11 +78,16 @@ def optional_number(
     return None if value is None else number(name, value, low, open_low=open_low, hint=" or None")
 
 
-def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``options``; raise ``ValueError`` otherwise."""
-    if value not in options:
-        raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
-    return value
+def choice(name: str, value: Any, options: tuple[_Option, ...]) -> _Option:
+    """Return ``value`` if it is one of ``options``; raise ``ValueError`` otherwise.
+
+    With ``options`` typed as a tuple of a ``Literal`` (``tuple[Mode, ...]``), the value comes
+    back as that ``Literal`` type.
+    """
+    for option in options:
+        if value == option:
+            return option
+    raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
 
 
 def boolean(name: str, value: Any) -> bool:
@@ -133,6 +141,14 @@ def optional_integer(name: str, value: Any) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"`{name}` must be an integer or None, got {value!r}.")
     return value
+
+
+@overload
+def key(name: str, value: Any, *, optional: Literal[False] = False) -> int | str: ...
+
+
+@overload
+def key(name: str, value: Any, *, optional: bool) -> int | str | None: ...
 
 
 def key(name: str, value: Any, *, optional: bool = False) -> int | str | None:

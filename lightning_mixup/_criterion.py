@@ -224,12 +224,12 @@ class MixedCriterion:
         reduction = getattr(criterion, "reduction", None)
         if reduction not in ("mean", "sum"):
             raise ValueError(ELEM_NEEDS_REDUCTION.format(name=type(criterion).__name__))
-        criterion.reduction = "none"  # type: ignore[attr-defined]
+        criterion.reduction = "none"  # type: ignore[attr-defined]  # checked above; a Callable declares none
         try:
             own_loss = criterion(*args, **kwargs)
             other_loss = criterion(*other[0], **other[1])
         finally:
-            criterion.reduction = reduction  # type: ignore[attr-defined]
+            criterion.reduction = reduction  # type: ignore[attr-defined]  # as above
         if own_loss.ndim == 0 or own_loss.shape[0] != mix.rows:
             raise ValueError(
                 f"MixupCallback(targets='loss', mode='elem'): {type(criterion).__name__} with "

@@ -8,6 +8,8 @@ being read once, at the epoch's end.
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -79,9 +81,9 @@ class Guard:
     def log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
         """Log the epoch's mean strength and λ and, when screening, its non-finite batches."""
         n = max(self.batches, 1)
-        kwargs = {"on_step": False, "on_epoch": True, "sync_dist": True}
-        pl_module.log(f"{prefix}/strength", self.strength / n, **kwargs)
-        pl_module.log(f"{prefix}/lambda_mean", self.lam / n, **kwargs)
+        log = partial(pl_module.log, on_step=False, on_epoch=True, sync_dist=True)
+        log(f"{prefix}/strength", self.strength / n)
+        log(f"{prefix}/lambda_mean", self.lam / n)
         if self.skip_nonfinite:
             count = torch.as_tensor(self.nonfinite, dtype=torch.float32, device=pl_module.device)
             total = float(trainer.strategy.reduce(count, reduce_op="sum"))

@@ -48,15 +48,16 @@ def first_tensor(output: Any) -> tuple[Tensor | None, Callable[[Tensor], Any]]:
 
 
 def _replaced(container: Any, key: Any, new: Tensor) -> Any:
+    kind = type(container)  # taken before the isinstance checks narrow it to an abstract type
     if isinstance(container, Mapping):
         out = dict(container)
         out[key] = new
-        return type(container)(out) if type(container) is not dict else out
+        return kind(out) if kind is not dict else out
     items = list(container)
     items[key] = new
     if isinstance(container, tuple) and hasattr(container, "_fields"):  # a namedtuple
-        return type(container)(*items)
-    return type(container)(items)
+        return kind(*items)
+    return kind(items)
 
 
 class LayerHook:

@@ -112,6 +112,8 @@ class Targets:
                 "MixupCallback: `label_smoothing` applies to class-index targets only; these "
                 "floating point targets are mixed as given, without smoothing."
             )
+        if self.num_classes is None:
+            raise ValueError(_NOT_FOUND)
         return F.soft_targets(
             target,
             self.num_classes,
@@ -129,15 +131,16 @@ def _find_attribute(
     With ``low``, only values ``>= low`` count.
     """
     hparams = getattr(pl_module, "hparams", {})
-    datamodule = trainer.datamodule
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
     candidates = (
         getattr(pl_module, name, None),
         hparams.get(name) if isinstance(hparams, Mapping) else None,
         getattr(datamodule, name, None) if datamodule is not None else None,
     )
     for value in candidates:
-        if _integer(value) is not None and (low is None or value >= low):
-            return value
+        number = _integer(value)
+        if number is not None and (low is None or number >= low):
+            return number
     return None
 
 

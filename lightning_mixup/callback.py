@@ -16,6 +16,7 @@ from torch import Tensor
 from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
 from lightning_mixup._batch import (
+    Batch,
     detection_keys,
     join_masks,
     loader_parts,
@@ -41,9 +42,9 @@ from lightning_mixup.schedule import Schedule
 __all__ = ["MixupCallback"]
 
 _DEFAULT_SEED = 0
-_RAMP_TARGETS = ("p", "alpha")
-_MASK_MARKS = ("tokens", "padding")
-_TARGETS = ("auto", "soft", "loss")
+_RAMP_TARGETS: tuple[Literal["p", "alpha"], ...] = ("p", "alpha")
+_MASK_MARKS: tuple[Literal["tokens", "padding"], ...] = ("tokens", "padding")
+_TARGETS: tuple[Literal["auto", "soft", "loss"], ...] = ("auto", "soft", "loss")
 
 
 class MixupCallback(pl.Callback):
@@ -283,7 +284,8 @@ class MixupCallback(pl.Callback):
         if self.seed is None:
             env = os.environ.get("PL_GLOBAL_SEED")
             self._seed = int(env) if env is not None else _DEFAULT_SEED
-        siblings = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
+        siblings = [cb for cb in callbacks if isinstance(cb, MixupCallback)]
         self._salt = next((i for i, cb in enumerate(siblings) if cb is self), 0)
         for other in siblings[: self._salt]:
             if other.schedule.overlaps(self.schedule):
@@ -461,7 +463,7 @@ class MixupCallback(pl.Callback):
                 self._guard.warn(f"batch {batch_idx}{where} in epoch {trainer.current_epoch}")
             else:
                 generator = numpy_generator(*key)
-                enabled = None if on_host else finite  # a device flag, or None
+                enabled = finite if isinstance(finite, Tensor) else None  # a device flag, or None
                 if hidden:
                     draft = self.policy.draft(x.shape[0], generator, p=p, alpha_scale=scale)
                     params = self._layers.requested(draft, generator, at)
@@ -506,7 +508,7 @@ class MixupCallback(pl.Callback):
     def _mix_boxes(
         self,
         trainer: pl.Trainer,
-        batch: list | dict,
+        batch: Batch,
         keys: tuple[int | str, int | str],
         batch_idx: int,
         key: tuple,

@@ -387,7 +387,7 @@ def mix_pairs_(
     first = (partner > index).nonzero().flatten().tolist()
     share = (1.0 - lam).tolist()
     cut = [False] * len(share) if boxes is None else boxes[0].tolist()
-    regions = None
+    regions: list[tuple[slice, ...]] = []
     if boxes is not None:
         lo, hi = boxes[1].tolist(), boxes[2].tolist()
         regions = [(slice(None), *map(slice, start, end)) for start, end in zip(lo, hi)]
@@ -395,6 +395,7 @@ def mix_pairs_(
     for a in first:
         b = partners[a]
         xa, xb = x[a], x[b]
+        saved: Tensor | None
         if cut[a]:  # a's new value differs from a only inside its box: keep the partner's box
             saved = xb[regions[a]].clone()
         elif share[a] > 0:
@@ -405,7 +406,7 @@ def mix_pairs_(
             xb[regions[b]] = xa[regions[b]]
         elif share[b] > 0:
             xb.lerp_(xa, share[b])
-        if cut[a]:
+        if cut[a] and saved is not None:  # (saved is set for every cut)
             xa[regions[a]] = saved
         elif saved is not None:
             xa.copy_(saved)
@@ -425,7 +426,7 @@ def owns_memory(t: Tensor) -> bool:
         >>> owns_memory(stored.clone()), owns_memory(stored[:2])
         (True, False)
     """
-    return (
+    return bool(
         t._base is None
         and t.storage_offset() == 0
         and t.untyped_storage().nbytes() == t.numel() * t.element_size()

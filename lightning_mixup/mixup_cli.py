@@ -79,7 +79,7 @@ class MixupCLI(LightningCLI):
             return
         ckpt = self.trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        if self.trainer.fast_dev_run or not best:
+        if self.trainer.fast_dev_run or not best:  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
             self.trainer.test(self.model, datamodule=datamodule)
         else:
             self.trainer.test(self.model, datamodule=datamodule, ckpt_path="best")
@@ -113,7 +113,7 @@ def main(args: ArgsType = None, run: bool = True, **kwargs: Any) -> MixupCLI:
     return MixupCLI(pl.LightningModule, pl.LightningDataModule, args=args, run=run, **options)
 
 
-def _our_refusal(err: BaseException) -> tuple[type, str] | None:
+def _our_refusal(err: BaseException | None) -> tuple[type, str] | None:
     """The innermost ValueError/TypeError that a ``lightning_mixup`` constructor raised, if any.
 
     Follows the chain of causes; returns the outermost ``lightning_mixup`` class whose

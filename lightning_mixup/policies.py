@@ -45,7 +45,7 @@ Mode = Literal["batch", "elem"]
 #: gather's two and a half. Below it the per-pair Python calls cost more than they save
 #: (``benchmarks/bench_mix.py`` measures both sides).
 PAIRWISE_MIN_BYTES = 128 << 10
-_MODES = ("batch", "elem")
+_MODES: tuple[Mode, ...] = ("batch", "elem")
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,11 @@ class _Policy:
             region = (slice(None), slice(None), *_box(params))
             x[region] = x[region].index_select(0, partner)
         elif x.is_cpu and x.nbytes >= PAIRWISE_MIN_BYTES * len(x):
-            boxes = None if params.lo is None else (params.cut, params.lo, params.hi)
+            boxes = (
+                None
+                if params.lo is None or params.hi is None
+                else (params.cut, params.lo, params.hi)
+            )
             scratch = None if buffer is None else buffer[0]
             F.mix_pairs_(x, params.partner, params.lam, boxes, scratch)
         elif params.per_batch:
@@ -323,7 +327,9 @@ class _Policy:
 
 def _box(params: MixParams) -> tuple[slice, ...]:
     """The batch's one CutMix box as slices over the spatial dimensions."""
-    return tuple(slice(a, b) for a, b in zip(params.lo[0].tolist(), params.hi[0].tolist()))
+    lo, hi = params.lo, params.hi
+    assert lo is not None and hi is not None  # called for parameters with a box only
+    return tuple(slice(a, b) for a, b in zip(lo[0].tolist(), hi[0].tolist()))
 
 
 def mix_target(target: Tensor, params: MixParams, unlabelled: Tensor | None = None) -> Tensor:
@@ -397,11 +403,11 @@ def _partner_weights(
     # float64 inputs get float64 weights; narrower floats get float32 (mix_ casts them last).
     share = (1.0 - params.lam).to(torch.float64 if dtype == torch.float64 else torch.float32)
     ndim = len(shape)
-    if params.lo is None:
+    if params.lo is None or params.hi is None:
         return F.to_device(share, device).view(-1, *([1] * (ndim - 1)))
     n, d = params.lo.shape
     cut = params.cut.view(n, 1)
-    weight = None
+    weight: Tensor | None = None
     for k, size in enumerate(shape[2:]):
         pos = torch.arange(size)
         inside = ((pos >= params.lo[:, k : k + 1]) & (pos < params.hi[:, k : k + 1])).to(
@@ -412,6 +418,7 @@ def _partner_weights(
         view[k + 2] = size
         vector = F.to_device(torch.where(cut, inside, fill), device).view(view)
         weight = vector if weight is None else weight * vector
+    assert weight is not None  # CutMix shapes have 1 to 3 spatial dimensions
     return weight
 
 

@@ -70,7 +70,12 @@ class Schedule:
                     f"{ramp_start_epoch!r}, `ramp_epochs`={ramp_epochs!r}, `stop_epoch`="
                     f"{stop_epoch!r} with {', '.join(f'`{k}`={v!r}' for k, v in given.items())}."
                 )
-            names, values = ("ramp_start_step", "ramp_steps", "stop_step"), steps.values()
+            names = ("ramp_start_step", "ramp_steps", "stop_step")
+            values: tuple[int | None, int | None, int | None] = (
+                ramp_start_step,
+                ramp_steps,
+                stop_step,
+            )
             unit: Unit = "steps"
         else:
             names = ("ramp_start_epoch", "ramp_epochs", "stop_epoch")

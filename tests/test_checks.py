@@ -15,6 +15,20 @@ def test_optional_integer_identifier_and_key_pass_good_values_through():
     assert C.key("mask_key", None, optional=True) is None
 
 
+def test_choice_returns_the_option_it_matched():
+    class Name(str):
+        pass
+
+    assert C.choice("mode", "elem", ("batch", "elem")) == "elem"
+    # The option itself comes back (a plain str of the Literal's values), not an equal value.
+    got = C.choice("mode", Name("batch"), ("batch", "elem"))
+    assert got == "batch" and type(got) is str
+    with pytest.raises(
+        ValueError, match=r"^`mode` must be one of \('batch', 'elem'\), got 'pair'\.$"
+    ):
+        C.choice("mode", "pair", ("batch", "elem"))
+
+
 @pytest.mark.parametrize(
     ("check", "match"),
     [

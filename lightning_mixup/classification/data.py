@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,7 +27,7 @@ import torch.nn.functional as nnf
 import torchvision
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import functional as TF
@@ -44,10 +44,11 @@ _CROP_PADDING = 4
 def _split(n: int, sizes: Sequence[int], generator: torch.Generator) -> list[Tensor]:
     """Randomly cut ``range(n)`` into pieces of ``sizes`` plus the rest; each piece sorted.
 
-    torch's ``random_split`` (one ``randperm(n)``, cut in order), as sorted index tensors.
+    What torch's ``random_split`` of ``range(n)`` draws (one ``randperm(n)``, cut in order), as
+    sorted index tensors.
     """
-    pieces = random_split(range(n), [*sizes, n - sum(sizes)], generator=generator)
-    return [torch.tensor(piece.indices, dtype=torch.long).sort().values for piece in pieces]
+    order = torch.randperm(n, generator=generator)
+    return [piece.sort().values for piece in order.split([*sizes, n - sum(sizes)])]
 
 
 def _symmetric_label_noise(
@@ -101,20 +102,28 @@ def _normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> T
 
 
 # ---------------------------------------------------------------------------- datasets
-class _TensorBatches(Dataset):
-    """A split held as two tensors; a whole batch is fetched with one indexing operation.
+#: What a split holds beside its images: a label tensor, or (detection) a list of target dicts.
+_Labels = TypeVar("_Labels")
+
+
+class _Batches(Dataset, Generic[_Labels]):
+    """A split held as an image tensor and its labels, fetched a whole batch at a time.
 
     The DataLoader's fetcher calls ``__getitems__`` with the batch's indices (from any sampler,
     including the ``DistributedSampler`` Lightning injects under DDP); :func:`_keep_batch` then
-    passes the ``[images, labels]`` list through unchanged.
+    passes the ``[images, labels]`` list it returns through unchanged.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
+    def __init__(self, images: Tensor, labels: _Labels) -> None:
         self.images = images
         self.labels = labels
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
+
+
+class _TensorBatches(_Batches[Tensor]):
+    """A split held as two tensors; a whole batch is fetched with one indexing operation."""
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.images[index], self.labels[index]
@@ -124,8 +133,11 @@ class _TensorBatches(Dataset):
         return [self.images[index], self.labels[index]]
 
 
-def _keep_batch(batch: list[Tensor]) -> list[Tensor]:
-    """Collate function for :class:`_TensorBatches`: the batch is already assembled."""
+_Batch = TypeVar("_Batch")
+
+
+def _keep_batch(batch: _Batch) -> _Batch:
+    """Collate function for :class:`_Batches`: the batch is already assembled."""
     return batch
 
 
@@ -211,7 +223,7 @@ class _ClassificationDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=_keep_batch if isinstance(dataset, _TensorBatches) else None,
+            collate_fn=_keep_batch if isinstance(dataset, _Batches) else None,
             pin_memory=self._use_pin_memory(),
             drop_last=False,
             persistent_workers=self.num_workers > 0,

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRScheduler
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
-from torchmetrics import MeanMetric
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from lightning_mixup import _checks as C
@@ -44,7 +44,7 @@ def default_optimizer(params: Iterable[Any]) -> Optimizer:
     return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-def cosine_annealing(optimizer: Optimizer, max_epochs: int) -> CosineAnnealingLR:
+def cosine_annealing(optimizer: Optimizer, max_epochs: int | None = None) -> CosineAnnealingLR:
     """Cosine decay from the initial learning rate to 0 over ``max_epochs`` epochs.
 
     This is ``SoftLabelClassifier``'s default ``lr_scheduler``. It needs the run length, so the
@@ -53,16 +53,26 @@ def cosine_annealing(optimizer: Optimizer, max_epochs: int) -> CosineAnnealingLR
 
     Args:
         optimizer: The optimizer whose learning rate is scheduled.
-        max_epochs: Number of epochs of the decay (``T_max``).
+        max_epochs: Number of epochs of the decay (``T_max``). Required: the default None only
+            lets the function stand where a one-argument scheduler callable is typed (the
+            modules' ``lr_scheduler``), and the modules always pass it.
 
     Returns:
         The scheduler.
+
+    Raises:
+        ValueError: If ``max_epochs`` is not given.
 
     Example:
         >>> opt = default_optimizer(torch.nn.Linear(2, 2).parameters())
         >>> cosine_annealing(opt, max_epochs=200).T_max
         200
     """
+    if max_epochs is None:
+        raise ValueError(
+            "`max_epochs` must be given: cosine_annealing decays over a known number of epochs; "
+            "call it as `cosine_annealing(optimizer, max_epochs)`."
+        )
     return CosineAnnealingLR(optimizer, T_max=max_epochs)
 
 
@@ -102,10 +112,10 @@ def _configure_optimizers(
                 f"{max_epochs!r}; set `Trainer(max_epochs=...)`, or pass another `lr_scheduler` (None "
                 "keeps the learning rate constant)."
             )
-        scheduler = cosine_annealing(built, max_epochs)
+        scheduler: LRScheduler | ReduceLROnPlateau = cosine_annealing(built, max_epochs)
     else:
         scheduler = lr_scheduler(built)
-    config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+    config: LRSchedulerConfigType = {"scheduler": scheduler, "interval": "epoch"}
     if isinstance(scheduler, ReduceLROnPlateau):
         config["monitor"] = monitor
     return {"optimizer": built, "lr_scheduler": config}
@@ -173,7 +183,7 @@ class _SoftLabelModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ setup checks
     def _check_datamodule_classes(self) -> None:
-        datamodule = self.trainer.datamodule
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
         dm_classes = getattr(datamodule, "num_classes", None) if datamodule is not None else None
         if (
             isinstance(dm_classes, int)
@@ -187,9 +197,8 @@ class _SoftLabelModule(pl.LightningModule):
 
     def _settle_label_smoothing(self) -> None:
         """At fit: the callback's smoothing wins over the module's; warn once when both are set."""
-        smoothing = [
-            cb.label_smoothing for cb in self.trainer.callbacks if isinstance(cb, MixupCallback)
-        ]
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
+        smoothing = [cb.label_smoothing for cb in callbacks if isinstance(cb, MixupCallback)]
         self._callback_smooths = any(eps > 0 for eps in smoothing)
         if (
             self._callback_smooths
@@ -221,6 +230,19 @@ class _SoftLabelModule(pl.LightningModule):
     def _output_width(self) -> tuple[int, str] | None:
         """``(width, what it counts)`` of the backbone's last layer when known before any data."""
         return None
+
+    # ------------------------------------------------------------------ subclass parts
+    #: The ``val/`` and ``test/`` metrics by name, logged as ``<stage>/<name>``.
+    val_metrics: MetricCollection
+    test_metrics: MetricCollection
+
+    def _logits(self, x: Tensor) -> Tensor:
+        """The backbone's float32 logits for ``x``, their shape checked against ``num_classes``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `_logits()`.")
+
+    def _eval_step(self, batch: Any, stage: str, metrics: MetricCollection) -> None:
+        """Update ``metrics`` with ``batch`` and log them under ``stage``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `_eval_step()`.")
 
     def _log_train_loss(self, loss: Tensor, batch_size: int) -> None:
         self.log(
@@ -328,13 +350,15 @@ class SoftLabelClassifier(_SoftLabelModule):
         self.test_metrics = self._eval_metrics(self.num_classes)
 
     @staticmethod
-    def _eval_metrics(num_classes: int) -> nn.ModuleDict:
-        return nn.ModuleDict(
+    def _eval_metrics(num_classes: int) -> MetricCollection:
+        # A plain container (no compute groups): each metric is updated and logged on its own.
+        return MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
                 "nll": MeanMetric(),
                 "ece": MulticlassCalibrationError(num_classes, n_bins=_ECE_BINS, norm="l1"),
-            }
+            },
+            compute_groups=False,
         )
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -385,7 +409,7 @@ class SoftLabelClassifier(_SoftLabelModule):
         )
 
     # ------------------------------------------------------------------ helpers
-    def _eval_step(self, batch: Any, stage: str, metrics: nn.ModuleDict) -> None:
+    def _eval_step(self, batch: Any, stage: str, metrics: MetricCollection) -> None:
         x, target = self._unpack(batch)
         logits = self._logits(x)
         nll = self.loss(logits, target, reduction="none")

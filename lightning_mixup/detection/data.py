@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lightning_mixup._seed import torch_generator
-from lightning_mixup.classification.data import _TensorBatches
+from lightning_mixup.classification.data import _Batches
 from lightning_mixup.segmentation.data import (
     _DIGIT_SIZE,
     _MAX_DIGITS,
@@ -52,15 +52,12 @@ def collate_detection(samples: Sequence[tuple[Tensor, Target]]) -> list:
     return [torch.stack(images), list(targets)]
 
 
-class _DetectionBatches(_TensorBatches):
+class _DetectionBatches(_Batches[list[Target]]):
     """Canvases as one tensor and one target dict per canvas; a batch is fetched in one go.
 
     Every fetched target is a new dict of new tensors, so a batch owns its memory and nothing a
     training step does to it reaches the stored split.
     """
-
-    def __init__(self, images: Tensor, targets: list[Target]) -> None:
-        super().__init__(images, targets)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         return self.images[index], _copy(self.labels[index])

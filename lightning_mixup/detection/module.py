@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -155,7 +156,7 @@ class FasterRCNNDetector(pl.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
         """Check ``num_classes`` against the datamodule's."""
-        datamodule = self.trainer.datamodule
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
         found = getattr(datamodule, "num_classes", None) if datamodule is not None else None
         if isinstance(found, int) and not isinstance(found, bool) and found != self.num_classes:
             raise ValueError(
@@ -169,17 +170,18 @@ class FasterRCNNDetector(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """The sum of Faster R-CNN's four losses, on the boxes the weights keep."""
-        images, targets = self._unpack(batch)
-        targets, kept, total, weighted = self._train_targets(targets)
+        images, given = self._unpack(batch)
+        targets, kept, total, weighted = self._train_targets(given)
         losses = self.model(self._images(images), targets)
         loss = sum(losses.values())
-        size = len(targets)
-        log = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
-        self.log("train/loss", loss, prog_bar=True, **log)
+        log = partial(
+            self.log, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(targets)
+        )
+        log("train/loss", loss, prog_bar=True)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, **log)
+            log(f"train/{name}", value)
         if weighted and total:
-            self.log("train/kept_boxes", kept / total, **log)
+            log("train/kept_boxes", kept / total)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

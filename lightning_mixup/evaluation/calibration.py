@@ -465,7 +465,7 @@ class TemperatureScaling(pl.Callback):
             )
             self._warn(f"the validation set gave no labelled sample.{hint}")
             return
-        stats: list[float] | None = None
+        stats: list[float] = []  # filled on rank 0, then broadcast to every process
         if trainer.is_global_zero:
             temperature = _fit(logits, target, self.max_iter)
             at_bound = not _MIN_T * 1.001 < temperature < _MAX_T / 1.001

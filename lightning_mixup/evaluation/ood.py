@@ -179,10 +179,9 @@ class OODEval(pl.Callback):
         """For ``test``: check where the OOD sets come from; place the forward hook."""
         if stage != "test":
             return
-        if self.ood_loaders is None and not callable(
-            getattr(trainer.datamodule, "ood_dataloaders", None)
-        ):
-            got = type(trainer.datamodule).__name__ if trainer.datamodule is not None else "none"
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
+        if self.ood_loaders is None and not callable(getattr(datamodule, "ood_dataloaders", None)):
+            got = type(datamodule).__name__ if datamodule is not None else "none"
             raise ValueError(
                 "OODEval was given no `ood_loaders` and reads `trainer.datamodule."
                 f"ood_dataloaders()`, but the datamodule ({got}) has no such method; pass "
@@ -257,10 +256,10 @@ class OODEval(pl.Callback):
             self.results[name] = auroc
             pl_module.log(f"test/ood_auroc/{name}", auroc, on_epoch=True, sync_dist=True)
 
-    def _loaders(self, trainer: pl.Trainer) -> dict[str, Iterable[Any]]:
+    def _loaders(self, trainer: pl.Trainer) -> Mapping[str, Iterable[Any]]:
         if self.ood_loaders is not None:
             return self.ood_loaders
-        loaders = trainer.datamodule.ood_dataloaders()
+        loaders = trainer.datamodule.ood_dataloaders()  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
         if not isinstance(loaders, Mapping) or not loaders:
             raise ValueError(
                 "OODEval: `trainer.datamodule.ood_dataloaders()` must return a non-empty mapping "

@@ -21,6 +21,7 @@ parameters' ``.grad`` are left alone, and they work inside ``torch.no_grad`` and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ class _Space:
     def __init__(
         self, x: Tensor, mean: Stats, std: Stats, lower: float | None, upper: float | None
     ) -> None:
-        m, s = C.mean_std(mean, std)
-        if m is not None:
+        m, s = C.mean_std(mean, std)  # both None, or both tensors
+        self.stats: tuple[Tensor, Tensor] | None = None
+        if m is not None and s is not None:
             channels = max(m.numel(), s.numel())
             if channels > 1 and (x.ndim < 2 or x.shape[1] != channels):
                 raise ValueError(
@@ -67,17 +69,23 @@ class _Space:
                 )
             view = (1, -1, *([1] * (x.ndim - 2))) if channels > 1 else ()
             m, s = (t.to(x.device, torch.float32).reshape(view) for t in (m, s))
+            self.stats = m, s
             lower = 0.0 if lower is None else lower
             upper = 1.0 if upper is None else upper
         self.lower, self.upper = _bounds(lower, upper)
-        self.mean, self.std = m, s
 
     def to_attack(self, x: Tensor) -> Tensor:
         x = x.detach().float()
-        return x if self.mean is None else x * self.std + self.mean
+        if self.stats is None:
+            return x
+        mean, std = self.stats
+        return x * std + mean
 
     def to_input(self, p: Tensor) -> Tensor:
-        return p if self.mean is None else (p - self.mean) / self.std
+        if self.stats is None:
+            return p
+        mean, std = self.stats
+        return (p - mean) / std
 
     def clamp(self, p: Tensor) -> Tensor:
         if self.lower is None and self.upper is None:
@@ -92,10 +100,10 @@ def _check_inputs(model: Any, x: Any, y: Any, eps: Any, normalised: bool) -> flo
         got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"`x` must be a floating-point (B, ...) tensor, got {got}.")
     if not isinstance(y, Tensor) or y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
-        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(
             f"`y` must be ({x.shape[0]},) class indices or ({x.shape[0]}, num_classes) "
-            f"probabilities, got {got}."
+            f"probabilities, got {shape}."
         )
     return C.number("eps", eps, 0.0, hint=" (in [0, 1] pixel units)" if normalised else "")
 
@@ -442,13 +450,14 @@ class AdversarialEval(pl.Callback):
                             pgd_acc.append(_hits(pl_module(adv), y).mean())
         finally:
             pl_module.train(was_training)
-        size = x.shape[0]
-        kwargs = {"on_step": False, "on_epoch": True, "sync_dist": True, "batch_size": size}
+        log = partial(
+            pl_module.log, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0]
+        )
         for eps, acc in zip(self.epsilons, fgsm_acc):
-            pl_module.log(f"test/fgsm_acc@{eps:g}", acc, **kwargs)
+            log(f"test/fgsm_acc@{eps:g}", acc)
         for eps, acc in zip(self.epsilons, pgd_acc):
-            pl_module.log(f"test/pgd_acc@{eps:g}", acc, **kwargs)
-        pl_module.log("test/conf_gap", (conf - hit).mean(), **kwargs)
+            log(f"test/pgd_acc@{eps:g}", acc)
+        log("test/conf_gap", (conf - hit).mean())
         self._calibration.update(conf.detach(), hit.detach().long())
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

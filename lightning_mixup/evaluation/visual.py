@@ -169,6 +169,7 @@ def _grid_figure(
     class_names: Sequence[str] | None,
 ) -> Figure:
     C.positive_integer("max_images", max_images)
+    shape: tuple[int, ...] | str
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(
@@ -204,10 +205,10 @@ def _grid_figure(
             continue
         gray = pictures.ndim == 3
         ax.imshow(pictures[i], cmap="gray" if gray else None, vmin=0, vmax=1)
-        if boxes:
-            _draw_boxes(ax, targets[i], class_names)
-        else:
+        if isinstance(targets, Tensor):  # checked above: class targets are a tensor, boxes not
             ax.set_title(format_soft_label(targets[i], class_names), fontsize=8)
+        else:
+            _draw_boxes(ax, targets[i], class_names)
     fig.tight_layout(pad=0.3)
     return fig
 
@@ -314,8 +315,12 @@ def log_mixed_grid(
     mean, std = normalisation_from(trainer)
     fig = _grid_figure(images, targets, mean, std, max_images, class_names)
     if board is not None:
-        fig.canvas.draw()
-        pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = fig.canvas
+        assert isinstance(canvas, FigureCanvasAgg)  # _figure draws every figure on Agg
+        canvas.draw()
+        pixels = np.asarray(canvas.buffer_rgba())[..., :3].copy()
         board.experiment.add_image(tag, pixels, global_step=trainer.global_step, dataformats="HWC")
         return None
     path = Path(folder or trainer.default_root_dir) / f"mixed_grid_epoch{trainer.current_epoch}.png"
@@ -361,7 +366,8 @@ class MixedGridLogger(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Find the ``MixupCallback`` and the log folder; check that matplotlib can draw."""
-        mixers = [cb for cb in trainer.callbacks if isinstance(cb, MixupCallback)]
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
+        mixers = [cb for cb in callbacks if isinstance(cb, MixupCallback)]
         if not mixers:
             raise ValueError(
                 "MixedGridLogger draws batches mixed by a MixupCallback, but the Trainer has "
@@ -544,12 +550,12 @@ def plot_reliability(
     width = 1.0 / n_bins
     left = bins.edges[:-1]
     filled = bins.count > 0
-    bar = {"width": width, "align": "edge"}
-    ax.bar(left[filled], bins.accuracy[filled], color="tab:blue", edgecolor="black",
-           linewidth=0.5, label="accuracy", **bar)  # fmt: skip
+    ax.bar(left[filled], bins.accuracy[filled], width=width, align="edge", color="tab:blue",
+           edgecolor="black", linewidth=0.5, label="accuracy")  # fmt: skip
     gap = bins.confidence[filled] - bins.accuracy[filled]
-    ax.bar(left[filled], gap, bottom=bins.accuracy[filled], color="none", edgecolor="tab:red",
-           linewidth=0.8, hatch="//", label="gap to confidence", **bar)  # fmt: skip
+    ax.bar(left[filled], gap, width=width, align="edge", bottom=bins.accuracy[filled],
+           color="none", edgecolor="tab:red", linewidth=0.8, hatch="//",
+           label="gap to confidence")  # fmt: skip
     ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

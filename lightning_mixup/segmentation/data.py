@@ -19,6 +19,7 @@ from torch import Tensor
 from lightning_mixup import _checks as C
 from lightning_mixup._seed import torch_generator
 from lightning_mixup.classification.data import (
+    _Batches,
     _ClassificationDataModule,
     _load_digits,
     _split,
@@ -67,7 +68,7 @@ class _DigitCanvases(_ClassificationDataModule):
 
     num_classes = _DIGIT_CLASSES + 1
     _min_canvas = _DIGIT_SIZE
-    _dataset: type[_TensorBatches] = _TensorBatches
+    _dataset: type[_Batches[Any]] = _TensorBatches
 
     def __init__(
         self,

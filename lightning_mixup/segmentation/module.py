@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from lightning_mixup import _checks as C
@@ -110,14 +110,16 @@ class SoftLabelSegmenter(_SoftLabelModule):
         self.val_metrics = self._eval_metrics()
         self.test_metrics = self._eval_metrics()
 
-    def _eval_metrics(self) -> nn.ModuleDict:
+    def _eval_metrics(self) -> MetricCollection:
         k, ignore = self.num_classes, self._ignore
-        return nn.ModuleDict(
+        # A plain container (no compute groups): each metric is updated and logged on its own.
+        return MetricCollection(
             {
                 "miou": MulticlassJaccardIndex(k, average="macro", ignore_index=ignore),
                 "pixel_acc": MulticlassAccuracy(k, average="micro", ignore_index=ignore),
                 "nll": MeanMetric(),
-            }
+            },
+            compute_groups=False,
         )
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -181,7 +183,7 @@ class SoftLabelSegmenter(_SoftLabelModule):
         return torch.where(labelled, per_pixel, 0.0), labelled
 
     # ------------------------------------------------------------------ helpers
-    def _eval_step(self, batch: Any, stage: str, metrics: nn.ModuleDict) -> None:
+    def _eval_step(self, batch: Any, stage: str, metrics: MetricCollection) -> None:
         x, target = self._unpack(batch)
         logits = self._logits(x)
         per_pixel, labelled = self._pixel_loss(logits, target, 0.0)

@@ -90,7 +90,7 @@ def place(
     They take the place of the config's own MixupCallback, or go before the checkpoint callbacks
     (where Lightning keeps them, last) when the config has none.
     """
-    callbacks = trainer.callbacks
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
     at = next((i for i, cb in enumerate(callbacks) if isinstance(cb, MixupCallback)), None)
     callbacks[:] = [cb for cb in callbacks if not isinstance(cb, MixupCallback)]
     if at is None:

@@ -226,21 +226,24 @@ def _storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.Bas
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     # Optuna 4.9 renamed the callback run on a trial whose heartbeat stopped, and its argument.
     storages = optuna.storages
-    if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
-        name, retry_cls = (
-            "heartbeat_stale_trial_callback",
-            storages.RetryHeartbeatStaleTrialCallback,
-        )
-    else:  # pragma: no cover - Optuna < 4.9
-        name, retry_cls = "failed_trial_callback", storages.RetryFailedTrialCallback
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return storages.RDBStorage(
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
+            return storages.RDBStorage(
+                sqlalchemy_url(url),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1
+                ),
+            )
+        return storages.RDBStorage(  # pragma: no cover - Optuna < 4.9
             sqlalchemy_url(url),
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat,
             grace_period=grace,
-            **{name: retry_cls(max_retry=1)},
+            failed_trial_callback=storages.RetryFailedTrialCallback(max_retry=1),
         )
 
 

@@ -310,7 +310,8 @@ def _mixup(
     init_args = resolve(name, arm, mixup_entry(cli.config.as_dict()), cli.trainer.max_epochs)
     if init_args is None:
         return None, None
-    own = [cb for cb in cli.trainer.callbacks if isinstance(cb, MixupCallback)]
+    callbacks = cli.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
+    own = [cb for cb in callbacks if isinstance(cb, MixupCallback)]
     cls = type(own[0]) if own else MixupCallback
     try:
         return cls(**init_args), init_args

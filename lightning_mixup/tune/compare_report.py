@@ -128,6 +128,11 @@ def _stats(runs: pd.DataFrame, grid: Grid, which: str) -> pd.DataFrame:
     return stats.reindex(index).dropna(how="all")
 
 
+def _metrics(stats: pd.DataFrame) -> list[str]:
+    """The metric names of :func:`_stats`' columns ``(metric, statistic)``, in order."""
+    return list(dict.fromkeys(str(column[0]) for column in stats.columns))
+
+
 def _cell(mean: float, std: float, count: float, n_seeds: int) -> str:
     if not count:
         return "-"
@@ -144,11 +149,11 @@ def summary_tables(runs: pd.DataFrame, grid: Grid) -> dict[str, str]:
     tables = {}
     for which in grid.tests:
         stats = _stats(runs, grid, which)
-        metrics = list(dict.fromkeys(m for m, _ in stats.columns))
+        metrics = _metrics(stats)
         head = ["arm", *grid.grid, *(m.split(":", 1)[1] for m in metrics)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for key, row in stats.iterrows():
-            *values, arm = key if grid.grid else (key,)
+            *values, arm = key if isinstance(key, tuple) else (key,)
             cells = [
                 _cell(row[(m, "mean")], row[(m, "std")], row[(m, "count")], len(grid.seeds))
                 for m in metrics
@@ -231,7 +236,7 @@ def _plot(runs: pd.DataFrame, grid: Grid, which: str, path: Path) -> None:
     from matplotlib.figure import Figure
 
     stats = _stats(runs, grid, which)
-    metrics = list(dict.fromkeys(m for m, _ in stats.columns))
+    metrics = _metrics(stats)
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows))
@@ -239,7 +244,7 @@ def _plot(runs: pd.DataFrame, grid: Grid, which: str, path: Path) -> None:
     for i, metric in enumerate(metrics):
         mean, std = (stats[(metric, s)] for s in ("mean", "std"))
         if levels:  # a column per grid point
-            mean, std = (x.unstack(levels).reindex(list(grid.arms)) for x in (mean, std))  # type: ignore[assignment]
+            mean, std = (x.unstack(levels).reindex(list(grid.arms)) for x in (mean, std))
         ax = fig.add_subplot(rows, cols, i + 1)
         mean.plot.bar(ax=ax, yerr=std.fillna(0), capsize=2, rot=45, legend=i == 0 and bool(levels))
         ax.set_title(metric.split(":", 1)[1], fontsize=10)

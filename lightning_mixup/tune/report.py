@@ -134,9 +134,11 @@ def _plots(study: optuna.Study, monitor: str) -> list[tuple[str, str, Callable[[
                 "no completed trial has an `alpha` (the space has none, or every trial with one "
                 "was pruned or failed)."
             )
+        from matplotlib.axes import Axes
+
         ax = optuna_plots.plot_slice(study, params=["alpha"], target_name=monitor)
-        if base:
-            line = ax.axhline(base[0].value, color="gray", linestyle="--")
+        if base and isinstance(ax, Axes):  # one parameter plotted: one Axes
+            line = ax.axhline(value(base[0]), color="gray", linestyle="--")
             ax.legend([line], ["no mixing (baseline)"], loc="best")
         return ax
 
@@ -145,6 +147,13 @@ def _plots(study: optuna.Study, monitor: str) -> list[tuple[str, str, Callable[[
         ("importances.png", "parameter importances", importances),
         ("alpha.png", "alpha", alpha),
     ]
+
+
+def value(t: FrozenTrial) -> float:
+    """The objective value of a completed trial (Optuna types it as optional)."""
+    if t.value is None:
+        raise ValueError(f"trial {t.number} has no value (state {t.state.name})")
+    return t.value
 
 
 def label(t: FrozenTrial) -> str:
@@ -159,7 +168,7 @@ def label(t: FrozenTrial) -> str:
 def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str) -> str:
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    done.sort(key=lambda t: t.value, reverse=maximize)
+    done.sort(key=value, reverse=maximize)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     lines = [
         f"# lightning-mixup tune: study `{study.study_name}`",
@@ -182,7 +191,7 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], monitor: str) -> st
         )
         mixed = [t for t in done if not t.user_attrs.get("baseline")]
         if mixed:
-            gain = mixed[0].value - base[0].value
+            gain = value(mixed[0]) - value(base[0])
             better = gain > 0 if maximize else gain < 0
             lines.append(
                 f"**Best mixing vs baseline:** {gain:+.4f} ({'mixing helps' if better else 'mixing does not help'} on this run)"

@@ -231,8 +231,9 @@ class _Report(pl.Callback):
         self, monitor: str, trial: optuna.Trial | None, prune: bool, max_epochs: int | None = None
     ) -> None:
         self.monitor, self.trial, self.prune = monitor, trial, prune
-        known = max_epochs is not None and max_epochs > 0
-        self.window = (max_epochs // 2, max_epochs - 1) if known else (0, None)
+        self.window: tuple[int, int | None] = (0, None)
+        if max_epochs is not None and max_epochs > 0:
+            self.window = (max_epochs // 2, max_epochs - 1)
         self.last: float | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -301,7 +302,7 @@ class _Objective:
             reporting = trial if i == 0 and not baseline else None
             epochs = cli.trainer.max_epochs
             report = _Report(self.args.monitor, reporting, self.args.prune, epochs)
-            cli.trainer.callbacks.append(report)
+            cli.trainer.callbacks.append(report)  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             if report.last is None:
                 raise TuneError(

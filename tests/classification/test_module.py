@@ -521,6 +521,13 @@ def test_plateau_scheduler_monitors_val_nll():
     assert config.monitor == "val/nll" and config.interval == "epoch"
 
 
+def test_cosine_annealing_needs_max_epochs():
+    opt = default_optimizer(_linear().parameters())
+    assert cosine_annealing(opt, max_epochs=7).T_max == 7
+    with pytest.raises(ValueError, match=r"^`max_epochs` must be given: cosine_annealing decays"):
+        cosine_annealing(opt)
+
+
 def test_module_pickles_with_its_default_callables():
     model = pickle.loads(pickle.dumps(_module()))
     assert model.optimizer is default_optimizer and model.lr_scheduler is cosine_annealing
