@@ -69,10 +69,20 @@ def setup_device(args: argparse.Namespace) -> torch.device:
 
 
 class Timer:
-    """Wall time of ``number`` calls of a function, in seconds per call, on one device."""
+    """Time of ``number`` calls of a function, in seconds per call, on one device.
 
-    def __init__(self, device: torch.device) -> None:
+    ``clock="wall"`` (the default) measures wall time. ``clock="cpu"`` measures the CPU time of
+    the calling thread (CPU device only): on a machine shared with other processes it leaves out
+    the time the thread waits for a core, so a call is charged for its own work (still slowed by
+    what the others do to the caches). Use it with ``--threads 1``: other threads' work is not
+    counted.
+    """
+
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
         self.cuda = device.type == "cuda"
+        if clock not in ("wall", "cpu") or (clock == "cpu" and self.cuda):
+            sys.exit(f"--clock {clock}: use 'wall', or 'cpu' on the CPU device.")
+        self._now = time.thread_time if clock == "cpu" else time.perf_counter
 
     def sync(self) -> None:
         """Wait for queued CUDA work (no-op on the CPU)."""
@@ -91,10 +101,10 @@ class Timer:
             end.record()
             end.synchronize()
             return start.elapsed_time(end) / 1e3 / number
-        t0 = time.perf_counter()
+        t0 = self._now()
         for _ in range(number):
             fn()
-        return (time.perf_counter() - t0) / number
+        return (self._now() - t0) / number
 
 
 @dataclass
@@ -162,6 +172,32 @@ def run_interleaved(
         for c in order:
             c._prepare()
             c.times.append(timer.per_call(c.fn, c.number))
+
+
+def trainer(device: torch.device, callbacks: list, **kwargs: object) -> object:
+    """A quiet ``pl.Trainer`` on ``device`` for one short fit; ``kwargs`` go to it too.
+
+    One epoch, and no validation, logger, checkpoints, progress bar or model summary.
+    """
+    import lightning.pytorch as pl
+
+    where: dict[str, object] = (
+        {"accelerator": "gpu", "devices": [device.index or 0]}
+        if device.type == "cuda"
+        else {"accelerator": "cpu", "devices": 1}
+    )
+    return pl.Trainer(
+        **where,
+        callbacks=callbacks,
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def ms(seconds: float) -> str:

@@ -109,23 +109,7 @@ def make_module(args: argparse.Namespace) -> SoftLabelClassifier:
 
 
 def make_trainer(device: torch.device, callbacks: list[pl.Callback], batches: int) -> pl.Trainer:
-    where: dict[str, Any] = (
-        {"accelerator": "gpu", "devices": [device.index or 0]}
-        if device.type == "cuda"
-        else {"accelerator": "cpu", "devices": 1}
-    )
-    return pl.Trainer(
-        **where,
-        callbacks=callbacks,
-        max_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return H.trainer(device, callbacks, limit_train_batches=batches)
 
 
 class StepTimer(pl.Callback):

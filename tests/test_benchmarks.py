@@ -18,7 +18,7 @@ STEP = ["bench_step.py", "--batch-size", "2", "--steps", "1", "--runs", "1", "--
     "args",
     [
         ["bench_mix.py", "--sizes", "6x3x8x8", "--profile", *TINY],
-        ["bench_mix.py", "--sizes", "6x3x8x8,2x3x64x64", "--no-timm", *TINY],
+        ["bench_mix.py", "--sizes", "6x3x8x8,2x3x64x64", "--no-timm", "--clock", "cpu", *TINY],
         [
             "bench_loss.py",
             "--classes",
