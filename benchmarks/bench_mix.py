@@ -647,21 +647,26 @@ def _stand_ins(
     y: torch.Tensor,
     generator: np.random.Generator,
     partner: np.ndarray,
-    draft: LP.Draft,
-    params: LP.MixParams,
+    drafts: list[LP.Draft],
+    params: list[LP.MixParams],
     mix: _criterion.LossMix | None,
 ) -> dict[str, Callable[..., object]]:
-    """Each part's replacement: its result, computed beforehand (``y``: what ``prepare`` gives)."""
+    """Each part's replacement: its result, computed beforehand (``y``: what ``prepare`` gives).
+
+    The draws cycle through the hook's own draws of ``N_DRAWS`` batches (``drafts``, ``params``)
+    and the key's hash stands in with the batch index, so CutMix boxes vary as in the hook.
+    """
+    next_draft, next_params = itertools.cycle(drafts).__next__, itertools.cycle(params).__next__
     return {
         "targets: soft rows + label check": lambda self, form, target, on_host: y,
         "↳ label check (range of the indices)": lambda *args, **kwargs: None,
         "NaN/Inf screen": lambda self, *args: True,
         "schedule strength": lambda self, *args, **kwargs: 1.0,
         "per-batch generator from the key": lambda *key: generator,
-        "↳ key hash (BLAKE2b)": lambda *key: 0,
-        "draft: matching, coin flips, λ": lambda self, *args, **kwargs: draft,
+        "↳ key hash (BLAKE2b)": lambda *key: key[3],  # the batch index
+        "draft: matching, coin flips, λ": lambda self, *args, **kwargs: next_draft(),
         "↳ random perfect matching": lambda n, rng: partner,
-        "finish: box, λ per sample, MixParams": lambda self, *args: params,
+        "finish: box, λ per sample, MixParams": lambda self, *args: next_params(),
         "input mix (the data passes)": lambda self, x, *args, **kwargs: x,
         "target mix (soft rows)": lambda target, *args, **kwargs: target,
         "loss mix (LossMix.build)": lambda *args, **kwargs: mix,
@@ -685,13 +690,18 @@ def part_rows(
     callback = set_up_callback(trainer, module, op, "batch", targets)
     policy, generator = callback.policy, np.random.default_rng(0)
     partner = LF._partners(shape[0], generator)
-    draft = policy.draft(shape[0], generator)
-    params = draft.finish(shape[2:], generator)
+    drafts, drawn = [], []
+    for k in range(N_DRAWS):  # what the hook draws for batches 0..N_DRAWS-1
+        batch_generator = numpy_generator(*callback._draw_key(trainer, k))
+        drafts.append(policy.draft(shape[0], batch_generator))
+        drawn.append(drafts[-1].finish(shape[2:], batch_generator))
+    draft, params = drafts[0], drawn[0]
+    params_cycle = itertools.cycle(drawn)
     soft = LF.soft_targets(b.labels, b.num_classes)
     y = soft if targets == "soft" else b.labels
     mix = _criterion.LossMix.build(params, b.labels, False, False, None)
     seeds = itertools.cycle(range(N_DRAWS))
-    stand_in = _stand_ins(y, generator, partner, draft, params, mix)
+    stand_in = _stand_ins(y, generator, partner, drafts, drawn, mix)
     swap = callback._swap
     alone: dict[str, Callable[[], object]] = {
         "targets: soft rows + label check": lambda: callback._targets.prepare(
@@ -705,7 +715,7 @@ def part_rows(
         "draft: matching, coin flips, λ": lambda: policy.draft(shape[0], generator),
         "↳ random perfect matching": lambda: LF._partners(shape[0], generator),
         "finish: box, λ per sample, MixParams": lambda: draft.finish(shape[2:], generator),
-        "input mix (the data passes)": lambda: policy.mix_inputs(b.x, params, b.buffer),
+        "input mix (the data passes)": lambda: policy.mix_inputs(b.x, next(params_cycle), b.buffer),
         "target mix (soft rows)": lambda: LP.mix_target(soft, params),
         "loss mix (LossMix.build)": lambda: _criterion.LossMix.build(
             params, b.labels, False, False, None
