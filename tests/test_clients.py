@@ -13,16 +13,24 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-import timm
 import torch
 import torchmetrics
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchgeo.trainers import ClassificationTask, SemanticSegmentationTask
-from transformers import ResNetConfig, ResNetForImageClassification
 
-from lightning_mixup import DigitsDataModule, MixupCallback
-from tests.probes import tiny_trainer
+# Without the `clients` extra (the oldest-versions stage) this module is skipped as a whole, at
+# collection too (--doctest-modules imports it); the -ra summary names the missing package.
+_EXTRA = 'the `clients` extra: pip install -e ".[dev]"'
+timm = pytest.importorskip("timm", reason=_EXTRA)
+torchgeo_trainers = pytest.importorskip("torchgeo.trainers", reason=_EXTRA)
+transformers = pytest.importorskip("transformers", reason=_EXTRA)
+ClassificationTask = torchgeo_trainers.ClassificationTask
+SemanticSegmentationTask = torchgeo_trainers.SemanticSegmentationTask
+ResNetConfig = transformers.ResNetConfig
+ResNetForImageClassification = transformers.ResNetForImageClassification
+
+from lightning_mixup import DigitsDataModule, MixupCallback  # noqa: E402
+from tests.probes import tiny_trainer  # noqa: E402
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
