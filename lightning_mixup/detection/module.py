@@ -265,8 +265,8 @@ def _mean_average_precision() -> Any:
     """The ``MeanAveragePrecision`` of torchmetrics on boxes; a clear error without pycocotools."""
     from torchmetrics.detection import MeanAveragePrecision
 
-    try:
-        return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    try:  # pycocotools computes it (the only backend before torchmetrics 1.3, the default since)
+        return MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
     except ModuleNotFoundError as err:
         raise ImportError(
             "FasterRCNNDetector reports mAP with torchmetrics' MeanAveragePrecision, which needs "
