@@ -764,7 +764,9 @@ def test_cifar100_arguments_are_documented_once_on_cifar10() -> None:
     from packaging.version import Version
 
     if Version(jsonargparse.__version__) < Version("4.51"):
-        pytest.skip(f"jsonargparse {jsonargparse.__version__} < 4.51 describes no inherited argument")
+        pytest.skip(
+            f"jsonargparse {jsonargparse.__version__} < 4.51 describes no inherited argument"
+        )
 
     parser = ArgumentParser()
     parser.add_class_arguments(CIFAR100DataModule, "data")
