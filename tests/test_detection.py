@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_mixup import MixupCallback
 from lightning_mixup._boxes import check_detection_batch, detection_shape, mix_detection
 from lightning_mixup._seed import numpy_generator
 from lightning_mixup.cli import main
@@ -327,3 +328,6 @@ def test_detection_example_runs_with_fast_dev_run(tmp_path):
     assert isinstance(cli.datamodule, DigitsDetectionDataModule)
     assert cli.trainer.global_step == 1  # one training step, one validation batch, then a test
     assert {"test/map", "test/map_50"} <= set(cli.trainer.callback_metrics)
+    # The example's MixupCallback mixed that step.
+    mixers = [cb for cb in cli.trainer.callbacks if isinstance(cb, MixupCallback)]
+    assert len(mixers) == 1 and mixers[0].last_params is not None

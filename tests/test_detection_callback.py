@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_mixup import MixedGridLogger, MixupCallback
 from lightning_mixup._boxes import mix_detection
-from lightning_mixup.cli import main
 from lightning_mixup.detection import DigitsDetectionDataModule, FasterRCNNDetector
 from lightning_mixup.policies import MixParams
 from tests.probes import tiny_trainer
@@ -296,22 +295,3 @@ def test_faster_rcnn_trains_on_batches_the_callback_mixed(settings):
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
     assert float(trainer.callback_metrics["mixup/lambda_mean"]) < 1.0
     assert "val/map" in trainer.callback_metrics
-
-
-@pytest.mark.slow
-def test_the_detection_example_runs_with_its_mixup_callback(tmp_path):
-    config = Path(__file__).resolve().parents[1] / "examples" / "digits_detection.yaml"
-    cli = main(
-        [
-            "fit",
-            f"--config={config}",
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.fast_dev_run=true",
-            "--data.batch_size=4",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-        ]
-    )
-    mixers = [cb for cb in cli.trainer.callbacks if isinstance(cb, MixupCallback)]
-    assert len(mixers) == 1 and mixers[0].last_params is not None
-    assert {"test/map", "test/map_50"} <= set(cli.trainer.callback_metrics)
