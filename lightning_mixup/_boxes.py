@@ -222,8 +222,7 @@ def image_sizes(images: Images) -> list[Size]:
 def detection_shape(images: Images) -> tuple[int, int, int, int]:
     """The shape to draw a batch's parameters for: ``(B, C, H, W)``, smallest ``H`` and ``W``.
 
-    For a tensor it is its shape. For a list of images it is the top-left overlap of them all, so
-    every CutMix region lies inside both images of its pair.
+    For a list of images of different sizes that is their common top-left overlap.
 
     Example:
         >>> detection_shape([torch.zeros(3, 40, 30), torch.zeros(3, 20, 50)])
@@ -266,7 +265,7 @@ def check_detection_batch(images: Images, targets: Any, check_values: bool = Tru
 
 
 def _valid(boxes: Tensor, limits: Tensor) -> Tensor:
-    """Per box: finite, ``x1 < x2``, ``y1 < y2``, inside ``[0, W] × [0, H]`` (``limits``: ``W, H``)."""
+    """Per box: finite, ``x1 < x2``, ``y1 < y2``, inside ``[0, W] × [0, H]`` (``limits``)."""
     low, high = boxes[:, :2], boxes[:, 2:]
     return ((low >= 0) & (low < high) & (high <= limits)).all(1) & torch.isfinite(boxes).all(1)
 
@@ -318,11 +317,9 @@ def mix_detection(
 def mix_detection_images(images: Images, params: MixParams) -> Images:
     """Mix detection images out of place with ``params``.
 
-    A tensor is mixed by :func:`~lightning_mixup.policies.mix_features`: blended in float32
-    (float64 for float64) and cast back to its dtype, CutMix pixels copied exactly. In a list, an
-    unmixed image is returned as it is (the same tensor); a blended pair is mixed the same way on
-    the canvas of its larger size; a cut image is a copy with the partner's pixels in the region
-    clipped to both images.
+    A tensor is mixed by :func:`~lightning_mixup.policies.mix_features`. In a list, an unmixed
+    image is returned as it is (the same tensor); a blended pair is mixed the same way on the
+    canvas of its larger size; a cut image is a copy with the partner's pixels pasted.
 
     Raises:
         ValueError: If ``params`` holds another number of samples, or regions that are not 2-D.
@@ -450,7 +447,7 @@ def _plan(params: MixParams, sizes: list[Size]) -> Iterator[tuple[int, float, Re
 def _weighted(
     target: Mapping[str, Tensor], weight: float, like: Tensor | None = None
 ) -> dict[str, Tensor]:
-    """A shallow copy of ``target``, float32 ``"weights"`` scaled by ``weight``, boxes ``like``'s."""
+    """A shallow copy of ``target``, float32 ``"weights"`` times ``weight``, boxes ``like``'s."""
     like = target[BOXES] if like is None else like
     out = {key: value.to(like.device) for key, value in target.items()}
     out[BOXES] = out[BOXES].to(like.dtype)

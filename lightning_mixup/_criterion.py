@@ -30,9 +30,8 @@ __all__ = [
     "reducible",
 ]
 
-#: Attributes of the LightningModule looked at, in this order, for its criterion when
-#: ``criterion`` is not named. Only values set on the instance count (an ``nn.Module`` or a
-#: callable such as ``F.cross_entropy``), not methods defined by the class.
+#: The LightningModule's attributes searched, in this order, for its criterion when
+#: ``criterion`` is not named: values set on the instance only, not methods of the class.
 CRITERION_NAMES = ("criterion", "loss_fn", "loss_func", "loss")
 
 #: Keyword names under which a criterion may be given its targets (else: the second argument).
