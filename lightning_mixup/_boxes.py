@@ -1,49 +1,12 @@
 """Detection targets under MixUp and CutMix: boxes, labels and per-box weights.
 
-Targets follow torchvision's detection convention: a list of ``B`` dicts, one per image, each with
-``"boxes"`` (``(N, 4)`` float, ``(x1, y1, x2, y2)`` in pixels: a box covers ``x1 ≤ x < x2``,
-``y1 ≤ y < y2``, so pixel column ``c`` spans ``[c, c + 1)``) and ``"labels"`` (``(N,)`` int64).
-Images are a ``(B, C, H, W)`` tensor or a list of ``B`` ``(C, H, W)`` tensors, possibly of
-different sizes. Everything a mix needs comes from a :class:`~lightning_mixup.policies.MixParams`
-(pairing and λ as in :mod:`lightning_mixup.functional`: λ is the share of the sample itself,
-``j = partner[i]``); nothing here draws a random number.
-
-**Rules, per sample** ``i`` **with partner** ``j``:
-
-* **Unmixed** (λ = 1, the sample an odd batch pairs with itself, a CutMix box that is empty
-  within the two images): the image and its boxes are kept; ``"weights"`` are 1.
-* **MixUp** (λ < 1, not cut): the image is ``λ·x_i + (1-λ)·x_j``; the targets hold ``i``'s boxes
-  and labels first, then ``j``'s, unchanged, with ``"weights"`` λ for ``i``'s boxes and ``1 - λ``
-  for ``j``'s. Every box is kept, however small its weight.
-* **CutMix**: the partner's pixels fill the region ``rows [lo[i, 0], hi[i, 0])``, ``columns
-  [lo[i, 1], hi[i, 1])`` — the box ``(lo[i, 1], lo[i, 0], hi[i, 1], hi[i, 0])`` in ``xyxy``
-  pixels. The sample's own boxes come first: one is kept, unchanged, when the part of its area
-  *outside* the region is at least ``min_visible`` of its area, and dropped otherwise (a box the
-  region covers wholly is always dropped). Then the partner's boxes: each is clipped to the
-  region and kept when the clipped area is at least ``min_visible`` of its original area.
-  ``"weights"`` are 1. The default ``min_visible`` is :data:`MIN_VISIBLE` (0.5).
-
-Every kept box has ``x1 < x2`` and ``y1 < y2`` and lies inside the mixed image; a sample may end
-with no boxes: ``"boxes"`` ``(0, 4)``, ``"labels"`` ``(0,)`` int64, ``"weights"`` ``(0,)``
-float32. A ``"weights"`` entry already in the targets is multiplied by these weights (1 where a
-sample is cut or unmixed), so weights compose.
-
-**Other entries.** Any other entry must be a *per-box* tensor: its first dimension is the
-sample's number of boxes ``N`` (e.g. COCO's ``"area"`` and ``"iscrowd"``). It is carried along
-with its boxes: the rows of the kept boxes, in the same order, values unchanged (a clipped
-partner box keeps its row as it was). Refused with a ``ValueError`` naming the key: entries that
-are not tensors (e.g. an ``int`` ``"image_id"``), 0-d tensors, tensors whose first dimension is
-not ``N``, and ``"masks"``/``"keypoints"`` (:data:`GEOMETRIC_KEYS`): their values are pixels or
-coordinates that a mix would have to move or cut, which this module does not do. Every target
-of a batch must hold the same keys.
-
-**Images of different sizes** (a list): a MixUp pair is blended on a canvas of the larger size of
-the two (each image at the top left, zeros elsewhere), so boxes keep their coordinates and both
-partners come out at that size. A CutMix sample keeps its own size and only pixels inside *both*
-images are pasted: the region is clipped to the top-left overlap ``min(H_i, H_j) × min(W_i,
-W_j)``, and its boxes follow the clipped region. Draw the parameters for :func:`detection_shape`
-(the batch's smallest height and width), so no region needs clipping; λ of a cut sample is then
-the kept fraction of that smallest size, not of each image.
+Targets follow torchvision's detection convention: a list of ``B`` dicts, one per image, with
+``"boxes"`` (``(N, 4)`` float ``xyxy`` pixels) and ``"labels"`` (``(N,)`` int64). Images are a
+``(B, C, H, W)`` tensor or a list of ``B`` ``(C, H, W)`` tensors, possibly of different sizes.
+Everything a mix needs comes from a :class:`~lightning_mixup.policies.MixParams` (λ is the share
+of the sample itself, ``j = partner[i]``); nothing here draws a random number. The rules (which
+boxes MixUp and CutMix keep, their ``"weights"``, the other per-box entries carried along or
+refused, images of different sizes) are those of the detection guide, ``docs/detection.md``.
 
 Example:
     >>> import numpy as np
@@ -59,8 +22,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,9 +45,7 @@ __all__ = [
     "mix_detection_targets",
 ]
 
-#: Default share of a box's area that must stay visible for CutMix to keep it: a partner box
-#: clipped to the pasted region keeps at least this share of its area, an own box at least this
-#: share outside the region.
+#: Default ``min_visible``: the share of a box's area that CutMix must leave visible to keep it.
 MIN_VISIBLE = 0.5
 #: Per-box entries holding pixels or coordinates, which a mix would have to move: refused.
 GEOMETRIC_KEYS = ("masks", "keypoints")
@@ -98,10 +59,7 @@ Region = tuple[int, int, int, int]
 
 # ---------------------------------------------------------------------------- recognising, checking
 def is_detection_targets(target: Any) -> bool:
-    """Whether ``target`` has the form of detection targets: a non-empty list/tuple of dicts.
-
-    A ``True`` answer says only which form to check against; :func:`check_detection_targets`
-    then checks the contents.
+    """Whether ``target`` has the form (not checked contents) of detection targets: dicts in a list.
 
     Example:
         >>> is_detection_targets([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
@@ -120,7 +78,7 @@ def check_detection_targets(targets: Any, batch_size: int | None = None) -> None
     """Check the form of detection targets (not the box values): raise a clear error if wrong.
 
     Args:
-        targets: A list of dicts, one per image, as described in the module docstring.
+        targets: A list of dicts, one per image.
         batch_size: The number of images, when known.
 
     Raises:
@@ -128,7 +86,7 @@ def check_detection_targets(targets: Any, batch_size: int | None = None) -> None
             the right dtype.
         ValueError: If the number of targets differs from ``batch_size``, ``"boxes"`` or
             ``"labels"`` is missing or misshapen, the targets disagree on their keys, or an entry
-            cannot be carried through a mix (see the module docstring).
+            cannot be carried through a mix.
     """
     if not isinstance(targets, (list, tuple)) or not all(isinstance(t, Mapping) for t in targets):
         raise TypeError(
@@ -264,8 +222,7 @@ def image_sizes(images: Images) -> list[Size]:
 def detection_shape(images: Images) -> tuple[int, int, int, int]:
     """The shape to draw a batch's parameters for: ``(B, C, H, W)``, smallest ``H`` and ``W``.
 
-    For a tensor it is its shape. For a list of images it is the top-left overlap of them all, so
-    every CutMix region lies inside both images of its pair.
+    For a list of images of different sizes that is their common top-left overlap.
 
     Example:
         >>> detection_shape([torch.zeros(3, 40, 30), torch.zeros(3, 20, 50)])
@@ -308,23 +265,14 @@ def check_detection_batch(images: Images, targets: Any, check_values: bool = Tru
 
 
 def _valid(boxes: Tensor, limits: Tensor) -> Tensor:
-    """Per box: finite, positive width and height, inside ``[0, W] × [0, H]``."""
-    x1, y1, x2, y2 = boxes.unbind(1)
-    return (
-        torch.isfinite(boxes).all(1)
-        & (x1 < x2)
-        & (y1 < y2)
-        & (x1 >= 0)
-        & (y1 >= 0)
-        & (x2 <= limits[:, 0])
-        & (y2 <= limits[:, 1])
-    )
+    """Per box: finite, ``x1 < x2``, ``y1 < y2``, inside ``[0, W] × [0, H]`` (``limits``)."""
+    low, high = boxes[:, :2], boxes[:, 2:]
+    return ((low >= 0) & (low < high) & (high <= limits)).all(1) & torch.isfinite(boxes).all(1)
 
 
 def _raise_invalid(boxes: list[Tensor], sizes: list[Size]) -> None:
     for i, (b, (h, w)) in enumerate(zip(boxes, sizes)):
-        limits = b.new_tensor([w, h]).expand(len(b), 2)
-        bad = (~_valid(b, limits)).nonzero().flatten()
+        bad = (~_valid(b, b.new_tensor([w, h]))).nonzero().flatten()
         if len(bad):
             k = int(bad[0])
             raise ValueError(
@@ -367,13 +315,11 @@ def mix_detection(
 
 
 def mix_detection_images(images: Images, params: MixParams) -> Images:
-    """Mix detection images out of place with ``params`` (see the module docstring).
+    """Mix detection images out of place with ``params``.
 
-    A tensor is mixed by :func:`~lightning_mixup.policies.mix_features`: blended in float32
-    (float64 for float64) and cast back to its dtype, CutMix pixels copied exactly. In a list, an
-    unmixed image is returned as it is (the same tensor); a blended pair is mixed the same way on
-    the canvas of its larger size; a cut image is a copy with the partner's pixels in the region
-    clipped to both images.
+    A tensor is mixed by :func:`~lightning_mixup.policies.mix_features`. In a list, an unmixed
+    image is returned as it is (the same tensor); a blended pair is mixed the same way on the
+    canvas of its larger size; a cut image is a copy with the partner's pixels pasted.
 
     Raises:
         ValueError: If ``params`` holds another number of samples, or regions that are not 2-D.
@@ -383,15 +329,17 @@ def mix_detection_images(images: Images, params: MixParams) -> Images:
     if isinstance(images, Tensor):
         return mix_features(images, params)
     out = list(images)
-    for i, (kind, j, lam, region) in enumerate(_plan(params, sizes)):
+    for i, (j, lam, region) in enumerate(_plan(params, sizes)):
         x = images[i]
-        if kind == "blend":
+        if j == i:
+            continue
+        if region is None:
             height, width = max(sizes[i][0], sizes[j][0]), max(sizes[i][1], sizes[j][1])
             wide = torch.float64 if x.dtype == torch.float64 else torch.float32
             own, other = (_pad(images[k].to(wide), height, width) for k in (i, j))
             share = torch.tensor(1.0 - lam, dtype=wide)  # 1 - λ in float64, then as mix_features
             out[i] = torch.lerp(own, other.to(own.device), share.to(own.device)).to(x.dtype)
-        elif region is not None:  # a cut: the plan gives a region to cuts only
+        else:
             c0, r0, c1, r1 = region
             out[i] = x.clone()
             out[i][:, r0:r1, c0:c1] = images[j][:, r0:r1, c0:c1].to(x.device, x.dtype)
@@ -409,11 +357,9 @@ def mix_detection_targets(
     image_sizes: Sequence[Sequence[int]],
     min_visible: float = MIN_VISIBLE,
 ) -> list[dict[str, Tensor]]:
-    """Mix detection targets with ``params`` by the rules of the module docstring.
+    """Mix detection targets with ``params`` into new dicts, by the rules of ``docs/detection.md``.
 
-    Returns new dicts; nothing passed in is written (tensors that do not change are shared).
-    Every result has ``"weights"`` (float32, one per box), unmixed samples too, so clean and
-    mixed targets can be joined. Boxes keep their dtype and device; labels stay int64.
+    Every result has float32 ``"weights"``, unmixed samples too, so clean and mixed targets join.
 
     Args:
         targets: ``B`` target dicts, boxes valid for their images (see
@@ -439,7 +385,8 @@ def mix_detection_targets(
         >>> mixed[0]["labels"].tolist(), float(mixed[0]["weights"].sum())
         ([1, 2], 1.0)
     """
-    min_visible = _check_min_visible(min_visible)
+    rule = " (the share of a box that must stay visible)"
+    min_visible = C.number("min_visible", min_visible, 0.0, 1.0, open_low=True, hint=rule)
     check_detection_targets(targets)
     if len(image_sizes) != len(targets):
         raise ValueError(
@@ -449,27 +396,13 @@ def mix_detection_targets(
     sizes = [(int(h), int(w)) for h, w in image_sizes]
     _check_params(params, len(targets))
     out = []
-    for i, (kind, j, lam, region) in enumerate(_plan(params, sizes)):
-        if kind == "blend":
-            own = _weighted(targets[i], lam)
-            out.append(_join(own, _weighted(targets[j], 1.0 - lam, own[BOXES])))
-        elif region is not None:  # a cut: the plan gives a region to cuts only
-            own = _weighted(targets[i], 1.0)
-            other = _weighted(targets[j], 1.0, own[BOXES])
-            out.append(_join(*_cut(own, other, region, min_visible)))
-        else:
-            out.append(_weighted(targets[i], 1.0))
+    for i, (j, lam, region) in enumerate(_plan(params, sizes)):
+        own = _weighted(targets[i], lam)
+        if j != i:
+            other = _weighted(targets[j], 1.0 - lam if region is None else 1.0, own[BOXES])
+            own = _join(own, other) if region is None else _cut(own, other, region, min_visible)
+        out.append(own)
     return out
-
-
-def _check_min_visible(value: Any) -> float:
-    value = C.number("min_visible", value, 0.0, 1.0)
-    if value == 0:
-        raise ValueError(
-            "`min_visible` must be a number in (0, 1]: the share of a box that must stay visible; "
-            "0 would keep boxes the region covers wholly, got 0."
-        )
-    return value
 
 
 def _check_params(params: MixParams, batch_size: int) -> None:
@@ -487,52 +420,41 @@ def _check_params(params: MixParams, batch_size: int) -> None:
         )
 
 
-def _plan(
-    params: MixParams, sizes: list[Size]
-) -> list[tuple[Literal["own", "blend", "cut"], int, float, Region | None]]:
-    """Per sample: ``(kind, partner, λ, xyxy region)``.
+def _plan(params: MixParams, sizes: list[Size]) -> Iterator[tuple[int, float, Region | None]]:
+    """Per sample: ``(partner, λ, xyxy region)``; partner itself and λ 1 when it stays unmixed.
 
-    ``kind`` is ``"own"``, ``"blend"`` or ``"cut"``; the region (cut only) is clipped to both
-    images of the pair.
+    A blend has no region; a cut has λ 1 and its region clipped to both images of the pair.
     """
     partner, lam, cut = params.partner.tolist(), params.lam.tolist(), params.cut.tolist()
     # Cuts exist only in params drawn with regions (``lo``/``hi``).
     lo: list[list[int]] = [] if params.lo is None else params.lo.tolist()
     hi: list[list[int]] = [] if params.hi is None else params.hi.tolist()
-    plan: list[tuple[Literal["own", "blend", "cut"], int, float, Region | None]] = []
     for i, j in enumerate(partner):
         if params.identity or j == i or lam[i] >= 1.0:
-            plan.append(("own", i, 1.0, None))
+            yield i, 1.0, None
         elif not cut[i]:
-            plan.append(("blend", j, lam[i], None))
+            yield j, lam[i], None
         else:
             r1 = min(hi[i][0], sizes[i][0], sizes[j][0])
             c1 = min(hi[i][1], sizes[i][1], sizes[j][1])
             r0, c0 = lo[i]
             if r0 >= r1 or c0 >= c1:  # nothing of the partner lands inside this image
-                plan.append(("own", i, 1.0, None))
+                yield i, 1.0, None
             else:
-                plan.append(("cut", j, 1.0, (c0, r0, c1, r1)))
-    return plan
+                yield j, 1.0, (c0, r0, c1, r1)
 
 
 def _weighted(
     target: Mapping[str, Tensor], weight: float, like: Tensor | None = None
 ) -> dict[str, Tensor]:
-    """A shallow copy of ``target`` with float32 ``"weights"`` scaled by ``weight``.
-
-    With ``like``, the boxes get its dtype and device (a partner's boxes joining the sample's).
-    """
-    boxes = target[BOXES]
-    device = boxes.device if like is None else like.device
-    out = {key: value.to(device) for key, value in target.items()}
-    if like is not None:
-        out[BOXES] = out[BOXES].to(like.dtype)
+    """A shallow copy of ``target``, float32 ``"weights"`` times ``weight``, boxes ``like``'s."""
+    like = target[BOXES] if like is None else like
+    out = {key: value.to(like.device) for key, value in target.items()}
+    out[BOXES] = out[BOXES].to(like.dtype)
     given = target.get(WEIGHTS)
     if given is None:
-        out[WEIGHTS] = torch.full((len(boxes),), weight, dtype=torch.float32, device=device)
-    else:
-        out[WEIGHTS] = given.to(device, torch.float32) * weight
+        given = like.new_ones(len(out[BOXES]), dtype=torch.float32)
+    out[WEIGHTS] = given.to(like.device, torch.float32) * weight
     return out
 
 
@@ -546,12 +468,9 @@ def _area(boxes: Tensor) -> Tensor:
 
 
 def _cut(
-    own: dict[str, Tensor],
-    other: dict[str, Tensor],
-    region: Region,
-    min_visible: float,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The sample's boxes left visible outside ``region`` and the partner's clipped to it."""
+    own: dict[str, Tensor], other: dict[str, Tensor], region: Region, min_visible: float
+) -> dict[str, Tensor]:
+    """The sample's boxes left visible outside ``region``, then the partner's clipped to it."""
     boxes = own[BOXES]
     wide = torch.float64 if boxes.dtype == torch.float64 else torch.float32
     edge = torch.tensor(region, dtype=wide, device=boxes.device)
@@ -568,4 +487,4 @@ def _cut(
     own_kept = {key: value[keep_own] for key, value in own.items()}
     other_kept = {key: value[keep_other] for key, value in other.items()}
     other_kept[BOXES] = clipped[keep_other].to(boxes.dtype)
-    return own_kept, other_kept
+    return _join(own_kept, other_kept)

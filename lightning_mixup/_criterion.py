@@ -1,28 +1,10 @@
 """``targets="loss"``: the module's own criterion, mixed for one training step.
 
-The classic mixup recipe mixes the *loss* instead of the targets: a sample mixed from ``i`` (share
-λ) and ``j`` is scored ``λ·L(ŷ, y_i) + (1-λ)·L(ŷ, y_j)`` with the module's own criterion ``L``. So
-the batch keeps its targets as the dataloader gave them (class indices, index masks), and for the
-training step only the criterion attribute of the LightningModule (``self.criterion``, say) is
-replaced by a :class:`MixedCriterion` that calls the original twice, on each sample's own targets
-and on its partner's, and blends the two. Class weights, ``ignore_index``, label smoothing and the
-reduction of the user's loss keep their meaning, and the module's training metrics see the class
-indices they expect.
-
-How the two losses are blended:
-
-* **One λ** (``mode="batch"``, and any batch whose mixed samples share one λ): the criterion is
-  called as it is, ``λ·L(ŷ, y) + (1-λ)·L(ŷ, y[partner])``. Exact for any loss: focal, Jaccard
-  and Dice losses, which are not linear in their targets, get this same blend of the two losses.
-* **One λ per sample** (``mode="elem"``): the criterion is called with ``reduction="none"`` (it
-  must have a ``reduction`` attribute, as torch's losses do), the per-sample (or per-pixel)
-  losses are weighted by each sample's λ and 1-λ, and each of the two sums is reduced as the
-  criterion reduces its own targets: ``"sum"`` adds; ``"mean"`` divides by the number of values
-  or, for ``CrossEntropyLoss``/``NLLLoss`` with class indices, by the summed class weights of the
-  labelled targets, as torch does. With one λ for every sample this is exactly the first rule.
-
-Dense targets: CutMix pastes the partner's mask into the box (exact, so a cut sample's own share
-is 1); a blended pixel keeps the sample's mask and is scored against both masks.
+A sample mixed from ``i`` (share λ) and ``j`` is scored ``λ·L(ŷ, y_i) + (1-λ)·L(ŷ, y_j)`` with the
+module's own criterion ``L``: the batch keeps its targets, and for the training step only the
+criterion attribute is replaced by a :class:`MixedCriterion` that calls the original on each
+sample's own targets and its partner's. How the two losses are blended (one λ, one λ per sample
+with ``reduction="none"``, dense targets) is in ``docs/own_module.md``.
 """
 
 from __future__ import annotations
@@ -48,9 +30,8 @@ __all__ = [
     "reducible",
 ]
 
-#: Attributes of the LightningModule looked at, in this order, for its criterion when
-#: ``criterion`` is not named. Only values set on the instance count (an ``nn.Module`` or a
-#: callable such as ``F.cross_entropy``), not methods defined by the class.
+#: The LightningModule's attributes searched, in this order, for its criterion when
+#: ``criterion`` is not named: values set on the instance only, not methods of the class.
 CRITERION_NAMES = ("criterion", "loss_fn", "loss_func", "loss")
 
 #: Keyword names under which a criterion may be given its targets (else: the second argument).
@@ -135,7 +116,7 @@ class LossMix:
         n = len(params.partner)
         own = params.lam.to(torch.float32)
         if dense:
-            own = torch.where(params.cut, torch.ones_like(own), own)
+            own = own.masked_fill(params.cut, 1.0)
         partner = params.partner
         shares = own[partner != torch.arange(n)]  # a self-paired sample is scored as it is
         if not bool((shares < 1).any()):
@@ -146,13 +127,12 @@ class LossMix:
         if keep_clean:  # the clean rows are their own partners, with a share of 1
             partner = torch.cat([torch.arange(n), partner + n])
             own = torch.cat([torch.ones(n), own])
-        device = target.device
-        own = F.to_device(own, device)
+        own = F.to_device(own, target.device)
         if enabled is not None:
             own = torch.where(enabled, own, torch.ones_like(own))
             if single is not None:
                 single = torch.where(enabled, single, 1.0).to(torch.float32)
-        return cls(len(partner), F.to_device(partner, device), own, single, target)
+        return cls(len(partner), F.to_device(partner, target.device), own, single, target)
 
 
 class MixedCriterion:
@@ -198,28 +178,6 @@ class MixedCriterion:
             own_loss = self.original(*args, **kwargs)
             other_loss = self.original(*other_args, **other_kwargs)
             return mix.single * own_loss + (1 - mix.single) * other_loss
-        return self._per_sample(
-            args, kwargs, (other_args, other_kwargs), target, partner_target, mix
-        )
-
-    def _mix_for(self, target: Tensor) -> LossMix | None:
-        """The loss mix whose targets these are (several loaders: told apart by their memory)."""
-        if len(self.mixes) == 1 and None in self.mixes:
-            return self.mixes[None]
-        for mix in self.mixes.values():
-            if _same_memory(mix.target, target):
-                return mix
-        return None
-
-    def _per_sample(
-        self,
-        args: tuple,
-        kwargs: dict,
-        other: tuple[tuple, dict],
-        target: Tensor,
-        partner_target: Tensor,
-        mix: LossMix,
-    ) -> Tensor:
         criterion = self.original
         reduction = getattr(criterion, "reduction", None)
         if reduction not in ("mean", "sum"):
@@ -227,7 +185,7 @@ class MixedCriterion:
         criterion.reduction = "none"  # type: ignore[attr-defined]  # checked above; a Callable declares none
         try:
             own_loss = criterion(*args, **kwargs)
-            other_loss = criterion(*other[0], **other[1])
+            other_loss = criterion(*other_args, **other_kwargs)
         finally:
             criterion.reduction = reduction  # type: ignore[attr-defined]  # as above
         if own_loss.ndim == 0 or own_loss.shape[0] != mix.rows:
@@ -241,9 +199,17 @@ class MixedCriterion:
         own_sum, other_sum = (own * own_loss).sum(), ((1 - own) * other_loss).sum()
         if reduction == "sum":
             return own_sum + other_sum
-        return own_sum / _count(criterion, target, own_loss) + other_sum / _count(
-            criterion, partner_target, other_loss
-        )
+        own_count = _count(criterion, target, own_loss)
+        return own_sum / own_count + other_sum / _count(criterion, partner_target, other_loss)
+
+    def _mix_for(self, target: Tensor) -> LossMix | None:
+        """The loss mix whose targets these are (several loaders: told apart by their memory)."""
+        if len(self.mixes) == 1 and None in self.mixes:
+            return self.mixes[None]
+        for mix in self.mixes.values():
+            if _same_memory(mix.target, target):
+                return mix
+        return None
 
 
 #: Why ``mode="elem"`` refuses a criterion without a usable ``reduction``; ``{name}`` names it.
