@@ -65,9 +65,7 @@ def _figure(width: float, height: float) -> Figure:
 def normalisation_from(trainer: pl.Trainer) -> tuple[Any, Any]:
     """``(mean, std)`` of ``trainer.datamodule`` when it exposes both (else ``(None, None)``).
 
-    The library's datamodules expose them in [0, 1] pixel units: a float for
-    :class:`~lightning_mixup.DigitsDataModule` (after ``setup``) and per-channel tuples for the
-    CIFAR datamodules.
+    The library's datamodules expose them in [0, 1] pixel units (digits' after ``setup``).
     """
     datamodule = getattr(trainer, "datamodule", None)
     mean = getattr(datamodule, "mean", None)
@@ -136,11 +134,10 @@ def _displayable(images: Tensor, mean: Tensor | None, std: Tensor | None) -> np.
 
 
 def _draw_boxes(ax: Any, target: Any, class_names: Sequence[str] | None) -> None:
-    """Draw a detection target's boxes on its panel, each labelled ``class:weight``.
+    """Draw a detection target's boxes, labelled ``class:weight``, fainter for a small weight.
 
-    A box covers pixel columns ``x1 ≤ x < x2`` (rows likewise), and ``imshow`` centres pixel
-    ``c`` on ``c``, so the rectangle starts half a pixel before ``x1``. Boxes of a small weight
-    are drawn fainter.
+    A box covers pixels ``x1 ≤ x < x2``, and ``imshow`` centres pixel ``c`` on ``c``: the
+    rectangle starts half a pixel before ``x1``.
     """
     from matplotlib.patches import Rectangle
 
@@ -461,17 +458,11 @@ class CalibrationBins:
 def calibration_bins(confidences: Any, correct: Any, n_bins: int = 15) -> CalibrationBins:
     """Bin top-1 confidences into ``n_bins`` equal-width bins and compute the L1 ECE.
 
-    The ECE is torchmetrics' public
-    ``torchmetrics.functional.classification.binary_calibration_error(confidences, correct,
-    n_bins, norm="l1")`` on the float32 confidences (as ``MulticlassCalibrationError`` casts
-    them; on top-1 confidences and hits this is the multiclass top-label ECE), so it equals the
-    ``*/ece`` that :class:`~lightning_mixup.SoftLabelClassifier` logs for the same predictions,
-    confidences on a bin edge included. torchmetrics has no public per-bin API (its binning,
-    ``_binning_bucketize``, is private), so the bars are ``torch.histogram`` counts and sums over
-    torchmetrics' edges, ``torch.linspace(0, 1, n_bins + 1)`` in float32: bins
-    ``[edges[b], edges[b+1])`` as torchmetrics' ``bucketize(right=True) - 1``, except that the
-    confidences of exactly 1, which torchmetrics counts apart, are drawn in the last bar (see
-    :class:`CalibrationBins`).
+    The ECE is torchmetrics' ``binary_calibration_error(confidences, correct, n_bins,
+    norm="l1")`` on the float32 confidences: on top-1 confidences and hits this is the multiclass
+    top-label ECE, so it equals the ``*/ece`` that :class:`~lightning_mixup.SoftLabelClassifier`
+    logs for the same predictions. torchmetrics has no public per-bin API, so the bins are
+    ``torch.histogram`` counts and sums over torchmetrics' edges (see :class:`CalibrationBins`).
 
     Args:
         confidences: ``(N,)`` max-softmax confidences in [0, 1] (tensor, array or list).
