@@ -182,14 +182,11 @@ def _scaled_metrics(logits: Tensor, target: Tensor, temperature: float) -> tuple
 
 # ---------------------------------------------------------------------------- forward hooks
 class _ForwardTap:
-    """A forward hook on a LightningModule that sees the module's own forward calls.
+    """Calls ``on_output`` with a module's floating-point outputs of 2+ dimensions.
 
-    ``on_output(output)`` is called with each call's output when it is a floating-point tensor of
-    at least 2 dimensions; what it returns (a tensor, or None to keep the output) replaces the
-    output. A call that wraps another call of the same module is skipped: under DDP, Lightning
-    runs ``validation_step``/``test_step`` through the wrapper's ``forward`` (its "forward
-    redirection"), so the module is called once around the step and once more by the step's own
-    ``self(x)``; only that inner call holds the logits.
+    What it returns (None: nothing) replaces the output. A call that wraps another call of the
+    same module is skipped: under DDP, Lightning's "forward redirection" calls the module around
+    ``validation_step``/``test_step``, and only the step's own ``self(x)`` holds the logits.
     """
 
     def __init__(self, on_output: Callable[[Tensor], Tensor | None], prepend: bool = False):
@@ -231,6 +228,25 @@ class _ForwardTap:
         return {**self.__dict__, "_handles": [], "_stack": []}
 
 
+class _FirstOutput(pl.Callback):
+    """Keeps in ``_first`` what its forward hook takes of a batch's first call; cleared per batch."""
+
+    _first: Tensor | None = None
+
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Forget any forward output seen before this batch's step."""
+        self._first = None
+
+    on_test_batch_start = on_validation_batch_start
+
+
 def _gather_rows(trainer: pl.Trainer, device: torch.device, rows: Tensor) -> Tensor:
     """All processes' ``(n_r, *rest)`` rows in rank order, on the CPU (``n_r`` may differ)."""
     if trainer.world_size == 1:
@@ -255,7 +271,7 @@ def _batch_item(batch: Any, key: int | str, what: str, owner: str, arg: str) -> 
 
 
 # ---------------------------------------------------------------------------- the callback
-class TemperatureScaling(pl.Callback):
+class TemperatureScaling(_FirstOutput):
     """Fit one temperature T on every validation epoch; divide test and predict logits by it.
 
     Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017): the
@@ -336,7 +352,6 @@ class TemperatureScaling(pl.Callback):
         self.fitted: bool = False
         self._trainer: pl.Trainer | None = None
         self._tap = _ForwardTap(self._on_forward, prepend=True)
-        self._batch_logits: Tensor | None = None
         self._logits: list[Tensor] = []
         self._targets: list[Tensor] = []
         self._missed = 0
@@ -370,8 +385,8 @@ class TemperatureScaling(pl.Callback):
         if trainer is None:
             return None
         if trainer.validating:  # fit's validation loop or trainer.validate; not sanity checking
-            if self._batch_logits is None:
-                self._batch_logits = output.detach()
+            if self._first is None:
+                self._first = output.detach()
             return None
         if (trainer.testing or trainer.predicting) and self.temperature != 1.0:
             return output / self.temperature
@@ -379,23 +394,12 @@ class TemperatureScaling(pl.Callback):
 
     # ------------------------------------------------------------------ validation
     def _reset(self) -> None:
-        self._batch_logits = None
+        self._first = None
         self._logits, self._targets, self._missed = [], [], 0
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting this epoch's logits."""
         self._reset()
-
-    def on_validation_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Forget any forward output seen before this batch's step."""
-        self._batch_logits = None
 
     def on_validation_batch_end(
         self,
@@ -409,7 +413,7 @@ class TemperatureScaling(pl.Callback):
         """Pair the batch's first forward output with its targets; keep the labelled rows."""
         if trainer.sanity_checking:
             return
-        logits, self._batch_logits = self._batch_logits, None
+        logits, self._first = self._first, None
         if logits is None:
             self._missed += 1
             return
@@ -462,26 +466,22 @@ class TemperatureScaling(pl.Callback):
                 "falling as T -> 0): the split does not identify T, so T = 1 (no scaling) is kept "
                 "for such epochs. A larger or harder validation split fixes this."
             )
-        stats = stats[:-1]
         names = ("temperature", "nll_raw", "ece_raw", "nll_ts", "ece_ts")
-        for name, value in zip(names, stats):
+        for name, value in zip(names, stats):  # not the last entry, the bound flag
             pl_module.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
 
     def _gathered(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> tuple[Tensor, Tensor]:
         """This epoch's rows from every process: ``(n, K)`` logits and index or probability rows."""
-        if self._logits:
-            k = self._logits[0].shape[1]
-            widths = sorted({t.shape[1] for t in self._logits})
-            if len(widths) > 1:
-                raise ValueError(
-                    "TemperatureScaling: the module's forward output changed its number of "
-                    f"classes (dimension 1) between validation batches: {widths}."
-                )
-            logits = torch.cat(self._logits)
-        else:
-            k, logits = 0, torch.empty(0, 0)
+        widths = sorted({t.shape[1] for t in self._logits})
+        if len(widths) > 1:
+            raise ValueError(
+                "TemperatureScaling: the module's forward output changed its number of "
+                f"classes (dimension 1) between validation batches: {widths}."
+            )
+        k = widths[0] if widths else 0
+        logits = torch.cat(self._logits) if self._logits else torch.empty(0, 0)
         soft = any(t.is_floating_point() for t in self._targets)
         targets = [_as_probabilities(t, k) if soft else t for t in self._targets]
         target = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
@@ -518,20 +518,15 @@ class TemperatureScaling(pl.Callback):
             )
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Warn once when testing with a T that was never fitted."""
-        self._warn_unfitted("test")
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Warn once when predicting with a T that was never fitted."""
-        self._warn_unfitted("predict")
-
-    def _warn_unfitted(self, stage: str) -> None:
+        """Warn once when testing or predicting with a T that was never fitted."""
         if not self.fitted:
             self._warn(
-                f"{stage} runs with no fitted temperature (no validation epoch ran and no "
-                "checkpoint restored one; pass `ckpt_path` to use a fitted T), so logits are not "
-                "scaled."
+                f"{'predict' if trainer.predicting else 'test'} runs with no fitted temperature "
+                "(no validation epoch ran and no checkpoint restored one; pass `ckpt_path` to use "
+                "a fitted T), so logits are not scaled."
             )
+
+    on_predict_start = on_test_start
 
 
 def _as_probabilities(target: Tensor, k: int) -> Tensor:

@@ -17,7 +17,12 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc
 
 from lightning_mixup import _checks as C
-from lightning_mixup.evaluation.calibration import _batch_item, _ForwardTap, _gather_rows
+from lightning_mixup.evaluation.calibration import (
+    _batch_item,
+    _FirstOutput,
+    _ForwardTap,
+    _gather_rows,
+)
 
 __all__ = ["OODEval", "max_softmax", "ood_auroc"]
 
@@ -101,7 +106,7 @@ def ood_auroc(in_scores: Tensor, out_scores: Tensor) -> float:
     return float(binary_auroc(preds, target, thresholds=None, validate_args=False))
 
 
-class OODEval(pl.Callback):
+class OODEval(_FirstOutput):
     """At the end of ``test``, the max-softmax AUROC of the test split against each OOD set.
 
     Each sample's score is its :func:`max_softmax` confidence, and :func:`ood_auroc` measures how
@@ -165,7 +170,6 @@ class OODEval(pl.Callback):
         self.results: dict[str, float] = {}
         self._trainer: pl.Trainer | None = None
         self._tap = _ForwardTap(self._on_forward)
-        self._batch_scores: Tensor | None = None
         self._in_scores: list[Tensor] = []
         self._missed = 0
 
@@ -189,28 +193,17 @@ class OODEval(pl.Callback):
         """Remove the forward hook."""
         self._tap.detach()
         self._trainer = None
-        self._batch_scores, self._in_scores = None, []
+        self._first, self._in_scores = None, []
 
     def _on_forward(self, output: Tensor) -> None:
         trainer = self._trainer
-        if trainer is not None and trainer.testing and self._batch_scores is None:
-            self._batch_scores = max_softmax(output)
+        if trainer is not None and trainer.testing and self._first is None:
+            self._first = max_softmax(output)
         return None
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting the test split's confidences."""
         self._in_scores, self._missed, self.results = [], 0, {}
-
-    def on_test_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Forget any forward output seen before this batch's step."""
-        self._batch_scores = None
 
     def on_test_batch_end(
         self,
@@ -222,7 +215,7 @@ class OODEval(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Keep the confidences of the batch's first forward call."""
-        scores, self._batch_scores = self._batch_scores, None
+        scores, self._first = self._first, None
         if scores is None:
             self._missed += 1
         else:

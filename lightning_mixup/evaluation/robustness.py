@@ -408,8 +408,7 @@ class AdversarialEval(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Attack the batch at every ε; log adversarial accuracy and the confidence gap."""
-        x = _batch_item(batch, self.input_key, "inputs", "AdversarialEval", "input_key")
-        y = _batch_item(batch, self.target_key, "targets", "AdversarialEval", "target_key")
+        x, y = self._unpack(batch)
         mean, std = self._stats
         lower, upper = self.lower, self.upper
         was_training = pl_module.training
@@ -466,3 +465,8 @@ class AdversarialEval(pl.Callback):
                 path = Path(folder) / "reliability_diagram.png"
                 reliability_diagram(self.confidences, self.correct, self.n_bins, path)
                 self.diagram_path = path
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        x = _batch_item(batch, self.input_key, "inputs", "AdversarialEval", "input_key")
+        y = _batch_item(batch, self.target_key, "targets", "AdversarialEval", "target_key")
+        return x, y

@@ -267,8 +267,8 @@ def log_mixed_grid(
 ) -> Path | None:
     """Send a grid of mixed training images to TensorBoard, or save it as a PNG; rank 0 only.
 
-    Meant to be called from a callback hook with the batch it just mixed. On ranks other than 0
-    it draws nothing. With a ``TensorBoardLogger`` among ``trainer.loggers``, the grid goes to
+    Called from a callback hook with the batch it just mixed. With a ``TensorBoardLogger`` among
+    ``trainer.loggers``, the grid goes to
     ``logger.experiment.add_image(tag, ..., global_step=trainer.global_step)``; otherwise it is
     written to ``<folder>/mixed_grid_epoch{N}.png``, ``N`` being the 0-based
     ``trainer.current_epoch``. Images are un-normalised with ``trainer.datamodule.mean``/``.std``
@@ -329,11 +329,11 @@ def log_mixed_grid(
 class MixedGridLogger(pl.Callback):
     """Every ``every_n_epochs`` epochs, log a grid of the first mixed training batch (rank 0).
 
-    It looks at what the network is fed: the inputs and soft targets of the first batch a
-    :class:`~lightning_mixup.MixupCallback` mixed in the epoch, read from the batch after the
-    training step, titled with their soft-label weights. The grid goes to TensorBoard when a
-    ``TensorBoardLogger`` is attached, else to ``mixed_grid_epoch{N}.png`` in ``trainer.log_dir``
-    (see :func:`log_mixed_grid`). Epochs are 0-based: grids are drawn in epochs 0, N, 2N...
+    It draws what the network is fed: the inputs and soft targets of the first batch a
+    :class:`~lightning_mixup.MixupCallback` mixed in the epoch, read after the training step,
+    titled with their soft-label weights, through :func:`log_mixed_grid` (TensorBoard, else
+    ``mixed_grid_epoch{N}.png`` in ``trainer.log_dir``). Epochs are 0-based: grids are drawn in
+    epochs 0, N, 2N...
     Needs matplotlib (``pip install "lightning-mixup[plots]"``) and image batches
     ``(B, C, H, W)`` with 1 or 3 channels; other inputs warn once and are not drawn.
 
