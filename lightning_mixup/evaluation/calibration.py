@@ -1,12 +1,9 @@
 """Temperature scaling (Guo et al., ICML 2017): one scalar T, fitted on the validation logits.
 
-Temperature scaling divides a trained classifier's logits by a single number T > 0 chosen to
-minimise the negative log-likelihood on held-out data. It changes no prediction (``argmax`` is
-the same for every T) and no weight; it only makes the confidences honest: T > 1 softens an
-over-confident model, T < 1 sharpens an under-confident one.
-
-:func:`fit_temperature` is the pure function; :class:`TemperatureScaling` is the callback that
-refits T at the end of every validation epoch and applies it at test and predict time.
+Dividing the logits by T > 0 changes no prediction (``argmax`` is the same for every T) and no
+weight; it only makes the confidences honest: T > 1 softens an over-confident model, T < 1
+sharpens an under-confident one. :func:`fit_temperature` is the pure function;
+:class:`TemperatureScaling` the callback.
 """
 
 from __future__ import annotations
@@ -37,10 +34,9 @@ _MIN_T, _MAX_T = 0.01, 100.0
 
 # ---------------------------------------------------------------------------- the pure function
 def _rows(logits: Any, target: Any, ignore_index: int | None) -> tuple[Tensor, Tensor]:
-    """Check logits and targets; return the labelled rows: ``(n, K)`` logits and the targets.
+    """Check logits and targets; return the labelled rows (one per pixel for dense inputs).
 
-    The targets come back as ``(n,)`` int64 class indices or ``(n, K)`` float probability rows.
-    Dense inputs ``(N, K, *spatial)`` become one row per pixel.
+    Returns ``(n, K)`` logits and ``(n,)`` int64 class indices or ``(n, K)`` probability rows.
     """
     if not isinstance(logits, Tensor) or not logits.is_floating_point():
         got = f"dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
@@ -92,11 +88,6 @@ def _rows(logits: Any, target: Any, ignore_index: int | None) -> tuple[Tensor, T
     return flat_logits[labelled], flat_target[labelled]
 
 
-def _nll(logits: Tensor, target: Tensor, temperature: float | Tensor) -> Tensor:
-    """Mean cross-entropy of ``logits / temperature`` (float64 rows) against index/soft rows."""
-    return F.cross_entropy(logits / temperature, target)
-
-
 def _fit(logits: Tensor, target: Tensor, max_iter: int) -> float:
     """LBFGS on log T from T = 1, on float64 CPU rows; T kept in [1/100, 100]."""
     with torch.inference_mode(False), torch.enable_grad():
@@ -119,13 +110,13 @@ def _fit(logits: Tensor, target: Tensor, max_iter: int) -> float:
             optimizer.zero_grad()
             # Outside the bounds the clamp's gradient is 0, so LBFGS stops at the bound, which
             # is the constrained optimum: the NLL is convex in 1/T.
-            loss = _nll(logits, target, log_t.clamp(-_MAX_LOG_T, _MAX_LOG_T).exp())
+            loss = F.cross_entropy(logits / log_t.clamp(-_MAX_LOG_T, _MAX_LOG_T).exp(), target)
             loss.backward()
             return loss
 
         optimizer.step(closure)
         temperature = float(log_t.detach().clamp(-_MAX_LOG_T, _MAX_LOG_T).exp())
-        return min(max(temperature, 0.01), 100.0)
+        return min(max(temperature, _MIN_T), _MAX_T)
 
 
 def fit_temperature(
@@ -133,13 +124,10 @@ def fit_temperature(
 ) -> float:
     """The temperature T > 0 that minimises the NLL of ``softmax(logits / T)`` (Guo et al., 2017).
 
-    Implements the temperature scaling of Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern
-    Neural Networks" (ICML 2017). ``log T`` is optimised with ``torch.optim.LBFGS`` (strong-Wolfe
-    line search, at most ``max_iter`` iterations) from T = 1, in float64 on the CPU, so the result
-    is deterministic. T is kept in ``[0.01, 100]``: when every sample is classified right the NLL
-    keeps falling as T → 0, and the bound stops it there.
-
-    Dense predictions count one row per pixel: ``(N, K, H, W)`` logits are ``N·H·W`` rows.
+    ``log T`` is optimised with ``torch.optim.LBFGS`` (strong-Wolfe line search, at most
+    ``max_iter`` iterations) from T = 1, in float64 on the CPU, so the result is deterministic.
+    T is kept in ``[0.01, 100]``: when every sample is classified right the NLL keeps falling as
+    T → 0, and the bound stops it there. Dense ``(N, K, H, W)`` logits are ``N·H·W`` rows.
     Unlabelled rows are left out: index targets equal to ``ignore_index`` or to PyTorch's ``-100``,
     and probability rows that are all zeros.
 
@@ -183,7 +171,7 @@ def _scaled_metrics(logits: Tensor, target: Tensor, temperature: float) -> tuple
     """NLL (float64) and 15-bin L1 ECE (torchmetrics, float32 probabilities) at ``temperature``."""
     logits = logits.to(torch.float64)
     soft = target.is_floating_point()
-    nll = float(_nll(logits, target.to(torch.float64) if soft else target, temperature))
+    nll = float(F.cross_entropy(logits / temperature, target.to(torch.float64) if soft else target))
     probs = (logits / temperature).softmax(dim=1).float()
     labels = target.argmax(dim=1) if soft else target
     ece = multiclass_calibration_error(
@@ -194,14 +182,11 @@ def _scaled_metrics(logits: Tensor, target: Tensor, temperature: float) -> tuple
 
 # ---------------------------------------------------------------------------- forward hooks
 class _ForwardTap:
-    """A forward hook on a LightningModule that sees the module's own forward calls.
+    """Calls ``on_output`` with a module's floating-point outputs of 2+ dimensions.
 
-    ``on_output(output)`` is called with each call's output when it is a floating-point tensor of
-    at least 2 dimensions; what it returns (a tensor, or None to keep the output) replaces the
-    output. A call that wraps another call of the same module is skipped: under DDP, Lightning
-    runs ``validation_step``/``test_step`` through the wrapper's ``forward`` (its "forward
-    redirection"), so the module is called once around the step and once more by the step's own
-    ``self(x)``; only that inner call holds the logits.
+    What it returns (None: nothing) replaces the output. A call that wraps another call of the
+    same module is skipped: under DDP, Lightning's "forward redirection" calls the module around
+    ``validation_step``/``test_step``, and only the step's own ``self(x)`` holds the logits.
     """
 
     def __init__(self, on_output: Callable[[Tensor], Tensor | None], prepend: bool = False):
@@ -243,12 +228,27 @@ class _ForwardTap:
         return {**self.__dict__, "_handles": [], "_stack": []}
 
 
-def _gather_rows(trainer: pl.Trainer, device: torch.device, rows: Tensor) -> Tensor:
-    """All processes' ``(n_r, *rest)`` rows concatenated in rank order, on the CPU.
+class _FirstOutput(pl.Callback):
+    """Keeps in ``_first`` what its forward hook takes of a batch's first call; cleared per batch."""
 
-    ``rest`` must be the same on every process; ``n_r`` may differ (torchmetrics'
-    ``gather_all_tensors`` pads and trims them).
-    """
+    _first: Tensor | None = None
+
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Forget any forward output seen before this batch's step."""
+        self._first = None
+
+    on_test_batch_start = on_validation_batch_start
+
+
+def _gather_rows(trainer: pl.Trainer, device: torch.device, rows: Tensor) -> Tensor:
+    """All processes' ``(n_r, *rest)`` rows in rank order, on the CPU (``n_r`` may differ)."""
     if trainer.world_size == 1:
         return rows.cpu()
     return torch.cat([part.cpu() for part in gather_all_tensors(rows.to(device))])
@@ -271,22 +271,21 @@ def _batch_item(batch: Any, key: int | str, what: str, owner: str, arg: str) -> 
 
 
 # ---------------------------------------------------------------------------- the callback
-class TemperatureScaling(pl.Callback):
+class TemperatureScaling(_FirstOutput):
     """Fit one temperature T on every validation epoch; divide test and predict logits by it.
 
     Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017): the
-    logits are divided by the T > 0 that minimises the validation NLL (see
-    :func:`fit_temperature`). Predictions are unchanged; confidences become calibrated. The model's
-    weights are never touched: no parameter is added, ``requires_grad`` is left alone.
+    logits are divided by the T that minimises the validation NLL (see :func:`fit_temperature`).
+    The model's weights are never touched: no parameter is added, ``requires_grad`` is left alone.
 
-    **The documented hook.** The callback works with any LightningModule whose ``forward``
-    returns logits with the classes in dimension 1, ``(B, K)`` or dense ``(B, K, *spatial)``
+    **The documented hook.** The module's ``forward`` must return logits with the classes in
+    dimension 1, ``(B, K)`` or dense ``(B, K, *spatial)``
     (:class:`~lightning_mixup.SoftLabelClassifier`, :class:`~lightning_mixup.SoftLabelSegmenter`),
-    and whose evaluation steps call it (``self(x)``). It places a forward hook on the module
-    itself: the first forward call of each validation batch is paired with the batch's targets,
-    ``batch[target_key]`` (``(B,)``/``(B, *spatial)`` class indices or probability rows of the
-    logits' shape; list, tuple or dict batches). Unlabelled samples are left out: the module's
-    ``ignore_index`` attribute when it has one, PyTorch's ``-100``, all-zero probability rows.
+    and its evaluation steps must call it (``self(x)``). A forward hook on the module pairs the
+    first forward call of each validation batch with ``batch[target_key]`` (``(B,)``/
+    ``(B, *spatial)`` class indices or probability rows of the logits' shape; list, tuple or dict
+    batches). Unlabelled samples are left out: the module's ``ignore_index`` attribute when it has
+    one, PyTorch's ``-100``, all-zero probability rows.
 
     **When T is fitted.** At the end of every validation epoch (``fit``'s validation loop and
     ``trainer.validate``; never the sanity check), over all validation dataloaders. Under DDP the
@@ -294,11 +293,10 @@ class TemperatureScaling(pl.Callback):
     The validation logits are kept in CPU memory until the epoch ends (one row per labelled pixel
     for segmentation: use ``limit_val_batches`` to subsample a large dense validation set).
 
-    **When T applies.** Only during ``test`` and ``predict``: there the hook returns
-    ``forward(x) / T``, so ``test_step``, ``predict_step`` and every other callback that calls the
-    module in those loops (e.g. :class:`~lightning_mixup.evaluation.OODEval`, ``AdversarialEval``)
-    see scaled logits. Training and validation see raw logits: the module's own ``val/*`` metrics
-    stay uncalibrated, and the ``_ts`` metrics below show the scaled ones.
+    **When T applies.** Only during ``test`` and ``predict``: the hook returns ``forward(x) / T``,
+    so ``test_step``, ``predict_step`` and every other callback that calls the module in those
+    loops (e.g. :class:`~lightning_mixup.evaluation.OODEval`, ``AdversarialEval``) see scaled
+    logits. Training and validation see raw logits (the module's own ``val/*`` metrics too).
 
     Logged at the end of every validation epoch (the same value on every process):
 
@@ -307,22 +305,20 @@ class TemperatureScaling(pl.Callback):
       fitted on (for ``SoftLabelClassifier`` they equal its ``val/nll`` and ``val/ece``);
     - ``val/nll_ts``, ``val/ece_ts``: the same after dividing by T.
 
-    The ECE is torchmetrics' ``MulticlassCalibrationError(K, n_bins=15, norm="l1")`` (its
-    functional form) on the top-1 confidences against the labels (``argmax`` of probability rows).
+    The ECE is torchmetrics' ``multiclass_calibration_error(n_bins=15, norm="l1")`` on the
+    probabilities against the labels (``argmax`` of probability rows).
 
-    **Checkpoints.** T is the callback's state (``state_dict``: ``temperature`` and ``fitted``).
-    It is refitted at every validation epoch, before ``ModelCheckpoint`` saves, so each checkpoint
-    holds the T fitted for its own weights, and ``trainer.test(ckpt_path=...)`` or a resumed fit
-    restores it (not with ``save_weights_only=True``, which saves no callback state). Under
-    ``ddp_spawn`` the parent process's callback keeps its old T, as every callback state does;
-    the checkpoints and the logged ``val/temperature`` carry the fitted one.
+    **Checkpoints.** T is the callback's state (``state_dict``: ``temperature`` and ``fitted``),
+    refitted before ``ModelCheckpoint`` saves, so each checkpoint holds the T of its own weights,
+    and ``trainer.test(ckpt_path=...)`` or a resumed fit restores it (not with
+    ``save_weights_only=True``). Under ``ddp_spawn`` the parent process's callback keeps its old T,
+    as every callback state does; the checkpoints and the logged ``val/temperature`` carry the
+    fitted one.
 
     Until a validation epoch has run (or a checkpoint restored T), T = 1: one warning says so
     when a fit ends without a validation epoch, or the validation set gives no labelled row.
     When the fitted T lands on a bound of ``[0.01, 100]`` (typically every validation sample is
-    classified right, so the NLL keeps falling as T → 0), the split does not identify T: that
-    epoch keeps T = 1, with one warning, instead of a temperature that makes every prediction
-    certain.
+    classified right), the split does not identify T: that epoch keeps T = 1, with one warning.
 
     Args:
         target_key: Index (list/tuple batch) or key (dict batch) of the targets.
@@ -356,7 +352,6 @@ class TemperatureScaling(pl.Callback):
         self.fitted: bool = False
         self._trainer: pl.Trainer | None = None
         self._tap = _ForwardTap(self._on_forward, prepend=True)
-        self._batch_logits: Tensor | None = None
         self._logits: list[Tensor] = []
         self._targets: list[Tensor] = []
         self._missed = 0
@@ -390,8 +385,8 @@ class TemperatureScaling(pl.Callback):
         if trainer is None:
             return None
         if trainer.validating:  # fit's validation loop or trainer.validate; not sanity checking
-            if self._batch_logits is None:
-                self._batch_logits = output.detach()
+            if self._first is None:
+                self._first = output.detach()
             return None
         if (trainer.testing or trainer.predicting) and self.temperature != 1.0:
             return output / self.temperature
@@ -399,23 +394,12 @@ class TemperatureScaling(pl.Callback):
 
     # ------------------------------------------------------------------ validation
     def _reset(self) -> None:
-        self._batch_logits = None
+        self._first = None
         self._logits, self._targets, self._missed = [], [], 0
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting this epoch's logits."""
         self._reset()
-
-    def on_validation_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Forget any forward output seen before this batch's step."""
-        self._batch_logits = None
 
     def on_validation_batch_end(
         self,
@@ -429,7 +413,7 @@ class TemperatureScaling(pl.Callback):
         """Pair the batch's first forward output with its targets; keep the labelled rows."""
         if trainer.sanity_checking:
             return
-        logits, self._batch_logits = self._batch_logits, None
+        logits, self._first = self._first, None
         if logits is None:
             self._missed += 1
             return
@@ -482,26 +466,22 @@ class TemperatureScaling(pl.Callback):
                 "falling as T -> 0): the split does not identify T, so T = 1 (no scaling) is kept "
                 "for such epochs. A larger or harder validation split fixes this."
             )
-        stats = stats[:-1]
         names = ("temperature", "nll_raw", "ece_raw", "nll_ts", "ece_ts")
-        for name, value in zip(names, stats):
+        for name, value in zip(names, stats):  # not the last entry, the bound flag
             pl_module.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
 
     def _gathered(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> tuple[Tensor, Tensor]:
         """This epoch's rows from every process: ``(n, K)`` logits and index or probability rows."""
-        if self._logits:
-            k = self._logits[0].shape[1]
-            widths = sorted({t.shape[1] for t in self._logits})
-            if len(widths) > 1:
-                raise ValueError(
-                    "TemperatureScaling: the module's forward output changed its number of "
-                    f"classes (dimension 1) between validation batches: {widths}."
-                )
-            logits = torch.cat(self._logits)
-        else:
-            k, logits = 0, torch.empty(0, 0)
+        widths = sorted({t.shape[1] for t in self._logits})
+        if len(widths) > 1:
+            raise ValueError(
+                "TemperatureScaling: the module's forward output changed its number of "
+                f"classes (dimension 1) between validation batches: {widths}."
+            )
+        k = widths[0] if widths else 0
+        logits = torch.cat(self._logits) if self._logits else torch.empty(0, 0)
         soft = any(t.is_floating_point() for t in self._targets)
         targets = [_as_probabilities(t, k) if soft else t for t in self._targets]
         target = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
@@ -538,20 +518,15 @@ class TemperatureScaling(pl.Callback):
             )
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Warn once when testing with a T that was never fitted."""
-        self._warn_unfitted("test")
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Warn once when predicting with a T that was never fitted."""
-        self._warn_unfitted("predict")
-
-    def _warn_unfitted(self, stage: str) -> None:
+        """Warn once when testing or predicting with a T that was never fitted."""
         if not self.fitted:
             self._warn(
-                f"{stage} runs with no fitted temperature (no validation epoch ran and no "
-                "checkpoint restored one; pass `ckpt_path` to use a fitted T), so logits are not "
-                "scaled."
+                f"{'predict' if trainer.predicting else 'test'} runs with no fitted temperature "
+                "(no validation epoch ran and no checkpoint restored one; pass `ckpt_path` to use "
+                "a fitted T), so logits are not scaled."
             )
+
+    on_predict_start = on_test_start
 
 
 def _as_probabilities(target: Tensor, k: int) -> Tensor:

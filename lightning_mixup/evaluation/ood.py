@@ -1,9 +1,7 @@
 """Out-of-distribution detection by maximum softmax probability (Hendrycks & Gimpel, ICLR 2017).
 
-A classifier's top-1 softmax probability is a baseline OOD score: in-distribution inputs should
-get higher confidence than inputs from elsewhere. How well it separates them is the AUROC of that
-score, in-distribution being the positive class: 1 is perfect, 0.5 is chance. Mixup is known to
-lower the confidence on everything, so this is one of the things it changes.
+In-distribution inputs should get a higher top-1 softmax probability than inputs from elsewhere;
+mixup is known to lower the confidence on everything, so this is one of the things it changes.
 """
 
 from __future__ import annotations
@@ -19,7 +17,12 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc
 
 from lightning_mixup import _checks as C
-from lightning_mixup.evaluation.calibration import _batch_item, _ForwardTap, _gather_rows
+from lightning_mixup.evaluation.calibration import (
+    _batch_item,
+    _FirstOutput,
+    _ForwardTap,
+    _gather_rows,
+)
 
 __all__ = ["OODEval", "max_softmax", "ood_auroc"]
 
@@ -78,11 +81,9 @@ def ood_auroc(in_scores: Tensor, out_scores: Tensor) -> float:
     """AUROC of a confidence score separating in-distribution (positive) from OOD samples.
 
     The probability that a random in-distribution sample scores higher than a random OOD sample,
-    ties counting one half: 1.0 is perfect separation, 0.5 chance, 0.0 perfectly reversed. It is
-    torchmetrics' ``binary_auroc`` (exact, no thresholds) with the in-distribution scores as
-    positives. Scores are typically :func:`max_softmax` confidences; any real score where higher
-    means "more in-distribution" works (torchmetrics passes scores outside ``[0, 1]`` through a
-    sigmoid, which keeps their order).
+    ties counting one half: 1.0 is perfect separation, 0.5 chance, 0.0 perfectly reversed
+    (torchmetrics' exact ``binary_auroc``). Any real score where higher means "more
+    in-distribution" works, e.g. :func:`max_softmax` confidences.
 
     Args:
         in_scores: ``(N,)`` scores of in-distribution samples (e.g. the test split).
@@ -105,29 +106,27 @@ def ood_auroc(in_scores: Tensor, out_scores: Tensor) -> float:
     return float(binary_auroc(preds, target, thresholds=None, validate_args=False))
 
 
-class OODEval(pl.Callback):
+class OODEval(_FirstOutput):
     """At the end of ``test``, the max-softmax AUROC of the test split against each OOD set.
 
-    The baseline detector of Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and
-    Out-of-Distribution Examples in Neural Networks" (ICLR 2017): each sample's score is its
-    :func:`max_softmax` confidence, and :func:`ood_auroc` measures how well it separates the test
-    split (positives) from an OOD set (negatives). Logged per set, at the end of the test epoch:
-    ``test/ood_auroc/<name>``; the values are also kept in :attr:`results`.
+    Each sample's score is its :func:`max_softmax` confidence, and :func:`ood_auroc` measures how
+    well it separates the test split (positives) from an OOD set (negatives). Logged per set, at
+    the end of the test epoch: ``test/ood_auroc/<name>``; the values are also kept in
+    :attr:`results`.
 
     **Where the scores come from.** The test split's confidences are read from the module's own
-    forward calls during ``test_step`` (a forward hook on the LightningModule; the first call of
-    each test batch), so the test loop is not run twice. Then each OOD loader is run through the
-    same forward, in eval mode and without gradients, within the precision plugin's test context:
-    batches go through ``precision_plugin.convert_input`` and ``strategy.batch_to_device`` (so
-    ``transfer_batch_to_device``/``on_after_batch_transfer`` apply, as in the test loop), and the
+    forward calls during ``test_step`` (a forward hook; the first call of each test batch), so the
+    test loop is not run twice; the module's ``forward`` must return logits with classes in
+    dimension 1 and ``test_step`` must call it (``self(x)``). Then each OOD loader is run through
+    the same forward, in eval mode, without gradients, within the precision plugin's test context,
+    its batches through ``precision_plugin.convert_input`` and ``strategy.batch_to_device`` (so
+    ``transfer_batch_to_device``/``on_after_batch_transfer`` apply, as in the test loop); the
     inputs are ``batch[input_key]`` (or the batch itself when it is a tensor). A
-    :class:`~lightning_mixup.evaluation.TemperatureScaling` callback scales both, as it scales
-    every forward call during ``test``.
+    :class:`~lightning_mixup.evaluation.TemperatureScaling` callback scales both.
 
-    Needs a LightningModule whose ``forward`` returns logits with classes in dimension 1 and whose
-    ``test_step`` calls it (``self(x)``). Under DDP each process scores every ``world_size``-th OOD
-    batch (its share), and the scores of both kinds are all-gathered before the AUROC, so every
-    process logs the same value. An OOD set with no sample is skipped with a warning.
+    Under DDP each process scores every ``world_size``-th OOD batch, and the scores of both kinds
+    are all-gathered before the AUROC, so every process logs the same value. An OOD set with no
+    sample is skipped with a warning.
 
     Args:
         ood_loaders: OOD sets by name (the name goes into the metric key). None reads
@@ -171,7 +170,6 @@ class OODEval(pl.Callback):
         self.results: dict[str, float] = {}
         self._trainer: pl.Trainer | None = None
         self._tap = _ForwardTap(self._on_forward)
-        self._batch_scores: Tensor | None = None
         self._in_scores: list[Tensor] = []
         self._missed = 0
 
@@ -195,28 +193,17 @@ class OODEval(pl.Callback):
         """Remove the forward hook."""
         self._tap.detach()
         self._trainer = None
-        self._batch_scores, self._in_scores = None, []
+        self._first, self._in_scores = None, []
 
     def _on_forward(self, output: Tensor) -> None:
         trainer = self._trainer
-        if trainer is not None and trainer.testing and self._batch_scores is None:
-            self._batch_scores = max_softmax(output)
+        if trainer is not None and trainer.testing and self._first is None:
+            self._first = max_softmax(output)
         return None
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting the test split's confidences."""
         self._in_scores, self._missed, self.results = [], 0, {}
-
-    def on_test_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Forget any forward output seen before this batch's step."""
-        self._batch_scores = None
 
     def on_test_batch_end(
         self,
@@ -228,7 +215,7 @@ class OODEval(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Keep the confidences of the batch's first forward call."""
-        scores, self._batch_scores = self._batch_scores, None
+        scores, self._first = self._first, None
         if scores is None:
             self._missed += 1
         else:

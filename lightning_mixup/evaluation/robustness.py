@@ -12,10 +12,8 @@ FGSM's step is ``ε·sign(∇ₓ loss)``. Normalisation divides by a positive ``
 the gradient is the same in pixel and normalised space; what changes is the size of the step
 (ε pixels are ε/std normalised units) and where the clamp applies.
 
-The attacks use the model as given: call ``model.eval()`` first so batch norm and dropout behave
-as at test time. They take gradients with respect to the inputs only (``torch.autograd.grad``), so
-parameters' ``.grad`` are left alone, and they work inside ``torch.no_grad`` and
-``torch.inference_mode`` (as in Lightning's test loop).
+The attacks take gradients with respect to the inputs only (parameters' ``.grad`` are left
+alone), and they work inside ``torch.no_grad`` and ``torch.inference_mode`` (Lightning's test loop).
 """
 
 from __future__ import annotations
@@ -116,10 +114,7 @@ def _usable(t: Tensor) -> Tensor:
 def _input_gradient(
     model: nn.Module | Any, p: Tensor, y: Tensor, space: _Space, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
-    """Gradient of the summed cross-entropy w.r.t. the attack-space input ``p``, and the logits.
-
-    ``p`` is float32; the model receives its inputs in ``dtype`` (the dtype of the batch).
-    """
+    """Gradient of the summed cross-entropy w.r.t. float32 ``p``, and the logits."""
     p = p.detach().requires_grad_(True)
     logits = model(space.to_input(p).to(dtype))
     loss = F.cross_entropy(logits.float(), y, reduction="sum")
@@ -266,11 +261,10 @@ class AdversarialEval(pl.Callback):
 
     Adversarial examples: FGSM (Goodfellow et al., ICLR 2015) and, with ``pgd_steps`` > 0, PGD
     (Madry et al., ICLR 2018), L∞, untargeted, against the cross-entropy of the batch's labels.
-    ε is in [0, 1] **pixel units** of the un-normalised images (ε = 8/255 is 8 grey levels of an
-    8-bit image): see :mod:`lightning_mixup.evaluation.robustness`. ``mean``/``std`` default to
-    ``trainer.datamodule.mean``/``.std`` (every datamodule of this library has them; digits' are
-    set in ``setup``). If neither is available the inputs are taken to be unnormalised: ε is then in
-    input units, clamped to ``[lower, upper]`` (None = unbounded), and a warning says so once.
+    ε is in [0, 1] **pixel units** (see :mod:`lightning_mixup.evaluation.robustness`), with
+    ``mean``/``std`` by default ``trainer.datamodule.mean``/``.std`` (every datamodule of this
+    library has them). If neither is available the inputs are taken to be unnormalised: ε is then
+    in input units, clamped to ``[lower, upper]`` (None = unbounded), and a warning says so once.
 
     Logged per epoch (weighted by batch size, synced across processes):
 
@@ -279,17 +273,13 @@ class AdversarialEval(pl.Callback):
     - ``test/conf_gap``: mean max-softmax confidence minus accuracy on clean inputs (positive =
       over-confident, negative = under-confident).
 
-    The clean confidences and hits are kept in a torchmetrics ``BinaryCalibrationError`` (its
-    ``cat`` states), and at the end of ``test`` torchmetrics' own sync gathers them from every
-    process into :attr:`confidences` and :attr:`correct`. Rank 0 then writes
-    ``reliability_diagram.png`` (accuracy vs confidence in ``n_bins`` bins with the diagonal, ECE in
-    the title: the same number as ``MulticlassCalibrationError(n_bins=n_bins, norm="l1")``, see
-    :func:`~lightning_mixup.evaluation.visual.calibration_bins`) to Lightning's
+    At the end of ``test`` the clean confidences and hits of every process are gathered into
+    :attr:`confidences` and :attr:`correct`, and rank 0 writes ``reliability_diagram.png``
+    (:func:`~lightning_mixup.evaluation.visual.reliability_diagram`, ``n_bins`` bins) to
     ``trainer.log_dir`` (``trainer.default_root_dir`` when the first logger has no folder).
 
-    The model stays in eval mode and its weights, buffers and ``.grad`` are untouched: gradients
-    are taken w.r.t. the inputs only, under ``torch.enable_grad()`` with inference mode switched
-    off for the attack. The FGSM gradient is computed once per batch and reused for every ε.
+    The model is attacked in eval mode; its weights, buffers and ``.grad`` are untouched. The FGSM
+    gradient is computed once per batch and reused for every ε.
 
     Args:
         epsilons: Attack radii ε ≥ 0 (pixel units; see above). 0 gives the clean accuracy.

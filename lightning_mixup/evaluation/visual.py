@@ -65,9 +65,7 @@ def _figure(width: float, height: float) -> Figure:
 def normalisation_from(trainer: pl.Trainer) -> tuple[Any, Any]:
     """``(mean, std)`` of ``trainer.datamodule`` when it exposes both (else ``(None, None)``).
 
-    The library's datamodules expose them in [0, 1] pixel units: a float for
-    :class:`~lightning_mixup.DigitsDataModule` (after ``setup``) and per-channel tuples for the
-    CIFAR datamodules.
+    The library's datamodules expose them in [0, 1] pixel units (digits' after ``setup``).
     """
     datamodule = getattr(trainer, "datamodule", None)
     mean = getattr(datamodule, "mean", None)
@@ -136,11 +134,10 @@ def _displayable(images: Tensor, mean: Tensor | None, std: Tensor | None) -> np.
 
 
 def _draw_boxes(ax: Any, target: Any, class_names: Sequence[str] | None) -> None:
-    """Draw a detection target's boxes on its panel, each labelled ``class:weight``.
+    """Draw a detection target's boxes, labelled ``class:weight``, fainter for a small weight.
 
-    A box covers pixel columns ``x1 ≤ x < x2`` (rows likewise), and ``imshow`` centres pixel
-    ``c`` on ``c``, so the rectangle starts half a pixel before ``x1``. Boxes of a small weight
-    are drawn fainter.
+    A box covers pixels ``x1 ≤ x < x2``, and ``imshow`` centres pixel ``c`` on ``c``: the
+    rectangle starts half a pixel before ``x1``.
     """
     from matplotlib.patches import Rectangle
 
@@ -270,8 +267,8 @@ def log_mixed_grid(
 ) -> Path | None:
     """Send a grid of mixed training images to TensorBoard, or save it as a PNG; rank 0 only.
 
-    Meant to be called from a callback hook with the batch it just mixed. On ranks other than 0
-    it draws nothing. With a ``TensorBoardLogger`` among ``trainer.loggers``, the grid goes to
+    Called from a callback hook with the batch it just mixed. With a ``TensorBoardLogger`` among
+    ``trainer.loggers``, the grid goes to
     ``logger.experiment.add_image(tag, ..., global_step=trainer.global_step)``; otherwise it is
     written to ``<folder>/mixed_grid_epoch{N}.png``, ``N`` being the 0-based
     ``trainer.current_epoch``. Images are un-normalised with ``trainer.datamodule.mean``/``.std``
@@ -332,11 +329,11 @@ def log_mixed_grid(
 class MixedGridLogger(pl.Callback):
     """Every ``every_n_epochs`` epochs, log a grid of the first mixed training batch (rank 0).
 
-    It looks at what the network is fed: the inputs and soft targets of the first batch a
-    :class:`~lightning_mixup.MixupCallback` mixed in the epoch, read from the batch after the
-    training step, titled with their soft-label weights. The grid goes to TensorBoard when a
-    ``TensorBoardLogger`` is attached, else to ``mixed_grid_epoch{N}.png`` in ``trainer.log_dir``
-    (see :func:`log_mixed_grid`). Epochs are 0-based: grids are drawn in epochs 0, N, 2N...
+    It draws what the network is fed: the inputs and soft targets of the first batch a
+    :class:`~lightning_mixup.MixupCallback` mixed in the epoch, read after the training step,
+    titled with their soft-label weights, through :func:`log_mixed_grid` (TensorBoard, else
+    ``mixed_grid_epoch{N}.png`` in ``trainer.log_dir``). Epochs are 0-based: grids are drawn in
+    epochs 0, N, 2N...
     Needs matplotlib (``pip install "lightning-mixup[plots]"``) and image batches
     ``(B, C, H, W)`` with 1 or 3 channels; other inputs warn once and are not drawn.
 
@@ -461,17 +458,11 @@ class CalibrationBins:
 def calibration_bins(confidences: Any, correct: Any, n_bins: int = 15) -> CalibrationBins:
     """Bin top-1 confidences into ``n_bins`` equal-width bins and compute the L1 ECE.
 
-    The ECE is torchmetrics' public
-    ``torchmetrics.functional.classification.binary_calibration_error(confidences, correct,
-    n_bins, norm="l1")`` on the float32 confidences (as ``MulticlassCalibrationError`` casts
-    them; on top-1 confidences and hits this is the multiclass top-label ECE), so it equals the
-    ``*/ece`` that :class:`~lightning_mixup.SoftLabelClassifier` logs for the same predictions,
-    confidences on a bin edge included. torchmetrics has no public per-bin API (its binning,
-    ``_binning_bucketize``, is private), so the bars are ``torch.histogram`` counts and sums over
-    torchmetrics' edges, ``torch.linspace(0, 1, n_bins + 1)`` in float32: bins
-    ``[edges[b], edges[b+1])`` as torchmetrics' ``bucketize(right=True) - 1``, except that the
-    confidences of exactly 1, which torchmetrics counts apart, are drawn in the last bar (see
-    :class:`CalibrationBins`).
+    The ECE is torchmetrics' ``binary_calibration_error(confidences, correct, n_bins,
+    norm="l1")`` on the float32 confidences: on top-1 confidences and hits this is the multiclass
+    top-label ECE, so it equals the ``*/ece`` that :class:`~lightning_mixup.SoftLabelClassifier`
+    logs for the same predictions. torchmetrics has no public per-bin API, so the bins are
+    ``torch.histogram`` counts and sums over torchmetrics' edges (see :class:`CalibrationBins`).
 
     Args:
         confidences: ``(N,)`` max-softmax confidences in [0, 1] (tensor, array or list).
