@@ -48,11 +48,8 @@ class SoftLabelSegmenter(_SoftLabelModule):
     value is reserved, except PyTorch's default ``-100``, which ``F.cross_entropy`` and therefore
     this module still skip; all-zero soft rows are always unlabelled.
 
-    Label smoothing is applied exactly once, as in
-    :class:`~lightning_mixup.classification.SoftLabelClassifier`: ``label_smoothing`` smooths the
-    training loss, unless the Trainer has a ``MixupCallback`` with ``label_smoothing > 0`` (then the
-    module's value is ignored for training, with one warning when both are set). Validation and
-    test losses are never smoothed.
+    Label smoothing is applied exactly once (the callback's wins), and never to validation and test
+    losses, as in :class:`~lightning_mixup.classification.SoftLabelClassifier`.
 
     Logged once per epoch: ``train/loss``; ``val/miou`` (mean intersection over union over the
     classes present in targets or predictions), ``val/pixel_acc`` (accuracy over labelled pixels)
