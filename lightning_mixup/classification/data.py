@@ -1,11 +1,8 @@
 """LightningDataModules for CIFAR-10, CIFAR-100 and scikit-learn's digits, on one small base class.
 
-Every datamodule hands ``training_step`` lists ``[images, labels]`` (float images, int64 labels),
-which :class:`~lightning_mixup.MixupCallback` can rewrite in place (CIFAR's fast path finishes
-them on the device, in ``on_after_batch_transfer``). All randomness the datamodules own
-(validation split, label noise, fast-path augmentation) comes from ``torch.Generator`` objects
-derived from ``seed``; the global RNGs are left alone. Shuffling the training set is the
-DataLoader's (or, under DDP, Lightning's ``DistributedSampler``'s) job, as usual.
+Batches are lists ``[images, labels]`` that :class:`~lightning_mixup.MixupCallback` can rewrite in
+place. All randomness the datamodules own comes from ``torch.Generator`` objects derived from
+``seed``; the global RNGs are left alone.
 
 **Label noise.** ``label_noise`` = ε makes symmetric noise on the *training* split only: exactly
 ``round(ε · n_train)`` samples (Python's ``round``), chosen uniformly without replacement, get a
@@ -42,7 +39,7 @@ _CROP_PADDING = 4
 
 # ---------------------------------------------------------------------------- seeded helpers
 def _split(n: int, sizes: Sequence[int], generator: torch.Generator) -> list[Tensor]:
-    """Cut one ``randperm(n)`` into pieces of ``sizes`` plus the rest (as ``random_split``), sorted."""
+    """Cut one ``randperm(n)`` into sorted pieces of ``sizes`` and the rest, as ``random_split``."""
     order = torch.randperm(n, generator=generator)
     return [piece.sort().values for piece in order.split([*sizes, n - sum(sizes)])]
 
@@ -50,7 +47,7 @@ def _split(n: int, sizes: Sequence[int], generator: torch.Generator) -> list[Ten
 def _symmetric_label_noise(
     labels: Tensor, num_classes: int, fraction: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """A copy of ``labels`` with ``round(fraction * n)`` given another class; the sorted positions."""
+    """``labels`` with ``round(fraction * n)`` of them given another class; the sorted positions."""
     count = round(fraction * len(labels))
     chosen = torch.randperm(len(labels), generator=generator)[:count].sort().values
     # A shift in [1, K) modulo K is uniform over the K - 1 wrong classes.
@@ -236,7 +233,8 @@ class CIFAR10DataModule(_ClassificationDataModule):
     **Fast path** (``fast=True``, the default): each split is one uint8 tensor and a batch travels
     to the device as uint8, where :meth:`on_after_batch_transfer` augments and normalises it, with
     the PIL path's (``fast=False``) distribution, drawing from a ``torch.Generator`` seeded from
-    ``(seed, epoch, global_rank)``. Pass the datamodule itself (``trainer.fit(model, datamodule=dm)``).
+    ``(seed, epoch, global_rank)``. So pass the datamodule itself to the Trainer:
+    ``trainer.fit(model, datamodule=dm)``.
 
     Label noise is symmetric and touches the training split only: see the module docstring.
 

@@ -47,15 +47,13 @@ def default_optimizer(params: Iterable[Any]) -> Optimizer:
 def cosine_annealing(optimizer: Optimizer, max_epochs: int | None = None) -> CosineAnnealingLR:
     """Cosine decay from the initial learning rate to 0 over ``max_epochs`` epochs.
 
-    This is ``SoftLabelClassifier``'s default ``lr_scheduler``. It needs the run length, so the
-    module recognises it and calls it with ``trainer.max_epochs``; the scheduler is stepped once per
-    epoch.
+    The modules' default ``lr_scheduler``: they call it with ``trainer.max_epochs`` and step it
+    once per epoch.
 
     Args:
         optimizer: The optimizer whose learning rate is scheduled.
-        max_epochs: Number of epochs of the decay (``T_max``). Required: the default None only
-            lets the function stand where a one-argument scheduler callable is typed (the
-            modules' ``lr_scheduler``), and the modules always pass it.
+        max_epochs: Number of epochs of the decay (``T_max``). Required: the default None only lets
+            it stand where a one-argument scheduler callable is typed.
 
     Returns:
         The scheduler.
@@ -86,7 +84,7 @@ def _last_layer(backbone: nn.Module) -> nn.Module | None:
 
 
 class _InjectedModule(pl.LightningModule):
-    """The modules' optimizer and scheduler callables, ``num_classes`` check and two-item batches."""
+    """The modules' optimizer/scheduler callables, ``num_classes`` check and two-item batches."""
 
     num_classes: int
     #: What a ``ReduceLROnPlateau`` monitors.
@@ -135,9 +133,9 @@ class _InjectedModule(pl.LightningModule):
             max_epochs = self.trainer.max_epochs
             if max_epochs is None or max_epochs < 1:
                 raise ValueError(
-                    f"The default `lr_scheduler` (cosine annealing) decays over `trainer.max_epochs`, "
-                    f"got {max_epochs!r}; set `Trainer(max_epochs=...)`, or pass another "
-                    "`lr_scheduler` (None keeps the learning rate constant)."
+                    "The default `lr_scheduler` (cosine annealing) decays over "
+                    f"`trainer.max_epochs`, got {max_epochs!r}; set `Trainer(max_epochs=...)`, or "
+                    "pass another `lr_scheduler` (None keeps the learning rate constant)."
                 )
             scheduler: LRScheduler | ReduceLROnPlateau = cosine_annealing(built, max_epochs)
         else:

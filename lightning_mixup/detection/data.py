@@ -19,10 +19,6 @@ from lightning_mixup.segmentation.data import (
 
 __all__ = ["DigitsDetectionDataModule", "collate_detection"]
 
-# Three 16×16 squares always fit side by side; from 48 on, a random placement without overlap is
-# found in a few draws (about one in ten draws fails at 48, fewer on larger canvases).
-_MIN_CANVAS = 48
-
 Target = dict[str, Tensor]
 
 
@@ -64,9 +60,9 @@ class DigitsDetectionDataModule(_DigitCanvases):
     """Canvases of 1–3 real handwritten digits, each with its box and class, for detection.
 
     The digit pools (the same for the same seed), the canvases, their normalisation, the label
-    noise and the seeding follow :class:`~lightning_mixup.segmentation.DigitsSegmentationDataModule`,
-    except that the digits' 16×16 squares never overlap: a canvas whose squares overlap has all its
-    positions drawn again.
+    noise and the seeding follow
+    :class:`~lightning_mixup.segmentation.DigitsSegmentationDataModule`, except that the digits'
+    16×16 squares never overlap: a canvas whose squares overlap has all its positions drawn again.
 
     **Targets** are torchvision's detection form, one dict per canvas: ``"boxes"``, float32
     ``(N, 4)`` ``(x1, y1, x2, y2)`` pixels, the smallest box holding every *ink* pixel of the digit
@@ -104,7 +100,9 @@ class DigitsDetectionDataModule(_DigitCanvases):
 
     #: 10 digit classes (labels 1–10) and torchvision's background class 0.
     num_classes = 11
-    _min_canvas = _MIN_CANVAS
+    # Three 16×16 squares always fit side by side; from 48 on, a random placement without overlap
+    # is found in a few draws (about one in ten draws fails at 48, fewer on larger canvases).
+    _min_canvas = 48
     _dataset = _DetectionBatches
 
     def __init__(

@@ -34,11 +34,7 @@ INK_THRESHOLD = 0.25
 
 
 def _squares(layout: Tensor) -> Iterator[tuple[tuple[Tensor, Tensor, Tensor], Tensor]]:
-    """Per slot of ``layout``, in drawing order: where its digits go, and which digits they are.
-
-    ``where`` indexes the ``(N, S, S)`` canvases at every digit's 16×16 square, so
-    ``images[where]`` is ``(n, 16, 16)``; ``which`` holds the ``n`` digits' pool positions.
-    """
+    """Per slot, in drawing order: its digits' squares (a canvas index) and pool positions."""
     offsets = torch.arange(_DIGIT_SIZE)
     for slot in range(_MAX_DIGITS):
         canvas = torch.nonzero(layout[:, slot, 0] >= 0).squeeze(1)
