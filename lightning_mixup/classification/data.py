@@ -305,11 +305,6 @@ class CIFAR10DataModule(_ClassificationDataModule):
         #: Indices into the official training set of the training / validation images.
         self.train_indices: Tensor = torch.empty(0, dtype=torch.long)
         self.val_indices: Tensor = torch.empty(0, dtype=torch.long)
-        normalize = [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        self._train_transform = T.Compose(
-            [T.RandomCrop(32, padding=_CROP_PADDING), T.RandomHorizontalFlip(), *normalize]
-        )
-        self._eval_transform = T.Compose(normalize)
         self._augment_key: tuple[int, int] | None = None
         self._augment_generator: torch.Generator | None = None
 
@@ -355,7 +350,12 @@ class CIFAR10DataModule(_ClassificationDataModule):
     def _dataset(self, images: np.ndarray, labels: Tensor, train: bool) -> Dataset:
         if self.fast:
             return _TensorBatches(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
-        return _PILImages(images, labels, self._train_transform if train else self._eval_transform)
+        augment = (
+            [T.RandomCrop(32, padding=_CROP_PADDING), T.RandomHorizontalFlip()] if train else []
+        )
+        return _PILImages(
+            images, labels, T.Compose([*augment, T.ToTensor(), T.Normalize(self.mean, self.std)])
+        )
 
     def _build(self) -> None:
         train_images, train_labels = self._load(train=True)

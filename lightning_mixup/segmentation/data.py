@@ -178,7 +178,6 @@ class DigitsSegmentationDataModule(_DigitCanvases):
         trainer.fit(model, datamodule=dm)
     """
 
-    num_classes = _DIGIT_CLASSES + 1
     #: Class of the pixels that no digit's ink covers.
     background_class = _DIGIT_CLASSES
 

@@ -29,8 +29,7 @@ class SoftLabelSegmenter(_SoftLabelModule):
 
     Inputs are ``(B, C, *spatial)`` (one, two or three spatial dimensions; ``(B, C, H, W)`` for
     images) and the backbone returns ``(B, num_classes, *spatial)`` logits. Targets take either
-    form, such as those ``MixupCallback`` writes into training batches (mixup, Zhang et al., ICLR
-    2018; CutMix, Yun et al., ICCV 2019, which pastes the partner's mask box with its pixels):
+    form (``MixupCallback`` writes both into training batches):
 
     * an integer class-index mask ``(B, *spatial)``; pixels equal to ``ignore_index`` are
       unlabelled;
