@@ -1,11 +1,8 @@
 """LightningDataModules for CIFAR-10, CIFAR-100 and scikit-learn's digits, on one small base class.
 
-Every datamodule hands ``training_step`` lists ``[images, labels]`` (float images, int64 labels),
-which :class:`~lightning_mixup.MixupCallback` can rewrite in place (CIFAR's fast path finishes
-them on the device, in ``on_after_batch_transfer``). All randomness the datamodules own
-(validation split, label noise, fast-path augmentation) comes from ``torch.Generator`` objects
-derived from ``seed``; the global RNGs are left alone. Shuffling the training set is the
-DataLoader's (or, under DDP, Lightning's ``DistributedSampler``'s) job, as usual.
+Batches are lists ``[images, labels]`` that :class:`~lightning_mixup.MixupCallback` can rewrite in
+place. All randomness the datamodules own comes from ``torch.Generator`` objects derived from
+``seed``; the global RNGs are left alone.
 
 **Label noise.** ``label_noise`` = ε makes symmetric noise on the *training* split only: exactly
 ``round(ε · n_train)`` samples (Python's ``round``), chosen uniformly without replacement, get a
@@ -42,11 +39,7 @@ _CROP_PADDING = 4
 
 # ---------------------------------------------------------------------------- seeded helpers
 def _split(n: int, sizes: Sequence[int], generator: torch.Generator) -> list[Tensor]:
-    """Randomly cut ``range(n)`` into pieces of ``sizes`` plus the rest; each piece sorted.
-
-    What torch's ``random_split`` of ``range(n)`` draws (one ``randperm(n)``, cut in order), as
-    sorted index tensors.
-    """
+    """Cut one ``randperm(n)`` into sorted pieces of ``sizes`` and the rest, as ``random_split``."""
     order = torch.randperm(n, generator=generator)
     return [piece.sort().values for piece in order.split([*sizes, n - sum(sizes)])]
 
@@ -54,10 +47,7 @@ def _split(n: int, sizes: Sequence[int], generator: torch.Generator) -> list[Ten
 def _symmetric_label_noise(
     labels: Tensor, num_classes: int, fraction: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Replace ``round(fraction * len(labels))`` labels by a uniformly drawn *different* class.
-
-    Returns the noisy copy of ``labels`` and the sorted positions that were changed.
-    """
+    """``labels`` with ``round(fraction * n)`` of them given another class; the sorted positions."""
     count = round(fraction * len(labels))
     chosen = torch.randperm(len(labels), generator=generator)[:count].sort().values
     # A shift in [1, K) modulo K is uniform over the K - 1 wrong classes.
@@ -79,11 +69,9 @@ def _sample_crop_flip(
 
 
 def _crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int) -> Tensor:
-    """Zero-pad ``(B, C, H, W)`` images by ``padding``, crop ``H×W`` at ``(top, left)``, then flip.
+    """Torchvision's ``RandomCrop(size, padding)`` then ``RandomHorizontalFlip()``, batched.
 
-    Two gathers (rows, then columns, the flip folded into the column order) do the whole batch on
-    the images' device. Given the same offsets and flips, this is exactly torchvision's
-    ``RandomCrop(size, padding)`` followed by ``RandomHorizontalFlip()``.
+    Two gathers (rows, then columns, the flip folded into the column order) on the images' device.
     """
     b, c, h, w = images.shape
     device = images.device
@@ -107,12 +95,7 @@ _Labels = TypeVar("_Labels")
 
 
 class _Batches(Dataset, Generic[_Labels]):
-    """A split held as an image tensor and its labels, fetched a whole batch at a time.
-
-    The DataLoader's fetcher calls ``__getitems__`` with the batch's indices (from any sampler,
-    including the ``DistributedSampler`` Lightning injects under DDP); :func:`_keep_batch` then
-    passes the ``[images, labels]`` list it returns through unchanged.
-    """
+    """A split held as an image tensor and its labels; ``__getitems__`` fetches a whole batch."""
 
     def __init__(self, images: Tensor, labels: _Labels) -> None:
         self.images = images
@@ -123,8 +106,6 @@ class _Batches(Dataset, Generic[_Labels]):
 
 
 class _TensorBatches(_Batches[Tensor]):
-    """A split held as two tensors; a whole batch is fetched with one indexing operation."""
-
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.images[index], self.labels[index]
 
@@ -160,11 +141,7 @@ class _PILImages(Dataset):
 
 # ---------------------------------------------------------------------------- base class
 class _ClassificationDataModule(pl.LightningDataModule):
-    """Shared plumbing: argument checks, label noise and the three dataloaders.
-
-    Subclasses set ``num_classes`` and implement :meth:`_build`, which fills ``train_dataset``,
-    ``val_dataset`` and ``test_dataset``.
-    """
+    """Argument checks, label noise and the dataloaders; :meth:`_build` fills the datasets."""
 
     num_classes: int
 
@@ -197,11 +174,11 @@ class _ClassificationDataModule(pl.LightningDataModule):
         if self.train_dataset is None:
             self._build()
 
-    def _noisy(self, labels: Tensor) -> Tensor:
+    def _noisy(self, labels: Tensor, num_classes: int) -> Tensor:
         """Apply ``label_noise`` to training labels and record ``noisy_indices``."""
         generator = torch_generator(self.seed, "label_noise")
         noisy, self.noisy_indices = _symmetric_label_noise(
-            labels, self.num_classes, self.label_noise, generator
+            labels, num_classes, self.label_noise, generator
         )
         return noisy
 
@@ -253,13 +230,11 @@ class CIFAR10DataModule(_ClassificationDataModule):
     Evaluation batches are only normalised. Batches are lists ``[images, labels]`` with float32
     ``(B, 3, 32, 32)`` images and int64 labels.
 
-    **Fast path** (``fast=True``, the default): each split is kept as one uint8 ``(N, 3, 32, 32)``
-    tensor, a batch is fetched with a single indexing operation and travels to the device as uint8;
-    :meth:`on_after_batch_transfer` then crops, flips (training batches only), converts and
-    normalises the whole batch on the device. The augmentation draws from a ``torch.Generator``
-    seeded from ``(seed, epoch, global_rank)``. The result has the same distribution as the classic
-    PIL path (``fast=False``), without per-image Python work. This relies on the Trainer calling the
-    datamodule's hooks, so pass the datamodule itself (``trainer.fit(model, datamodule=dm)``).
+    **Fast path** (``fast=True``, the default): each split is one uint8 tensor and a batch travels
+    to the device as uint8, where :meth:`on_after_batch_transfer` augments and normalises it, with
+    the PIL path's (``fast=False``) distribution, drawing from a ``torch.Generator`` seeded from
+    ``(seed, epoch, global_rank)``. So pass the datamodule itself to the Trainer:
+    ``trainer.fit(model, datamodule=dm)``.
 
     Label noise is symmetric and touches the training split only: see the module docstring.
 
@@ -330,11 +305,6 @@ class CIFAR10DataModule(_ClassificationDataModule):
         #: Indices into the official training set of the training / validation images.
         self.train_indices: Tensor = torch.empty(0, dtype=torch.long)
         self.val_indices: Tensor = torch.empty(0, dtype=torch.long)
-        normalize = [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        self._train_transform = T.Compose(
-            [T.RandomCrop(32, padding=_CROP_PADDING), T.RandomHorizontalFlip(), *normalize]
-        )
-        self._eval_transform = T.Compose(normalize)
         self._augment_key: tuple[int, int] | None = None
         self._augment_generator: torch.Generator | None = None
 
@@ -343,10 +313,9 @@ class CIFAR10DataModule(_ClassificationDataModule):
         if self.download:
             self._dataset_cls(self.data_dir, train=False, download=True)
 
-    def _expected_files(self) -> list[tuple[str, str]]:
+    def _expected_files(self) -> list[list[str]]:
         cls = self._dataset_cls
-        entries = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
-        return [(name, md5) for name, md5 in entries]
+        return [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
 
     def _load(self, train: bool) -> tuple[np.ndarray, Tensor]:
         """One official split as (HWC uint8 images, int64 labels), with clear file errors."""
@@ -381,7 +350,12 @@ class CIFAR10DataModule(_ClassificationDataModule):
     def _dataset(self, images: np.ndarray, labels: Tensor, train: bool) -> Dataset:
         if self.fast:
             return _TensorBatches(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
-        return _PILImages(images, labels, self._train_transform if train else self._eval_transform)
+        augment = (
+            [T.RandomCrop(32, padding=_CROP_PADDING), T.RandomHorizontalFlip()] if train else []
+        )
+        return _PILImages(
+            images, labels, T.Compose([*augment, T.ToTensor(), T.Normalize(self.mean, self.std)])
+        )
 
     def _build(self) -> None:
         train_images, train_labels = self._load(train=True)
@@ -395,7 +369,7 @@ class CIFAR10DataModule(_ClassificationDataModule):
         self.val_indices, self.train_indices = _split(
             n, [self.val_size], torch_generator(self.seed, "split")
         )
-        noisy_labels = self._noisy(train_labels[self.train_indices])
+        noisy_labels = self._noisy(train_labels[self.train_indices], self.num_classes)
         self.test_dataset = self._dataset(test_images, test_labels, train=False)
         self.train_dataset = self._dataset(
             train_images[self.train_indices.numpy()], noisy_labels, train=True
@@ -581,7 +555,7 @@ class DigitsDataModule(_ClassificationDataModule):
         self.mean, self.std = train_images.mean().item(), train_images.std().item()
         images = (images - self.mean) / self.std
 
-        noisy = self._noisy(labels[self.train_indices])
+        noisy = self._noisy(labels[self.train_indices], self.num_classes)
         self.train_dataset = _TensorBatches(images[self.train_indices], noisy)
         self.val_dataset = _TensorBatches(images[self.val_indices], labels[self.val_indices])
         self.test_dataset = _TensorBatches(images[self.test_indices], labels[self.test_indices])

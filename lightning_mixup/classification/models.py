@@ -1,13 +1,6 @@
 """Backbones for the examples and benchmarks: CIFAR-sized ResNets and a small CNN.
 
-Every model is an ``nn.Module`` class whose ``__init__`` takes only typed, plain arguments, so
-LightningCLI can build it from YAML::
-
-    model:
-      backbone:
-        class_path: lightning_mixup.classification.models.PreActResNet18
-        init_args:
-          num_classes: 10
+Each ``__init__`` takes only typed, plain arguments, so LightningCLI can build it from YAML.
 """
 
 from __future__ import annotations
@@ -19,6 +12,14 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from lightning_mixup import _checks as C
 
 __all__ = ["CifarResNet18", "PreActResNet18", "SmallCNN"]
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class CifarResNet18(ResNet):
@@ -98,16 +99,11 @@ class PreActResNet18(nn.Module):
         super().__init__()
         num_classes = C.positive_integer("num_classes", num_classes)
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-        stages: list[nn.Module] = []
-        in_planes = 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            stages.append(
-                nn.Sequential(
-                    _PreActBlock(in_planes, planes, stride), _PreActBlock(planes, planes, 1)
-                )
-            )
-            in_planes = planes
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        widths = (64, 64, 128, 256, 512)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            nn.Sequential(_PreActBlock(c_in, c_out, stride), _PreActBlock(c_out, c_out, 1))
+            for c_in, c_out, stride in zip(widths, widths[1:], (1, 2, 2, 2))
+        )
         self.bn = nn.BatchNorm2d(512)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
@@ -146,19 +142,11 @@ class SmallCNN(nn.Module):
         num_classes = C.positive_integer("num_classes", num_classes)
         in_channels = C.positive_integer("in_channels", in_channels)
         width = C.positive_integer("width", width)
-
-        def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-            return [
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ]
-
         self.features = nn.Sequential(
-            *conv_bn_relu(in_channels, width),
-            *conv_bn_relu(width, width),
+            *_conv_bn_relu(in_channels, width),
+            *_conv_bn_relu(width, width),
             nn.MaxPool2d(2, ceil_mode=True),
-            *conv_bn_relu(width, 2 * width),
+            *_conv_bn_relu(width, 2 * width),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )

@@ -47,15 +47,13 @@ def default_optimizer(params: Iterable[Any]) -> Optimizer:
 def cosine_annealing(optimizer: Optimizer, max_epochs: int | None = None) -> CosineAnnealingLR:
     """Cosine decay from the initial learning rate to 0 over ``max_epochs`` epochs.
 
-    This is ``SoftLabelClassifier``'s default ``lr_scheduler``. It needs the run length, so the
-    module recognises it and calls it with ``trainer.max_epochs``; the scheduler is stepped once per
-    epoch.
+    The modules' default ``lr_scheduler``: they call it with ``trainer.max_epochs`` and step it
+    once per epoch.
 
     Args:
         optimizer: The optimizer whose learning rate is scheduled.
-        max_epochs: Number of epochs of the decay (``T_max``). Required: the default None only
-            lets the function stand where a one-argument scheduler callable is typed (the
-            modules' ``lr_scheduler``), and the modules always pass it.
+        max_epochs: Number of epochs of the decay (``T_max``). Required: the default None only lets
+            it stand where a one-argument scheduler callable is typed.
 
     Returns:
         The scheduler.
@@ -76,57 +74,8 @@ def cosine_annealing(optimizer: Optimizer, max_epochs: int | None = None) -> Cos
     return CosineAnnealingLR(optimizer, T_max=max_epochs)
 
 
-def _check_optimizer_callables(optimizer: Any, lr_scheduler: Any) -> None:
-    """Raise ``TypeError`` unless ``optimizer`` is callable and ``lr_scheduler`` None or callable."""
-    if not callable(optimizer):
-        raise TypeError(
-            f"`optimizer` must be a callable that takes the parameters and returns an "
-            f"optimizer, got {optimizer!r}."
-        )
-    if lr_scheduler is not None and not callable(lr_scheduler):
-        raise TypeError(
-            f"`lr_scheduler` must be None or a callable that takes the optimizer and returns a "
-            f"scheduler, got {lr_scheduler!r}."
-        )
-
-
-def _configure_optimizers(
-    module: pl.LightningModule,
-    optimizer: OptimizerCallable,
-    lr_scheduler: LRSchedulerCallable | None,
-    monitor: str,
-) -> OptimizerLRScheduler:
-    """The optimizer and the per-epoch scheduler of ``module`` from the injected callables.
-
-    :func:`cosine_annealing` is called with ``trainer.max_epochs``; a ``ReduceLROnPlateau``
-    monitors ``monitor``.
-    """
-    built = optimizer(module.parameters())
-    if lr_scheduler is None:
-        return built
-    if lr_scheduler is cosine_annealing:
-        max_epochs = module.trainer.max_epochs
-        if max_epochs is None or max_epochs < 1:
-            raise ValueError(
-                f"The default `lr_scheduler` (cosine annealing) decays over `trainer.max_epochs`, got "
-                f"{max_epochs!r}; set `Trainer(max_epochs=...)`, or pass another `lr_scheduler` (None "
-                "keeps the learning rate constant)."
-            )
-        scheduler: LRScheduler | ReduceLROnPlateau = cosine_annealing(built, max_epochs)
-    else:
-        scheduler = lr_scheduler(built)
-    config: LRSchedulerConfigType = {"scheduler": scheduler, "interval": "epoch"}
-    if isinstance(scheduler, ReduceLROnPlateau):
-        config["monitor"] = monitor
-    return {"optimizer": built, "lr_scheduler": config}
-
-
 def _last_layer(backbone: nn.Module) -> nn.Module | None:
-    """The backbone's last module with parameters of its own: its output layer, if any.
-
-    When that is a layer of known width (``nn.Linear``, a convolution), the logits' width can be
-    checked before any data flows; other backbones are checked on the first step.
-    """
+    """The backbone's last module with parameters of its own: its output layer, if any."""
     last = None
     for module in backbone.modules():
         if any(True for _ in module.parameters(recurse=False)):
@@ -134,15 +83,82 @@ def _last_layer(backbone: nn.Module) -> nn.Module | None:
     return last
 
 
-class _SoftLabelModule(pl.LightningModule):
+class _InjectedModule(pl.LightningModule):
+    """The modules' optimizer/scheduler callables, ``num_classes`` check and two-item batches."""
+
+    num_classes: int
+    #: What a ``ReduceLROnPlateau`` monitors.
+    _monitor = "val/nll"
+    #: The messages' batch form and what to rebuild on a ``num_classes`` mismatch.
+    _batch_form = "`[x, y]`: a list or tuple with the inputs at index 0 and the targets at index 1"
+    _rebuild = "the module (and its backbone)"
+
+    def _set_optimizers(self, optimizer: Any, lr_scheduler: Any) -> None:
+        if not callable(optimizer):
+            raise TypeError(
+                f"`optimizer` must be a callable that takes the parameters and returns an "
+                f"optimizer, got {optimizer!r}."
+            )
+        if lr_scheduler is not None and not callable(lr_scheduler):
+            raise TypeError(
+                f"`lr_scheduler` must be None or a callable that takes the optimizer and returns a "
+                f"scheduler, got {lr_scheduler!r}."
+            )
+        self.optimizer: OptimizerCallable = optimizer
+        self.lr_scheduler: LRSchedulerCallable | None = lr_scheduler
+
+    def setup(self, stage: str) -> None:
+        """Check ``num_classes`` against the datamodule's."""
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
+        dm_classes = getattr(datamodule, "num_classes", None) if datamodule is not None else None
+        if (
+            isinstance(dm_classes, int)
+            and not isinstance(dm_classes, bool)
+            and dm_classes != self.num_classes
+        ):
+            raise ValueError(
+                f"The datamodule has `num_classes` = {dm_classes} but the module has `num_classes` = "
+                f"{self.num_classes}; build {self._rebuild} with num_classes={dm_classes}."
+            )
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """Build the optimizer and the per-epoch scheduler from the injected callables.
+
+        :func:`cosine_annealing` is called with ``trainer.max_epochs``.
+        """
+        built = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return built
+        if self.lr_scheduler is cosine_annealing:
+            max_epochs = self.trainer.max_epochs
+            if max_epochs is None or max_epochs < 1:
+                raise ValueError(
+                    "The default `lr_scheduler` (cosine annealing) decays over "
+                    f"`trainer.max_epochs`, got {max_epochs!r}; set `Trainer(max_epochs=...)`, or "
+                    "pass another `lr_scheduler` (None keeps the learning rate constant)."
+                )
+            scheduler: LRScheduler | ReduceLROnPlateau = cosine_annealing(built, max_epochs)
+        else:
+            scheduler = self.lr_scheduler(built)
+        config: LRSchedulerConfigType = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = self._monitor
+        return {"optimizer": built, "lr_scheduler": config}
+
+    def _unpack(self, batch: Any) -> tuple[Any, Any]:
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            got = type(batch).__name__
+            if isinstance(batch, (list, tuple)):
+                got += f" of length {len(batch)}"
+            raise TypeError(f"{type(self).__name__} expects batches {self._batch_form}, got {got}.")
+        return batch[0], batch[1]
+
+
+class _SoftLabelModule(_InjectedModule):
     """What :class:`SoftLabelClassifier` and the segmentation module share.
 
-    Argument checks, the backbone call, label smoothing applied once (the module's own ε is dropped
-    for training when a ``MixupCallback`` smooths), the datamodule's ``num_classes`` check, the
-    ``[x, y]`` batch convention and the optimizer/scheduler from LightningCLI-style callables.
-    The validation, test and predict steps are shared; subclasses add the loss, ``training_step``,
-    the metrics (``val_metrics``, ``test_metrics``), ``_logits`` and ``_eval_step``, and call
-    :meth:`save_hyperparameters`.
+    Subclasses add the loss, ``training_step``, the metrics (``val_metrics``, ``test_metrics``),
+    ``_logits`` and ``_eval_step``, and call :meth:`save_hyperparameters`.
     """
 
     def __init__(
@@ -157,12 +173,10 @@ class _SoftLabelModule(pl.LightningModule):
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"`backbone` must be a torch.nn.Module, got {type(backbone).__name__}.")
         num_classes = C.positive_integer("num_classes", num_classes)
-        _check_optimizer_callables(optimizer, lr_scheduler)
+        self._set_optimizers(optimizer, lr_scheduler)
         self.label_smoothing = label_smoothing  # validated by the property setter
         self.backbone = backbone
         self.num_classes = num_classes
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
         self._callback_smooths = False
         self._warned_double_smoothing = False
 
@@ -180,20 +194,6 @@ class _SoftLabelModule(pl.LightningModule):
     def train_label_smoothing(self) -> float:
         """ε the training loss actually uses: 0 when a ``MixupCallback`` already smooths targets."""
         return 0.0 if self._callback_smooths else self.label_smoothing
-
-    # ------------------------------------------------------------------ setup checks
-    def _check_datamodule_classes(self) -> None:
-        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
-        dm_classes = getattr(datamodule, "num_classes", None) if datamodule is not None else None
-        if (
-            isinstance(dm_classes, int)
-            and not isinstance(dm_classes, bool)
-            and dm_classes != self.num_classes
-        ):
-            raise ValueError(
-                f"The datamodule has `num_classes` = {dm_classes} but the module has `num_classes` = "
-                f"{self.num_classes}; build the module (and its backbone) with num_classes={dm_classes}."
-            )
 
     def _settle_label_smoothing(self) -> None:
         """At fit: the callback's smoothing wins over the module's; warn once when both are set."""
@@ -216,7 +216,7 @@ class _SoftLabelModule(pl.LightningModule):
     # ------------------------------------------------------------------ shared hooks
     def setup(self, stage: str) -> None:
         """Check ``num_classes`` against the datamodule and the backbone; settle smoothing at fit."""
-        self._check_datamodule_classes()
+        super().setup(stage)
         width = self._output_width()
         if width is not None and width[0] != self.num_classes:
             raise ValueError(
@@ -273,21 +273,6 @@ class _SoftLabelModule(pl.LightningModule):
             batch = batch[0]
         x = batch if isinstance(batch, Tensor) else self._unpack(batch)[0]
         return self._logits(x).softmax(dim=1)
-
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """Build the optimizer and the per-epoch scheduler from the injected callables."""
-        return _configure_optimizers(self, self.optimizer, self.lr_scheduler, monitor="val/nll")
-
-    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            got = type(batch).__name__
-            if isinstance(batch, (list, tuple)):
-                got += f" of length {len(batch)}"
-            raise TypeError(
-                f"{type(self).__name__} expects batches `[x, y]`: a list or tuple with the inputs at "
-                f"index 0 and the targets at index 1, got {got}."
-            )
-        return batch[0], batch[1]
 
 
 class SoftLabelClassifier(_SoftLabelModule):

@@ -1,11 +1,4 @@
-"""A detection datamodule made of scikit-learn's real handwritten digits, offline.
-
-``DigitsDetectionDataModule`` places 1 to 3 real 8×8 digits (upscaled to 16×16) on a blank canvas
-and gives each its box around the ink and its class. It is to detection what
-:class:`~lightning_mixup.segmentation.DigitsSegmentationDataModule` is to segmentation: real data,
-no download, every draw seeded. Batches are lists ``[images, targets]`` in torchvision's
-detection form.
-"""
+"""A detection datamodule made of scikit-learn's real handwritten digits, offline."""
 
 from __future__ import annotations
 
@@ -25,10 +18,6 @@ from lightning_mixup.segmentation.data import (
 )
 
 __all__ = ["DigitsDetectionDataModule", "collate_detection"]
-
-# Three 16×16 squares always fit side by side; from 48 on, a random placement without overlap is
-# found in a few draws (about one in ten draws fails at 48, fewer on larger canvases).
-_MIN_CANVAS = 48
 
 Target = dict[str, Tensor]
 
@@ -53,11 +42,7 @@ def collate_detection(samples: Sequence[tuple[Tensor, Target]]) -> list:
 
 
 class _DetectionBatches(_Batches[list[Target]]):
-    """Canvases as one tensor and one target dict per canvas; a batch is fetched in one go.
-
-    Every fetched target is a new dict of new tensors, so a batch owns its memory and nothing a
-    training step does to it reaches the stored split.
-    """
+    """Canvases as one tensor and one target dict per canvas; fetched targets are fresh copies."""
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         return self.images[index], _copy(self.labels[index])
@@ -74,41 +59,22 @@ def _copy(target: Target) -> Target:
 class DigitsDetectionDataModule(_DigitCanvases):
     """Canvases of 1–3 real handwritten digits, each with its box and class, for detection.
 
-    **Digit pools.** The 1,797 images of scikit-learn's digits (UCI "Optical Recognition of
-    Handwritten Digits", Alpaydin & Kaynak, 1998) are split, with ``seed``, into disjoint pools:
-    300 test digits, 300 validation digits and 1,197 training digits (the split of
-    :class:`~lightning_mixup.segmentation.DigitsSegmentationDataModule` and
-    :class:`~lightning_mixup.classification.DigitsDataModule` for the same seed). A canvas of
-    one split only holds digits of that split's pool.
-
-    **Canvases.** Each ``canvas_size``×``canvas_size`` canvas holds a uniformly drawn number (1, 2
-    or 3) of digits, each drawn uniformly (with replacement) from the pool and upscaled ×2 by
-    nearest neighbour (8×8 → 16×16). Their 16×16 squares are placed at uniformly drawn positions
-    fully inside the canvas and never overlap (a canvas whose squares overlap has all its
-    positions drawn again). Pixel values are scaled to [0, 1], then normalised by the training
-    canvases' mean and std (:attr:`mean`, :attr:`std`, set in ``setup``); images are float32
-    ``(1, S, S)``. :attr:`layouts` records what each canvas holds.
+    The digit pools (the same for the same seed), the canvases, their normalisation, the label
+    noise and the seeding follow
+    :class:`~lightning_mixup.segmentation.DigitsSegmentationDataModule`, except that the digits'
+    16×16 squares never overlap: a canvas whose squares overlap has all its positions drawn again.
 
     **Targets** are torchvision's detection form, one dict per canvas: ``"boxes"``, float32
     ``(N, 4)`` ``(x1, y1, x2, y2)`` pixels, the smallest box holding every *ink* pixel of the digit
     (intensity at least :data:`~lightning_mixup.segmentation.data.INK_THRESHOLD`, 0.25), with
     pixel column ``c`` spanning ``[c, c + 1)``; and ``"labels"``, int64 ``(N,)``: **the digit plus
     one** (1–10), since torchvision's detectors reserve class 0 for the background. So
-    ``num_classes`` is 11. Boxes are listed in drawing order.
-
-    **Label noise** acts on whole digits of the training pool, as for the segmentation canvases:
-    exactly ``round(ε · 1197)`` pool digits (Python's ``round``), chosen uniformly without
-    replacement, get a class drawn uniformly from the 9 other digits, in every box where they
-    appear. ``noisy_indices`` lists them (positions in the training pool, i.e. in
-    :attr:`train_indices`). Validation and test targets stay clean.
+    ``num_classes`` is 11. Boxes are listed in drawing order. A noisy digit has its wrong class in
+    every box where it appears.
 
     **Batches** are lists ``[images, targets]``: a float32 ``(B, 1, S, S)`` tensor and a list of
     ``B`` target dicts, fetched in one indexing operation (see :func:`collate_detection` for the
     per-sample form).
-
-    All randomness comes from ``torch.Generator`` objects derived from ``seed`` (the split, the
-    noise and each split's canvases have their own stream, so changing ``label_noise`` keeps the
-    canvases); the global RNGs are left alone and nothing is downloaded.
 
     Args:
         train_canvases: Number of training canvases.
@@ -134,7 +100,9 @@ class DigitsDetectionDataModule(_DigitCanvases):
 
     #: 10 digit classes (labels 1–10) and torchvision's background class 0.
     num_classes = 11
-    _min_canvas = _MIN_CANVAS
+    # Three 16×16 squares always fit side by side; from 48 on, a random placement without overlap
+    # is found in a few draws (about one in ten draws fails at 48, fewer on larger canvases).
+    _min_canvas = 48
     _dataset = _DetectionBatches
 
     def __init__(
@@ -150,16 +118,13 @@ class DigitsDetectionDataModule(_DigitCanvases):
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__(
-            train_canvases=train_canvases,
-            val_canvases=val_canvases,
-            test_canvases=test_canvases,
-            canvas_size=canvas_size,
             batch_size=batch_size,
             num_workers=num_workers,
             label_noise=label_noise,
             seed=seed,
             pin_memory=pin_memory,
         )
+        self._init_canvases(train_canvases, val_canvases, test_canvases, canvas_size)
 
     def _draw_layout(self, split: str, pool_size: int, count: int) -> Tensor:
         """``(count, 3, 3)`` rows ``(pool position, top, left)`` of squares that never overlap.

@@ -6,10 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 from torch.optim import Optimizer
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
@@ -17,11 +15,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 
 from lightning_mixup import _checks as C
 from lightning_mixup._boxes import check_detection_targets
-from lightning_mixup.classification.module import (
-    _check_optimizer_callables,
-    _configure_optimizers,
-    cosine_annealing,
-)
+from lightning_mixup.classification.module import _InjectedModule, cosine_annealing
 
 __all__ = ["FasterRCNNDetector", "detection_optimizer"]
 
@@ -42,18 +36,14 @@ def detection_optimizer(params: Iterable[Any]) -> Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
 
 
-class FasterRCNNDetector(pl.LightningModule):
+class FasterRCNNDetector(_InjectedModule):
     """torchvision's Faster R-CNN with a MobileNetV3-Large FPN backbone, from scratch, with mAP.
 
     The network is ``torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn``
     (Ren et al., NeurIPS 2015, *Faster R-CNN*) built with ``weights=None, weights_backbone=None``:
-    randomly initialised, nothing is downloaded, ever, and its batch norms train. Two settings are
-    changed for small images on small machines: the internal resize (``min_size``/``max_size``,
-    256 here: the anchors start at 32 pixels and the backbone's features have strides 16 and 32,
-    so 64×64 canvases of 16-pixel digits are upscaled ×4) and the box head's width
-    (``representation_size``, 1,024 in torchvision) with the number of proposals sampled per image
-    to train it (``box_batch_size_per_image``, 512 in torchvision): the box head and its RoI
-    pooling are most of a step's time on a CPU.
+    randomly initialised, nothing is downloaded, ever, and its batch norms train. For small
+    images on small machines, it resizes to 256 (``min_size``/``max_size``) and has a narrower box
+    head trained on fewer proposals (the Detection guide says why).
 
     **Inputs.** Batches are ``[images, targets]``: images a float ``(B, C, H, W)`` tensor or a list
     of ``(C, H, W)`` tensors (sizes may differ), already normalised (the model's own normalisation
@@ -66,22 +56,19 @@ class FasterRCNNDetector(pl.LightningModule):
     (``loss_classifier``, ``loss_box_reg``, ``loss_objectness``, ``loss_rpn_box_reg``), each also
     logged under ``train/``.
 
-    **Per-box weights.** Mixed targets may carry ``"weights"`` (``MixUp`` gives λ to a sample's
-    own boxes and ``1 - λ`` to its partner's; see :mod:`lightning_mixup._boxes`). torchvision's
-    Faster R-CNN has no per-box loss weight, and this module does not rewrite its losses. It uses
-    the weights only to *select* boxes: a box trains, at full weight like any other, when its
-    weight is greater than 0 and at least ``min_box_weight``; the others are removed from the
-    targets before the loss (an image may then train with no boxes, as background). So with the
-    default ``min_box_weight=0`` every box of a MixUp pair trains at full weight (the variant that
-    keeps both sets of boxes unweighted), not the λ-weighted loss of Zhang et al. (2019, *Bag of
-    Freebies for Training Object Detection Neural Networks*); ``min_box_weight=0.5`` keeps only
-    the boxes of the image that dominates the blend. ``train/kept_boxes`` logs the share of boxes
-    kept (only for batches with weights). Targets without ``"weights"`` train every box.
+    **Per-box weights.** Mixed targets may carry ``"weights"`` (λ for a MixUp sample's own boxes,
+    ``1 - λ`` for its partner's). Faster R-CNN has no per-box loss weight, so they only *select*
+    boxes: a box trains, at full weight, when its weight is greater than 0 and at least
+    ``min_box_weight``; the others are removed from the targets (an image may then train with no
+    boxes, as background). The default 0 trains every box of a MixUp pair; 0.5 keeps only the boxes
+    of the image that dominates the blend. ``train/kept_boxes`` logs the share of boxes kept (only
+    for batches with weights). Targets without ``"weights"`` train every box.
 
     **Metrics.** ``val/map`` and ``val/map_50`` (torchmetrics' ``MeanAveragePrecision``: COCO's
     mAP over IoU 0.50:0.95 and at IoU 0.50, boxes, up to 100 detections per image), and the same
     under ``test/``, computed once per epoch. They need ``pycocotools`` (``pip install
-    "lightning-mixup[detection]"``).
+    "lightning-mixup[detection]"``). A ``ReduceLROnPlateau`` ``lr_scheduler`` monitors ``val/map``
+    (build it with ``mode="max"``).
 
     Args:
         num_classes: Number of classes including the background class 0 (11 for the digits
@@ -113,6 +100,13 @@ class FasterRCNNDetector(pl.LightningModule):
         4
     """
 
+    _monitor = "val/map"
+    _batch_form = (
+        "`[images, targets]`: a list or tuple with the images at index 0 and one target dict per "
+        "image at index 1"
+    )
+    _rebuild = "the module"
+
     def __init__(
         self,
         num_classes: int = 11,
@@ -135,8 +129,7 @@ class FasterRCNNDetector(pl.LightningModule):
         C.positive_integer("representation_size", representation_size)
         C.positive_integer("box_batch_size_per_image", box_batch_size_per_image)
         self.min_box_weight = C.number("min_box_weight", min_box_weight, 0.0, 1.0)
-        _check_optimizer_callables(optimizer, lr_scheduler)
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self._set_optimizers(optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.model = fasterrcnn_mobilenet_v3_large_320_fpn(
             weights=None,
@@ -152,17 +145,6 @@ class FasterRCNNDetector(pl.LightningModule):
         self.model.roi_heads.box_predictor = FastRCNNPredictor(representation_size, num_classes)
         self.val_map = _mean_average_precision()
         self.test_map = _mean_average_precision()
-
-    # ------------------------------------------------------------------ Lightning hooks
-    def setup(self, stage: str) -> None:
-        """Check ``num_classes`` against the datamodule's."""
-        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
-        found = getattr(datamodule, "num_classes", None) if datamodule is not None else None
-        if isinstance(found, int) and not isinstance(found, bool) and found != self.num_classes:
-            raise ValueError(
-                f"The datamodule has `num_classes` = {found} but the module has `num_classes` = "
-                f"{self.num_classes}; build the module with num_classes={found}."
-            )
 
     def forward(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
         """Detections per image (in eval mode): dicts with ``"boxes"``, ``"labels"``, ``"scores"``."""
@@ -200,14 +182,6 @@ class FasterRCNNDetector(pl.LightningModule):
         """Log ``test/map`` and ``test/map_50``."""
         self._log_map("test", self.test_map)
 
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """Build the optimizer and the per-epoch scheduler from the injected callables.
-
-        A ``ReduceLROnPlateau`` monitors ``val/map`` (build it with ``mode="max"``).
-        """
-        return _configure_optimizers(self, self.optimizer, self.lr_scheduler, monitor="val/map")
-
-    # ------------------------------------------------------------------ helpers
     def _eval_step(self, batch: Any, metric: Any) -> None:
         images, targets = self._unpack(batch)
         detections = self.model(self._images(images))
@@ -233,15 +207,7 @@ class FasterRCNNDetector(pl.LightningModule):
         return [x.expand(3, -1, -1) for x in listed] if self.in_channels == 1 else listed
 
     def _unpack(self, batch: Any) -> tuple[Tensor | Sequence[Tensor], list[Mapping[str, Tensor]]]:
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            got = type(batch).__name__
-            if isinstance(batch, (list, tuple)):
-                got += f" of length {len(batch)}"
-            raise TypeError(
-                f"{type(self).__name__} expects batches `[images, targets]`: a list or tuple with "
-                f"the images at index 0 and one target dict per image at index 1, got {got}."
-            )
-        images, targets = batch[0], batch[1]
+        images, targets = super()._unpack(batch)
         check_detection_targets(targets, len(images))
         return images, targets
 

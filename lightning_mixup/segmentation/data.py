@@ -1,11 +1,4 @@
-"""A segmentation datamodule made of scikit-learn's real handwritten digits, offline.
-
-``DigitsSegmentationDataModule`` pastes 1 to 3 real 8×8 digits (upscaled to 16×16) on a blank
-canvas and labels each pixel with the digit drawn there, or background. It is to segmentation what
-:class:`~lightning_mixup.classification.DigitsDataModule` is to classification: real data, no
-download, seconds to train on a CPU, every draw seeded. Batches are lists ``[images, masks]``
-that :class:`~lightning_mixup.MixupCallback` can rewrite in place.
-"""
+"""A segmentation datamodule made of scikit-learn's real handwritten digits, offline."""
 
 from __future__ import annotations
 
@@ -23,7 +16,6 @@ from lightning_mixup.classification.data import (
     _ClassificationDataModule,
     _load_digits,
     _split,
-    _symmetric_label_noise,
     _TensorBatches,
 )
 
@@ -42,11 +34,7 @@ INK_THRESHOLD = 0.25
 
 
 def _squares(layout: Tensor) -> Iterator[tuple[tuple[Tensor, Tensor, Tensor], Tensor]]:
-    """Per slot of ``layout``, in drawing order: where its digits go, and which digits they are.
-
-    ``where`` indexes the ``(N, S, S)`` canvases at every digit's 16×16 square, so
-    ``images[where]`` is ``(n, 16, 16)``; ``which`` holds the ``n`` digits' pool positions.
-    """
+    """Per slot, in drawing order: its digits' squares (a canvas index) and pool positions."""
     offsets = torch.arange(_DIGIT_SIZE)
     for slot in range(_MAX_DIGITS):
         canvas = torch.nonzero(layout[:, slot, 0] >= 0).squeeze(1)
@@ -57,39 +45,19 @@ def _squares(layout: Tensor) -> Iterator[tuple[tuple[Tensor, Tensor, Tensor], Te
 
 
 class _DigitCanvases(_ClassificationDataModule):
-    """What the digit-canvas datamodules share: pools, label noise, layouts and normalisation.
+    """The digit-canvas datamodules' pools, label noise, layouts and normalisation.
 
-    ``setup`` splits the 1,797 digits into disjoint pools, applies the pool-level label noise,
-    draws each split's layout (:meth:`_draw_layout`), paints it (:meth:`_compose`, which returns
-    the ``[0, 1]`` images and the split's targets), records the layouts by digit index and
-    normalises every split by the training canvases' mean and std. Subclasses set
-    ``_min_canvas`` and ``_dataset`` and may override the two steps.
+    Subclasses set ``_min_canvas`` and ``_dataset``, paint the canvases in :meth:`_compose` and may
+    draw them otherwise in :meth:`_draw_layout`.
     """
 
     num_classes = _DIGIT_CLASSES + 1
     _min_canvas = _DIGIT_SIZE
     _dataset: type[_Batches[Any]] = _TensorBatches
 
-    def __init__(
-        self,
-        *,
-        train_canvases: int,
-        val_canvases: int,
-        test_canvases: int,
-        canvas_size: int,
-        batch_size: int,
-        num_workers: int,
-        label_noise: float,
-        seed: int,
-        pin_memory: bool | None,
+    def _init_canvases(
+        self, train_canvases: int, val_canvases: int, test_canvases: int, canvas_size: int
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            label_noise=label_noise,
-            seed=seed,
-            pin_memory=pin_memory,
-        )
         self.train_canvases = C.positive_integer("train_canvases", train_canvases)
         self.val_canvases = C.positive_integer("val_canvases", val_canvases)
         self.test_canvases = C.positive_integer("test_canvases", test_canvases)
@@ -113,12 +81,7 @@ class _DigitCanvases(_ClassificationDataModule):
         digits = torch.from_numpy(raw_images).to(torch.float32).div_(16)
         digits = digits.repeat_interleave(_SCALE, dim=1).repeat_interleave(_SCALE, dim=2)
         labels = torch.from_numpy(raw_labels).long()
-        train_labels, self.noisy_indices = _symmetric_label_noise(
-            labels[self.train_indices],
-            _DIGIT_CLASSES,
-            self.label_noise,
-            torch_generator(self.seed, "label_noise"),
-        )
+        train_labels = self._noisy(labels[self.train_indices], _DIGIT_CLASSES)
         splits = {
             "train": (self.train_indices, train_labels, self.train_canvases),
             "val": (self.val_indices, labels[self.val_indices], self.val_canvases),
@@ -133,14 +96,9 @@ class _DigitCanvases(_ClassificationDataModule):
             self.layouts[name] = layout
         train_images = canvases["train"][0]
         self.mean, self.std = train_images.mean().item(), train_images.std().item()
-        datasets = {
-            name: self._dataset(((images - self.mean) / self.std).unsqueeze(1), targets)
-            for name, (images, targets) in canvases.items()
-        }
         self.train_dataset, self.val_dataset, self.test_dataset = (
-            datasets["train"],
-            datasets["val"],
-            datasets["test"],
+            self._dataset(((images - self.mean) / self.std).unsqueeze(1), targets)
+            for images, targets in canvases.values()
         )
 
     def _draw_layout(self, split: str, pool_size: int, count: int) -> Tensor:
@@ -220,7 +178,6 @@ class DigitsSegmentationDataModule(_DigitCanvases):
         trainer.fit(model, datamodule=dm)
     """
 
-    num_classes = _DIGIT_CLASSES + 1
     #: Class of the pixels that no digit's ink covers.
     background_class = _DIGIT_CLASSES
 
@@ -238,16 +195,13 @@ class DigitsSegmentationDataModule(_DigitCanvases):
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__(
-            train_canvases=train_canvases,
-            val_canvases=val_canvases,
-            test_canvases=test_canvases,
-            canvas_size=canvas_size,
             batch_size=batch_size,
             num_workers=num_workers,
             label_noise=label_noise,
             seed=seed,
             pin_memory=pin_memory,
         )
+        self._init_canvases(train_canvases, val_canvases, test_canvases, canvas_size)
         self.ignore_index = C.ignore_index(ignore_index, self.num_classes)
 
     def _compose(self, digits: Tensor, labels: Tensor, layout: Tensor) -> tuple[Tensor, Tensor]:

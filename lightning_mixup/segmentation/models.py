@@ -1,14 +1,4 @@
-"""A small fully convolutional segmentation network, fast enough to train on a CPU.
-
-Like the classification backbones, its ``__init__`` takes only typed, plain arguments, so
-LightningCLI can build it from YAML::
-
-    model:
-      backbone:
-        class_path: lightning_mixup.segmentation.SmallFCN
-        init_args:
-          num_classes: 11
-"""
+"""A small fully convolutional segmentation network, fast enough to train on a CPU."""
 
 from __future__ import annotations
 
@@ -17,16 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_mixup import _checks as C
+from lightning_mixup.classification.models import _conv_bn_relu
 
 __all__ = ["SmallFCN"]
-
-
-def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    ]
 
 
 class SmallFCN(nn.Module):

@@ -29,8 +29,7 @@ class SoftLabelSegmenter(_SoftLabelModule):
 
     Inputs are ``(B, C, *spatial)`` (one, two or three spatial dimensions; ``(B, C, H, W)`` for
     images) and the backbone returns ``(B, num_classes, *spatial)`` logits. Targets take either
-    form, such as those ``MixupCallback`` writes into training batches (mixup, Zhang et al., ICLR
-    2018; CutMix, Yun et al., ICCV 2019, which pastes the partner's mask box with its pixels):
+    form (``MixupCallback`` writes both into training batches):
 
     * an integer class-index mask ``(B, *spatial)``; pixels equal to ``ignore_index`` are
       unlabelled;
@@ -48,11 +47,8 @@ class SoftLabelSegmenter(_SoftLabelModule):
     value is reserved, except PyTorch's default ``-100``, which ``F.cross_entropy`` and therefore
     this module still skip; all-zero soft rows are always unlabelled.
 
-    Label smoothing is applied exactly once, as in
-    :class:`~lightning_mixup.classification.SoftLabelClassifier`: ``label_smoothing`` smooths the
-    training loss, unless the Trainer has a ``MixupCallback`` with ``label_smoothing > 0`` (then the
-    module's value is ignored for training, with one warning when both are set). Validation and
-    test losses are never smoothed.
+    Label smoothing is applied exactly once (the callback's wins), and never to validation and test
+    losses, as in :class:`~lightning_mixup.classification.SoftLabelClassifier`.
 
     Logged once per epoch: ``train/loss``; ``val/miou`` (mean intersection over union over the
     classes present in targets or predictions), ``val/pixel_acc`` (accuracy over labelled pixels)
