@@ -495,7 +495,9 @@ class TemperatureScaling(_FirstOutput):
                     "TemperatureScaling: the processes' forward outputs have different numbers of "
                     f"classes (dimension 1): {sorted(ks)}."
                 )
-            k = ks.pop() if ks else 0
+            if not ks:  # no process holds a labelled row (the caller warns, T stays)
+                return logits.new_empty(0, 0), target
+            k = ks.pop()
             soft = bool(every[:, 2].any())
             logits = logits.reshape(-1, k)
             target = _as_probabilities(target, k) if soft else target

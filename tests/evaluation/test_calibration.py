@@ -502,6 +502,18 @@ def test_ddp_ranks_end_with_the_same_temperature_fitted_on_all_the_data(tmp_path
     assert r0[-1] != pytest.approx(fit_temperature(x @ (3 * W_TRUE).T, y), rel=1e-3)
 
 
+@pytest.mark.slow
+def test_ddp_without_a_labelled_validation_row_keeps_t_at_one(tmp_path):
+    # No process holds a labelled row: every rank takes the no-sample path (T stays 1), where
+    # the gather once failed reshaping the empty rows to zero classes.
+    trainer = trainer_for(tmp_path, [TemperatureScaling()], devices=2, strategy="ddp_spawn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(UnlabelledVal(out_dir=str(tmp_path)))
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"rank{rank}.pt")["temperatures"] == [1.0, 1.0]
+
+
 class GathersRows(pl.LightningModule):
     """Gathers rank-dependent row counts with ``_gather_rows``; saves what each rank received."""
 
