@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
 from lightning_mixup.policies import MixParams
 
@@ -61,7 +62,8 @@ class Targets:
             if ignore_index is None:
                 ignore_index = _find_attribute(trainer, pl_module, "ignore_index", low=None)
             if ignore_index is None and as_given:
-                ignore_index = _integer(getattr(criterion, "ignore_index", None))
+                of_criterion = getattr(criterion, "ignore_index", None)
+                ignore_index = of_criterion if C.is_integer(of_criterion) else None
             self.ignore_index = ignore_index
         self.checked = False
 
@@ -138,14 +140,9 @@ def _find_attribute(
         getattr(datamodule, name, None) if datamodule is not None else None,
     )
     for value in candidates:
-        number = _integer(value)
-        if number is not None and (low is None or number >= low):
-            return number
+        if C.is_integer(value) and (low is None or value >= low):
+            return value
     return None
-
-
-def _integer(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 #: Why a batch of class targets cannot be mixed into soft rows without ``num_classes``.

@@ -128,11 +128,6 @@ class Draft:
         """True when some sample is cut, so :meth:`finish` needs the spatial size."""
         return bool(self.cut.any())
 
-    @property
-    def mixes(self) -> bool:
-        """True when some sample may change (before the boxes: a box may still keep all)."""
-        return len(self.partner) > 1 and bool((self.lam < 1.0).any())
-
     def finish(self, spatial: Sequence[int], generator: np.random.Generator) -> MixParams:
         """Draw the boxes for inputs of ``spatial`` size (last on ``generator``); the params.
 
@@ -168,14 +163,6 @@ class Draft:
         )
 
 
-def _check_cutmix_shape(shape: Sequence[int]) -> None:
-    if not 3 <= len(shape) <= 5:
-        raise ValueError(
-            "CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions "
-            f"(audio, images or volumes), got shape {tuple(shape)}; use MixUp for other inputs."
-        )
-
-
 class _Policy:
     """One sampler for all three policies: they differ in α's and the CutMix probability."""
 
@@ -190,8 +177,11 @@ class _Policy:
         Called by :meth:`sample` and by the callback on every training batch, mixed or not, so an
         unfit shape fails on the first batch instead of the first one that happens to draw CutMix.
         """
-        if self._cut_prob > 0:
-            _check_cutmix_shape(shape)
+        if self._cut_prob > 0 and not 3 <= len(shape) <= 5:
+            raise ValueError(
+                "CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions "
+                f"(audio, images or volumes), got shape {tuple(shape)}; use MixUp for other inputs."
+            )
 
     def sample(
         self,
@@ -254,16 +244,12 @@ class _Policy:
         """Mix ``x`` and its targets with drawn parameters; return both (use what is returned).
 
         ``x`` is mixed in place when it owns its memory (:func:`~lightning_mixup.functional.
-        owns_memory`: a fresh batch from a collate or a device transfer). A view, or a tensor
-        whose storage is larger than itself (e.g. a slice of a dataset kept as one tensor), is
-        copied first and the copy is mixed and returned, so data that outlives the batch is
-        never changed. ``target`` is never written; the mixed targets are a new tensor.
+        owns_memory`), else in a copy, so data that outlives the batch is never changed.
+        ``target`` is never written; the mixed targets are a new tensor.
 
-        Targets are mixed with exactly the weights of their inputs: image-level rows with each
-        sample's λ, dense masks pixel by pixel (a CutMix box of the partner's mask lands exactly
-        where the partner's pixels do). An integer index mask stays an index mask and may only be
-        cut, not blended (the caller turns it into a soft mask first when a sample is blended:
-        :meth:`MixParams.blends`).
+        Targets get exactly the weights of their inputs, dense masks pixel by pixel. An integer
+        index mask stays an index mask and may only be cut, not blended (the caller turns it into
+        a soft mask first when a sample is blended: :meth:`MixParams.blends`).
 
         Args:
             x: ``(B, ...)`` floating inputs (``(B, C, *spatial)`` when CutMix is used).
@@ -394,11 +380,8 @@ def _partner_weights(
 ) -> Tensor:
     """Per-sample partner share ``1 - λ``, or per-pixel where a sample gets a CutMix box.
 
-    The per-pixel weight of a sample is an outer product of one vector per spatial dimension:
-    box indicators for a CutMix sample, and vectors filled with ``1 - λ`` (first dimension) and 1
-    (the others) for a blended one, so a batch of both kinds is built in one broadcast product.
-    The small vectors are built on the CPU and the product on ``device``, so only ``B·(H + W)``
-    numbers cross to an accelerator, not ``B·H·W``.
+    Per pixel it is an outer product of one vector per spatial dimension (box indicators, or
+    ``1 - λ`` then ones for a blend), built on the CPU and multiplied on ``device``.
     """
     # float64 inputs get float64 weights; narrower floats get float32 (mix_ casts them last).
     share = (1.0 - params.lam).to(torch.float64 if dtype == torch.float64 else torch.float32)
@@ -477,11 +460,8 @@ class MixUpOrCutMix(_Policy):
             )
         self.mixup, self.cutmix, self.switch_prob = mixup, cutmix, float(switch_prob)
         self.mode = mixup.mode
-        self._mix_alpha, self._cut_alpha, self._cut_prob = (
-            mixup.alpha,
-            cutmix.alpha,
-            self.switch_prob,
-        )
+        self._mix_alpha, self._cut_alpha = mixup.alpha, cutmix.alpha
+        self._cut_prob = self.switch_prob
 
 
 def make_policy(
