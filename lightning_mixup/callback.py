@@ -36,7 +36,7 @@ from lightning_mixup._guard import Guard
 from lightning_mixup._hidden import HiddenLayers
 from lightning_mixup._seed import numpy_generator
 from lightning_mixup._targets import Targets
-from lightning_mixup.policies import MixParams, Mode, make_policy, mix_target
+from lightning_mixup.policies import MixParams, Mode, gated_target, make_policy
 from lightning_mixup.schedule import Schedule
 
 __all__ = ["MixupCallback"]
@@ -562,7 +562,8 @@ class MixupCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the epoch's mean strength and λ, and the count of non-finite batches."""
-        self._guard.log(trainer, pl_module, self._log_prefix)
+        prefix = "mixup" if self._salt == 0 else f"mixup_{self._salt}"
+        self._guard.log(trainer, pl_module, prefix)
 
     # ------------------------------------------------------------------ helpers
     def strength(
@@ -573,10 +574,6 @@ class MixupCallback(pl.Callback):
         ``step`` (the optimizer step, 0-based) is used when the schedule is in steps.
         """
         return self.schedule.strength(epoch, batch_idx, batches_per_epoch, step)
-
-    @property
-    def _log_prefix(self) -> str:
-        return "mixup" if self._salt == 0 else f"mixup_{self._salt}"
 
     def _draw_key(self, trainer: pl.Trainer, batch_idx: int) -> tuple[int, ...]:
         rank = 0 if self.same_on_all_ranks else trainer.global_rank
@@ -593,10 +590,7 @@ def _pasted(form: str, target: Tensor, params: MixParams, enabled: Tensor | None
     """The targets under ``targets="loss"``: masks get the partner's in CutMix boxes, else as given."""
     if not form.endswith("mask"):
         return target
-    pasted = mix_target(target, params.cuts_only())
-    if enabled is not None and pasted is not target:
-        pasted = torch.where(enabled, pasted, target)
-    return pasted
+    return gated_target(target, params.cuts_only(), enabled)
 
 
 def _reads_back_cheaply(device: torch.device) -> bool:

@@ -1,15 +1,9 @@
 """Mixing policies: ``sample(...)`` draws a batch's parameters, ``apply(...)`` uses them.
 
-Three small objects share one sampler, one parameter type and one ``apply``:
-
-* :class:`MixUp` — λ ~ Beta(α, α), ``x ← λ·x_i + (1-λ)·x_j`` (Zhang et al., 2018, *mixup: Beyond
-  Empirical Risk Minimization*).
-* :class:`CutMix` — a box of the partner is pasted over the sample; λ is the kept area (Yun et al.,
-  2019, *CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features*).
-* :class:`MixUpOrCutMix` — picks CutMix with probability ``switch_prob``, per batch or per sample.
-
-Pairing and the λ convention are those of :mod:`lightning_mixup.functional`: λ is the share of the
-sample itself and partners form a random perfect matching.
+:class:`MixUp` (Zhang et al., 2018, *mixup: Beyond Empirical Risk Minimization*), :class:`CutMix`
+(Yun et al., 2019, *CutMix: Regularization Strategy to Train Strong Classifiers with Localizable
+Features*) and :class:`MixUpOrCutMix` share one sampler, one parameter type and one ``apply``.
+Pairing and the λ convention are those of :mod:`lightning_mixup.functional`.
 """
 
 from __future__ import annotations
@@ -91,17 +85,13 @@ class MixParams:
 
     @property
     def blends(self) -> bool:
-        """True when some sample is blended with its partner (MixUp), not only cut (CutMix).
-
-        A blended pixel is a mix of two classes, so an integer index mask cannot hold it.
-        """
+        """True when some sample is blended (MixUp), which an integer index mask cannot hold."""
         return bool(((self.lam < 1.0) & ~self.cut).any())
 
     def cuts_only(self) -> MixParams:
-        """These parameters with every blended sample left as it is: what a mask follows exactly.
+        """These parameters with every blended sample left as it is: what an index mask follows.
 
-        Used by ``targets="loss"``, where an index mask stays an index mask: cut samples get the
-        partner's mask in the box, blended ones keep their own (their loss is blended instead).
+        Under ``targets="loss"`` blended samples keep their own mask (their loss is blended).
         """
         lam = torch.where(self.cut, self.lam, torch.ones_like(self.lam))
         return replace(self, lam=lam, identity=self.identity or not bool((lam < 1.0).any()))
@@ -270,10 +260,7 @@ class _Policy:
             ``(mixed inputs, mixed targets)``.
         """
         x = self.mix_inputs(x, params, buffer, enabled)
-        mixed_target = mix_target(target, params, unlabelled)
-        if enabled is not None and not params.identity:  # disabled: the targets as they were
-            mixed_target = torch.where(enabled, mixed_target, target)
-        return x, mixed_target
+        return x, gated_target(target, params, enabled, unlabelled)
 
     def mix_inputs(
         self,
@@ -349,6 +336,14 @@ def mix_target(target: Tensor, params: MixParams, unlabelled: Tensor | None = No
         lost = (unlabelled & (share < 1)) | (unlabelled.index_select(0, partner) & (share > 0))
         mixed.masked_fill_(lost.unsqueeze(1), 0.0)
     return mixed
+
+
+def gated_target(
+    target: Tensor, params: MixParams, enabled: Tensor | None, unlabelled: Tensor | None = None
+) -> Tensor:
+    """:func:`mix_target`, with the targets as they were where the device flag ``enabled`` is False."""
+    mixed = mix_target(target, params, unlabelled)
+    return mixed if enabled is None or mixed is target else torch.where(enabled, mixed, target)
 
 
 def mix_features(h: Tensor, params: MixParams) -> Tensor:
