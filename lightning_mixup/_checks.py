@@ -106,14 +106,13 @@ def stats(name: str, value: Any) -> Tensor | None:
     """Per-channel statistics (``mean``/``std``): None, or a flat finite float32 CPU tensor."""
     if value is None:
         return None
+    wrong = f"`{name}` must be a number or a sequence of numbers, got {value!r}."
     if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}.")
+        raise ValueError(wrong)
     try:
         out = torch.as_tensor(value, dtype=torch.float32).detach().cpu().flatten()
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"`{name}` must be a number or a sequence of numbers, got {value!r}."
-        ) from err
+        raise ValueError(wrong) from err
     if out.numel() == 0 or not bool(torch.isfinite(out).all()):
         raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
     return out

@@ -146,9 +146,6 @@ class HiddenLayers:
     def bind(self, pl_module: nn.Module) -> None:
         """Find the named layers in ``pl_module``; refuse unknown names and compiled modules."""
         layers = [name for name in self.names if name != "input"]
-        if not layers:
-            self.hooks = {}
-            return
         modules = dict(pl_module.named_modules())
         for name in layers:
             if name not in modules:
@@ -159,7 +156,7 @@ class HiddenLayers:
                     f"{type(pl_module).__name__}; the nearest valid names: {near} (all come from "
                     "`named_modules()`; 'input' mixes the inputs)."
                 )
-        if is_compiled(pl_module):
+        if layers and is_compiled(pl_module):
             raise ValueError(
                 f"`mix_at` = {self.mix_at!r} mixes a hidden layer through a forward hook, which a "
                 "`torch.compile`d module may trace once and then skip, or never see: silently no "

@@ -359,12 +359,8 @@ class MixupCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Warn once when an epoch-based schedule cannot move because the epoch never ends."""
-        schedule = self.schedule
-        if (
-            schedule.unit == "epochs"
-            and schedule.moves
-            and trainer.num_training_batches == math.inf
-        ):
+        in_epochs = self.schedule.unit == "epochs"
+        if in_epochs and self.schedule.moves and trainer.num_training_batches == math.inf:
             rank_zero_warn(
                 f"{self.state_key}: the training epoch has no end (a dataloader without a length "
                 "and no `limit_train_batches`), so a schedule in epochs (`ramp_start_epoch`="

@@ -61,8 +61,7 @@ def soft_targets(
 ) -> Tensor:
     """Turn class indices into (optionally smoothed) probability rows; pass probabilities through.
 
-    Works for image-level labels and for dense (per-pixel, per-frame, per-voxel) index masks:
-    integer targets ``(B, *spatial)`` become ``(B, num_classes, *spatial)``, the class dimension
+    An index mask ``(B, *spatial)`` becomes ``(B, num_classes, *spatial)``, the class dimension
     second, as ``F.cross_entropy`` expects it.
 
     Args:
