@@ -59,10 +59,12 @@ class MixupCallback(pl.Callback):
     batch (an odd batch leaves one sample as is). Validation, test, predict and sanity-check
     batches are never touched. Details: the guide "How a batch is mixed".
 
-    Dense targets (segmentation masks, frame or voxel labels) are recognised by shape and mixed
-    with the image's own weights, pixel by pixel: an index mask stays an index mask under CutMix
-    and becomes float32 soft masks where MixUp blends or ``label_smoothing > 0``; an
-    ``ignore_index`` pixel never becomes a class. Details: the guide "Segmentation".
+    Dense targets (segmentation masks, frame or voxel labels) are recognised by shape, an integer
+    ``(B, *spatial)`` index mask or a float ``(B, num_classes, *spatial)`` soft mask for inputs
+    ``(B, C, *spatial)``, and mixed with the image's own weights, pixel by pixel: an index mask
+    stays an index mask under CutMix and becomes float32 soft masks where MixUp blends or
+    ``label_smoothing > 0``; an ``ignore_index`` pixel never becomes a class. Details: the guide
+    "Segmentation".
 
     Schedule: the strength ``s`` is 0 before ``ramp_start_epoch``, rises to 1 over
     ``ramp_epochs`` and is 0 from ``stop_epoch`` on (epochs 0-based, progress fractional:
