@@ -54,8 +54,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
 
 # Public names of the upper layers and the subpackage that defines each; loaded on first use.
 _LAZY = {
-    **dict.fromkeys(
-        (
+    name: f"lightning_mixup.{package}"
+    for package, names in {
+        "classification": (
             "CIFAR10DataModule",
             "CIFAR100DataModule",
             "CifarResNet18",
@@ -66,17 +67,9 @@ _LAZY = {
             "cosine_annealing",
             "default_optimizer",
         ),
-        "lightning_mixup.classification",
-    ),
-    **dict.fromkeys(
-        ("DigitsSegmentationDataModule", "SmallFCN", "SoftLabelSegmenter"),
-        "lightning_mixup.segmentation",
-    ),
-    **dict.fromkeys(
-        ("DigitsDetectionDataModule", "FasterRCNNDetector"), "lightning_mixup.detection"
-    ),
-    **dict.fromkeys(
-        (
+        "segmentation": ("DigitsSegmentationDataModule", "SmallFCN", "SoftLabelSegmenter"),
+        "detection": ("DigitsDetectionDataModule", "FasterRCNNDetector"),
+        "evaluation": (
             "AdversarialEval",
             "MixedGridLogger",
             "OODEval",
@@ -86,8 +79,8 @@ _LAZY = {
             "ood_auroc",
             "pgd",
         ),
-        "lightning_mixup.evaluation",
-    ),
+    }.items()
+    for name in names
 }
 
 __all__ = [

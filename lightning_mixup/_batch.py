@@ -1,8 +1,5 @@
-"""Reading a training batch and writing the mixed one back.
+"""Reading a training batch (a list or a dict of tensors) and writing the mixed one back into it.
 
-A batch is a list or a dict whose ``input_key``/``target_key`` entries are tensors: the callback
-writes the mixed tensors back into that container (a tuple cannot be written into). With several
-training dataloaders, Lightning's ``CombinedLoader`` hands over one such sub-batch per loader.
 Besides inputs and targets, a padding mask (``mask_key``) is mixed too, and with RegMixup's
 ``keep_clean`` every other per-sample entry is repeated for the mixed copies.
 """
@@ -21,11 +18,7 @@ from lightning_mixup.policies import MixParams
 
 
 class Batch(Protocol):
-    """A batch the callback reads and writes in place: a list (int keys) or a mutable mapping.
-
-    Keys are typed ``Any``: a list takes only ints, and a str key's ``TypeError`` is turned into
-    the error message (:func:`lookup`).
-    """
+    """A batch the callback writes into: a list or a mutable mapping (:func:`lookup` checks keys)."""
 
     def __getitem__(self, key: Any, /) -> Any: ...
     def __setitem__(self, key: Any, value: Any, /) -> None: ...
@@ -58,10 +51,7 @@ def loader_parts(loaders: Any, batch: Any) -> list[str | int] | None:
 def resolve_keys(
     batch: list | Mapping, input_key: int | str | None, target_key: int | str | None
 ) -> tuple[int | str, int | str]:
-    """The keys of the inputs and targets in ``batch``; None means: find the usual one.
-
-    For a list batch None is 0 (inputs) and 1 (targets). For a dict batch it is the one key of
-    :data:`INPUT_NAMES` (:data:`TARGET_NAMES`) that the batch holds.
+    """The keys of the inputs and targets; None: 0 and 1 in a list, the usual names in a dict.
 
     Raises:
         ValueError: If a dict batch holds none of the usual keys, or several.
@@ -111,9 +101,8 @@ def unpack(
     part: str | int | None = None,
     float_inputs: bool = True,
 ) -> tuple[Batch, Tensor, Tensor, tuple[int | str, int | str]]:
-    """``(container, inputs, targets, keys)`` of a list or dict batch, checked for mixing.
+    """``(container, inputs, targets, resolved keys)`` of a batch, checked for mixing.
 
-    ``keys`` are the resolved ``(input_key, target_key)`` (see :func:`resolve_keys`).
     ``float_inputs=False`` accepts integer inputs (token ids), for a mix inside the network.
 
     Raises:
@@ -168,8 +157,8 @@ def join_masks(
 ) -> None:
     """Give each mixed sample the real tokens of both its sources in ``batch[mask_key]``.
 
-    ``marks="tokens"``: 1/True marks real tokens (the union is a maximum); ``"padding"``: True
-    marks padding (a minimum). With ``keep_clean`` the clean masks come first, then the joined.
+    The union is a maximum with ``marks="tokens"``, a minimum with ``"padding"``; with
+    ``keep_clean`` the clean masks come first.
 
     Raises:
         ValueError: If the mask does not hold one row per sample.

@@ -9,7 +9,7 @@ writes ``1`` for ``1.0``).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeGuard, TypeVar, overload
 
 import torch
 from torch import Tensor
@@ -18,17 +18,22 @@ from torch import Tensor
 _Option = TypeVar("_Option", bound=str)
 
 
-def integer(name: str, value: Any, low: int | None = None) -> int:
+def is_integer(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is an ``int`` and not a ``bool`` (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer(name: str, value: Any, low: int | None = None, *, hint: str = "") -> int:
     """Return ``value`` if it is an integer (``>= low`` if given); raise ``ValueError`` if not."""
-    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+    if not is_integer(value) or (low is not None and value < low):
         rule = "an integer" if low is None else f"an integer >= {low}"
-        raise ValueError(f"`{name}` must be {rule}, got {value!r}.")
+        raise ValueError(f"`{name}` must be {rule}{hint}, got {value!r}.")
     return value
 
 
 def positive_integer(name: str, value: Any) -> int:
     """Return ``value`` if it is an integer ``>= 1``; raise ``ValueError`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     return value
 
@@ -101,14 +106,13 @@ def stats(name: str, value: Any) -> Tensor | None:
     """Per-channel statistics (``mean``/``std``): None, or a flat finite float32 CPU tensor."""
     if value is None:
         return None
+    wrong = f"`{name}` must be a number or a sequence of numbers, got {value!r}."
     if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}.")
+        raise ValueError(wrong)
     try:
         out = torch.as_tensor(value, dtype=torch.float32).detach().cpu().flatten()
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"`{name}` must be a number or a sequence of numbers, got {value!r}."
-        ) from err
+        raise ValueError(wrong) from err
     if out.numel() == 0 or not bool(torch.isfinite(out).all()):
         raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
     return out
@@ -138,9 +142,7 @@ def mean_std(mean: Any, std: Any) -> tuple[Tensor | None, Tensor | None]:
 
 def optional_integer(name: str, value: Any) -> int | None:
     """Return ``value`` if it is None or an integer; raise ``ValueError`` otherwise."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"`{name}` must be an integer or None, got {value!r}.")
-    return value
+    return None if value is None else integer(name, value, hint=" or None")
 
 
 @overload
@@ -174,9 +176,7 @@ TORCH_IGNORE_INDEX = -100
 
 def ignore_index(value: Any, num_classes: int) -> int | None:
     """Return ``value`` if it is None or an integer outside the class indices, ``[0, K)``."""
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int) or 0 <= value < num_classes
-    ):
+    if value is not None and (not is_integer(value) or 0 <= value < num_classes):
         raise ValueError(
             f"`ignore_index` must be None or an integer outside [0, {num_classes}) (the class "
             f"indices), such as 255 or {TORCH_IGNORE_INDEX}, got {value!r}."

@@ -1,10 +1,4 @@
-"""Non-finite batches and what one epoch of mixing logs.
-
-A batch whose inputs (or soft targets) hold NaN or Inf is left unmixed, so the bad values stay in
-their own samples instead of spreading to their partners. On the CPU the answer is read at once;
-on an accelerator it stays on the device, where it disables the mix and is counted, the count
-being read once, at the epoch's end.
-"""
+"""Non-finite batches (left unmixed, so NaN/Inf stays in its own samples) and the epoch's log."""
 
 from __future__ import annotations
 

@@ -73,11 +73,6 @@ class LayerHook:
         self.handle: RemovableHandle | None = None
         self.fired = False
 
-    @property
-    def armed(self) -> bool:
-        """True between :meth:`arm` and :meth:`disarm`."""
-        return self.handle is not None
-
     def arm(self, mix: Callable[[Tensor], Tensor]) -> None:
         """Mix the layer's next output with ``mix(tensor) -> mixed tensor``, once."""
         self.disarm()
@@ -151,9 +146,6 @@ class HiddenLayers:
     def bind(self, pl_module: nn.Module) -> None:
         """Find the named layers in ``pl_module``; refuse unknown names and compiled modules."""
         layers = [name for name in self.names if name != "input"]
-        if not layers:
-            self.hooks = {}
-            return
         modules = dict(pl_module.named_modules())
         for name in layers:
             if name not in modules:
@@ -164,7 +156,7 @@ class HiddenLayers:
                     f"{type(pl_module).__name__}; the nearest valid names: {near} (all come from "
                     "`named_modules()`; 'input' mixes the inputs)."
                 )
-        if is_compiled(pl_module):
+        if layers and is_compiled(pl_module):
             raise ValueError(
                 f"`mix_at` = {self.mix_at!r} mixes a hidden layer through a forward hook, which a "
                 "`torch.compile`d module may trace once and then skip, or never see: silently no "
@@ -242,10 +234,7 @@ class HiddenLayers:
         batch_size = len(draft.partner)
         out = mixed = None
         if y is not None:
-            mixed = P.mix_target(y, params, unlabelled)
-            if enabled is not None:
-                mixed = torch.where(enabled, mixed, y)
-            out = mixed
+            out = mixed = P.gated_target(y, params, enabled, unlabelled)
             if keep_clean:  # clean rows, then the mixed ones; the hook rewrites the second half
                 out = torch.cat([y, mixed])
                 mixed = out[batch_size:]
@@ -268,8 +257,7 @@ class HiddenLayers:
                     )
                 final = replace(draft.finish(h.shape[2:], generator), at=at)
                 if y is not None and mixed is not None:
-                    exact = P.mix_target(y, final, unlabelled)
-                    mixed.copy_(exact if enabled is None else torch.where(enabled, exact, y))
+                    mixed.copy_(P.gated_target(y, final, enabled, unlabelled))
                 boxes_drawn(params, final)
             new = P.mix_features(h, final)
             new = new if enabled is None else torch.where(enabled, new, h)
@@ -281,7 +269,7 @@ class HiddenLayers:
     def finish_step(self, outputs: Any) -> None:
         """Remove the armed hook; refuse a step that mixed the targets but not the layer."""
         for name, hook in self.hooks.items():
-            if hook.armed and not hook.disarm() and outputs is not None:
+            if hook.handle is not None and not hook.disarm() and outputs is not None:
                 raise RuntimeError(
                     f"MixupCallback(mix_at={name!r}): the layer did not run in this training step, "
                     "so the targets were mixed but not the features. Name a layer that the "

@@ -1,9 +1,6 @@
 """A training batch's targets as the policy mixes them: soft rows, or an index mask kept as indices.
 
-Class indices become float32 probability rows (smoothed once, when asked); probability targets
-pass through. An index mask stays an index mask, which CutMix can paste, until smoothing or a
-blend needs rows. ``num_classes`` and ``ignore_index`` come from the callback's arguments or, when
-not given, from the module or datamodule at ``setup``.
+An index mask stays an index mask, which CutMix can paste, until smoothing or a blend needs rows.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_mixup import _checks as C
 from lightning_mixup import functional as F
 from lightning_mixup.policies import MixParams
 
@@ -47,11 +45,8 @@ class Targets:
     ) -> None:
         """Resolve ``num_classes`` and ``ignore_index`` when fitting; check the next indices.
 
-        ``num_classes`` may stay unknown here: the first batch whose targets need it (class
-        indices to turn into rows) raises, before the first training step. With ``as_given``
-        (``targets="loss"``) nothing is made of the classes but the range check (skipped
-        without ``num_classes``), and the ``ignore_index`` of the module's ``criterion`` counts
-        when nothing else names one. Detection targets need no ``num_classes`` either.
+        A missing ``num_classes`` raises at the first batch that needs it. With ``as_given``
+        (``targets="loss"``) the ``criterion``'s ``ignore_index`` counts when nothing else names one.
         """
         self.as_given = as_given
         if stage == "fit":
@@ -61,7 +56,8 @@ class Targets:
             if ignore_index is None:
                 ignore_index = _find_attribute(trainer, pl_module, "ignore_index", low=None)
             if ignore_index is None and as_given:
-                ignore_index = _integer(getattr(criterion, "ignore_index", None))
+                of_criterion = getattr(criterion, "ignore_index", None)
+                ignore_index = of_criterion if C.is_integer(of_criterion) else None
             self.ignore_index = ignore_index
         self.checked = False
 
@@ -126,10 +122,7 @@ class Targets:
 def _find_attribute(
     trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, low: int | None
 ) -> int | None:
-    """The first integer ``name`` of the module, its hparams or the datamodule, or None.
-
-    With ``low``, only values ``>= low`` count.
-    """
+    """The first integer ``name`` (``>= low``) of the module, its hparams or datamodule, or None."""
     hparams = getattr(pl_module, "hparams", {})
     datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
     candidates = (
@@ -138,14 +131,9 @@ def _find_attribute(
         getattr(datamodule, name, None) if datamodule is not None else None,
     )
     for value in candidates:
-        number = _integer(value)
-        if number is not None and (low is None or number >= low):
-            return number
+        if C.is_integer(value) and (low is None or value >= low):
+            return value
     return None
-
-
-def _integer(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 #: Why a batch of class targets cannot be mixed into soft rows without ``num_classes``.

@@ -36,7 +36,7 @@ from lightning_mixup._guard import Guard
 from lightning_mixup._hidden import HiddenLayers
 from lightning_mixup._seed import numpy_generator
 from lightning_mixup._targets import Targets
-from lightning_mixup.policies import MixParams, Mode, make_policy, mix_target
+from lightning_mixup.policies import MixParams, Mode, gated_target, make_policy
 from lightning_mixup.schedule import Schedule
 
 __all__ = ["MixupCallback"]
@@ -51,49 +51,31 @@ class MixupCallback(pl.Callback):
     """Mix each training batch with MixUp and/or CutMix right before ``training_step``.
 
     Implements mixup (Zhang et al., ICLR 2018) and CutMix (Yun et al., ICCV 2019). The batch must
-    be a list or a dict; its inputs (``batch[input_key]``) are replaced by the mixed inputs.
+    be a list or a dict; its inputs (``batch[input_key]``) are replaced by the mixed inputs: in
+    place when the batch owns their memory (a fresh tensor from the collate or the device
+    transfer), else in a copy, so longer-lived data (slices of a stored dataset) never changes.
+    A mixed sample is ``λ·x_i + (1-λ)·x_j`` with target ``λ·y_i + (1-λ)·y_j``: λ is the sample's
+    own share (for CutMix, its exact kept area) and partners form a random perfect matching of the
+    batch (an odd batch leaves one sample as is). Validation, test, predict and sanity-check
+    batches are never touched. Details: the guide "How a batch is mixed".
 
-    **Targets: two ways to mix them** (``targets``). ``"soft"``: the targets
-    (``batch[target_key]``) are replaced by float32 ``(B, num_classes)`` probabilities, which a
-    loss such as ``F.cross_entropy`` takes as they are. ``"loss"``: the targets stay exactly as
-    the dataloader gave them (class indices, index masks), and for each training step the
-    module's criterion attribute (``self.criterion``, say) is replaced by its mix,
-    ``λ·L(ŷ, y_i) + (1-λ)·L(ŷ, y_j)``, so the module's own loss (class weights, ``ignore_index``,
-    label smoothing), its training metrics and its labels keep working; the original criterion
-    is back after the step (and when the step raises). ``"auto"`` (the default) chooses
-    ``"loss"`` when the module has a criterion attribute and ``"soft"`` otherwise, and says
-    which in one info line at ``setup``. For cross-entropy both give the same loss. How the two
-    losses are blended in each mode: the guide "Use it with your own module".
+    Dense targets (segmentation masks, frame or voxel labels) are recognised by shape, an integer
+    ``(B, *spatial)`` index mask or a float ``(B, num_classes, *spatial)`` soft mask for inputs
+    ``(B, C, *spatial)``, and mixed with the image's own weights, pixel by pixel: an index mask
+    stays an index mask under CutMix and becomes float32 soft masks where MixUp blends or
+    ``label_smoothing > 0``; an ``ignore_index`` pixel never becomes a class. Details: the guide
+    "Segmentation".
 
-    The inputs are
-    mixed in place when the batch owns their memory (a fresh tensor from the collate or the
-    device transfer); a view of longer-lived data (e.g. slices of a dataset kept as one tensor)
-    is copied first, so that data is never changed. A mixed sample
-    is ``λ·x_i + (1-λ)·x_j`` with target ``λ·y_i + (1-λ)·y_j``: λ is the sample's own share (for
-    CutMix, its exact kept area) and partners form a random perfect matching of the batch, so every
-    sample's partner is uniformly random among the others (an odd batch leaves one sample as is).
-    Validation, test, predict and sanity-check batches are never touched.
+    Schedule: the strength ``s`` is 0 before ``ramp_start_epoch``, rises to 1 over
+    ``ramp_epochs`` and is 0 from ``stop_epoch`` on (epochs 0-based, progress fractional:
+    ``epoch + batch_idx / num_training_batches``). With ``ramp_target="p"`` a batch is mixed with
+    probability ``p·s``; with ``"alpha"``, with probability ``p`` using ``α·s``. ``s`` is
+    recomputed from the Trainer's counters at every batch, so resuming keeps it.
 
-    Dense targets (segmentation, frame or voxel labels) are recognised by shape, for inputs
-    ``(B, C, *spatial)`` with 1 to 3 spatial dimensions: an integer index mask ``(B, *spatial)`` or
-    a float soft mask ``(B, num_classes, *spatial)``. They are mixed with the image's own weights,
-    pixel by pixel: CutMix pastes the partner's mask in exactly the box pasted into the image, and
-    an index mask **stays an index mask** (``ignore_index`` pixels copied as they are). A blend
-    (MixUp) cannot be an index, so a batch with a blended sample gets float32 soft masks
-    ``(B, num_classes, *spatial)`` with the image's λ; so does every batch when
-    ``label_smoothing > 0``. Otherwise index masks pass through unchanged. With ``ignore_index``,
-    an ignored pixel's row is all zeros, and a blended pixel that takes any share from an ignored
-    pixel is all zeros too: an ignored pixel never becomes a class.
-
-    Schedule: epochs are 0-based and progress is fractional (``epoch + batch_idx /
-    num_training_batches``). The strength ``s`` is 0 before ``ramp_start_epoch``, rises to 1 over
-    ``ramp_epochs`` epochs, and is 0 from epoch ``stop_epoch`` on. With ``ramp_target="p"`` a batch
-    is mixed with probability ``p·s``; with ``"alpha"`` it is mixed with probability ``p`` using
-    ``α·s``. ``s`` is recomputed from the Trainer's counters at every batch, so resuming keeps it.
-
-    Randomness: each batch uses its own NumPy ``Generator`` (PCG64) seeded from ``(seed, global_rank, epoch,
-    batch_idx)``, so ranks draw differently, reruns repeat, and a resumed run draws exactly what
-    the uninterrupted one would have, without storing RNG state. The global RNGs are not used.
+    Randomness: each batch uses its own NumPy ``Generator`` (PCG64) seeded from ``(seed,
+    global_rank, epoch, batch_idx)``, so ranks draw differently, reruns repeat, and a resumed run
+    draws exactly what the uninterrupted one would have, without storing RNG state. The global
+    RNGs are not used.
 
     Args:
         alpha: MixUp Beta(α, α) concentration; 0 disables MixUp.
@@ -149,10 +131,18 @@ class MixupCallback(pl.Callback):
             The batch is always doubled, also where the schedule mixes nothing (the second half
             is then a clean copy), so its shape never changes; it costs twice the memory and
             compute of a step. ``last_params`` describe the mixed half (its rows ``B..2B-1``).
-        targets: ``"soft"``, ``"loss"`` or ``"auto"`` (see above). With ``"loss"``,
-            ``label_smoothing`` belongs on the criterion (``nn.CrossEntropyLoss(label_smoothing=
-            ...)``), ``mode="elem"`` needs a criterion with a ``reduction`` attribute (torch's
-            losses), and a training step that never calls the criterion is refused.
+        targets: ``"soft"``: ``batch[target_key]`` becomes float32 ``(B, num_classes)``
+            probabilities, which a loss such as ``F.cross_entropy`` takes as they are. ``"loss"``:
+            the targets stay as the dataloader gave them, and during each training step the
+            module's criterion attribute is replaced by its mix ``λ·L(ŷ, y_i) + (1-λ)·L(ŷ, y_j)``
+            (restored after the step, also when it raises), so its class weights,
+            ``ignore_index``, training metrics and labels keep working; ``label_smoothing`` then
+            belongs on the criterion (``nn.CrossEntropyLoss(label_smoothing=...)``),
+            ``mode="elem"`` needs a criterion with a ``reduction`` attribute (torch's losses), and
+            a training step that never calls the criterion is refused. ``"auto"``: ``"loss"``
+            when the module has a criterion attribute, else ``"soft"``, said in one info line at
+            ``setup``. For cross-entropy both give the same loss; details: the guide "Use it with
+            your own module".
         criterion: The module's attribute holding its loss, for ``targets="loss"``/``"auto"``;
             None takes the first of ``criterion``, ``loss_fn``, ``loss_func``, ``loss`` set on
             the module (an ``nn.Module`` or a function, not a method of its class).
@@ -262,10 +252,7 @@ class MixupCallback(pl.Callback):
         return type(self).__name__ if self.name is None else f"{type(self).__name__}[{self.name}]"
 
     def _arguments(self) -> dict[str, Any]:
-        """The arguments that shape the mix, as stored in the checkpoint (to report changes).
-
-        Every ``__init__`` argument but ``name``, which sets the checkpoint key itself.
-        """
+        """Every ``__init__`` argument but ``name`` (the checkpoint key), to report changes."""
         keys = inspect.signature(MixupCallback).parameters
         return {key: getattr(self, key) for key in keys if key != "name"}
 
@@ -306,10 +293,7 @@ class MixupCallback(pl.Callback):
         self._targets.setup(trainer, pl_module, stage, swap is not None, criterion)
 
     def _choose_targets(self, pl_module: pl.LightningModule) -> CriterionSwap | None:
-        """Resolve ``targets`` for this module; the criterion swap when the loss is mixed.
-
-        Says in one info line which form was chosen and why.
-        """
+        """Resolve ``targets``, say which and why in one info line; the swap if the loss is mixed."""
         module = type(pl_module).__name__
         found = None if self.targets == "soft" else find_criterion(pl_module, self.criterion)
         if self.targets == "loss" and found is None:
@@ -353,11 +337,7 @@ class MixupCallback(pl.Callback):
         return CriterionSwap(name, criterion)
 
     def state_dict(self) -> dict[str, Any]:
-        """Store the resolved seed and the arguments that shape the mix.
-
-        The seed makes a resumed run draw the same even if the global seed changed; the arguments
-        let it say which of them changed.
-        """
+        """Store the resolved seed (a resumed run draws the same) and the arguments (to name changes)."""
         return {"seed": self._seed, "arguments": self._arguments()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -381,12 +361,8 @@ class MixupCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Warn once when an epoch-based schedule cannot move because the epoch never ends."""
-        schedule = self.schedule
-        if (
-            schedule.unit == "epochs"
-            and schedule.moves
-            and trainer.num_training_batches == math.inf
-        ):
+        in_epochs = self.schedule.unit == "epochs"
+        if in_epochs and self.schedule.moves and trainer.num_training_batches == math.inf:
             rank_zero_warn(
                 f"{self.state_key}: the training epoch has no end (a dataloader without a length "
                 "and no `limit_train_batches`), so a schedule in epochs (`ramp_start_epoch`="
@@ -404,15 +380,9 @@ class MixupCallback(pl.Callback):
     ) -> None:
         """Mix ``batch`` according to the schedule at this epoch and batch; write it back.
 
-        With several training dataloaders (Lightning's ``CombinedLoader``: a dict or list of
-        loaders given to ``fit``), the batch holds one sub-batch per loader; each is mixed on its
-        own, with its own draws, and ``input_key``/``target_key`` apply inside each. In the
-        ``"max_size"`` mode a loader that has run out hands over None, which is left alone.
-
-        On the CPU every check reads its answer at once. On an accelerator the batch path never
-        waits for the device: class indices are range-checked on the first batch of each fit
-        only (later, ``scatter_``'s own bounds check still stops a bad index), and a non-finite
-        batch is disabled on the device and counted there, the count being read at epoch end.
+        With several training dataloaders each sub-batch is mixed on its own, with its own draws;
+        a None sub-batch (an exhausted loader) is left alone. See the guide "How a batch is mixed"
+        for these and for what is checked on an accelerator without waiting for the device.
         """
         parts = loader_parts(trainer.train_dataloader, batch)
         self._layers.refuse_loaders(parts)
@@ -513,11 +483,7 @@ class MixupCallback(pl.Callback):
         batch_idx: int,
         key: tuple,
     ) -> MixParams | None:
-        """Mix a detection batch: images with their boxes, labels and per-box weights.
-
-        Every target gets ``"weights"`` (1 for the boxes of an unmixed sample), so the form of
-        the targets does not change from batch to batch. Returns the parameters if mixed.
-        """
+        """Mix a detection batch; every target gets ``"weights"`` (1 when unmixed), mixed or not."""
         if self._layers.choose(key) != "input":
             raise ValueError(
                 f"`mix_at` = {self.mix_at!r} mixes a layer inside the network, but detection "
@@ -577,11 +543,7 @@ class MixupCallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Remove the hooks of the step; refuse a step that mixed only half of what it must.
-
-        With a hidden layer: the targets mixed but not the layer. With ``targets="loss"``: the
-        inputs mixed but the criterion never called.
-        """
+        """Remove the step's hooks; refuse a step that mixed only half of what it must."""
         try:
             self._layers.finish_step(outputs)
         finally:
@@ -598,7 +560,8 @@ class MixupCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the epoch's mean strength and λ, and the count of non-finite batches."""
-        self._guard.log(trainer, pl_module, self._log_prefix)
+        prefix = "mixup" if self._salt == 0 else f"mixup_{self._salt}"
+        self._guard.log(trainer, pl_module, prefix)
 
     # ------------------------------------------------------------------ helpers
     def strength(
@@ -609,10 +572,6 @@ class MixupCallback(pl.Callback):
         ``step`` (the optimizer step, 0-based) is used when the schedule is in steps.
         """
         return self.schedule.strength(epoch, batch_idx, batches_per_epoch, step)
-
-    @property
-    def _log_prefix(self) -> str:
-        return "mixup" if self._salt == 0 else f"mixup_{self._salt}"
 
     def _draw_key(self, trainer: pl.Trainer, batch_idx: int) -> tuple[int, ...]:
         rank = 0 if self.same_on_all_ranks else trainer.global_rank
@@ -626,16 +585,10 @@ class MixupCallback(pl.Callback):
 
 
 def _pasted(form: str, target: Tensor, params: MixParams, enabled: Tensor | None) -> Tensor:
-    """The targets under ``targets="loss"``: masks get the partner's in CutMix boxes, else as given.
-
-    A blended sample keeps its own mask (its loss is blended instead); labels stay as they are.
-    """
+    """The targets under ``targets="loss"``: masks get the partner's in CutMix boxes, else as given."""
     if not form.endswith("mask"):
         return target
-    pasted = mix_target(target, params.cuts_only())
-    if enabled is not None and pasted is not target:
-        pasted = torch.where(enabled, pasted, target)
-    return pasted
+    return gated_target(target, params.cuts_only(), enabled)
 
 
 def _reads_back_cheaply(device: torch.device) -> bool:

@@ -11,11 +11,9 @@ Conventions used throughout:
 * **λ is the weight of the sample itself.** A mixed sample is ``λ·x_i + (1-λ)·x_j`` and its
   target ``λ·y_i + (1-λ)·y_j``, where ``j = partner[i]``. For CutMix, λ is the fraction of the
   sample's own pixels that are kept (after the box is clipped to the input).
-* **Pairing.** ``partner`` is a random perfect matching drawn from the generator: the batch is
-  shuffled and consecutive samples of the shuffled order swap partners, so every sample's partner
-  is uniformly random among the other samples and ``partner[partner[i]] == i``. With an odd batch
-  size one uniformly chosen sample is its own partner and is left unchanged; a batch of one is
-  never mixed.
+* **Pairing.** ``partner`` is a random perfect matching drawn from the generator
+  (:func:`sample_partners`). With an odd batch size one sample is its own partner and is left
+  unchanged; a batch of one is never mixed.
 * **Memory.** Functions whose name ends in ``_`` write into their argument. Callers write only
   into tensors that own their memory (:func:`owns_memory`); anything else is copied first.
 """
@@ -63,8 +61,7 @@ def soft_targets(
 ) -> Tensor:
     """Turn class indices into (optionally smoothed) probability rows; pass probabilities through.
 
-    Works for image-level labels and for dense (per-pixel, per-frame, per-voxel) index masks:
-    integer targets ``(B, *spatial)`` become ``(B, num_classes, *spatial)``, the class dimension
+    An index mask ``(B, *spatial)`` becomes ``(B, num_classes, *spatial)``, the class dimension
     second, as ``F.cross_entropy`` expects it.
 
     Args:
@@ -220,10 +217,8 @@ def target_form(input_shape: Sequence[int], target: Tensor) -> str:
 def sample_beta(alpha: float, n: int, generator: np.random.Generator) -> Tensor:
     """Draw ``n`` samples of λ ~ Beta(α, α) from ``generator`` (float64, on the CPU).
 
-    ``alpha == 0`` returns ones (no mixing); a very small α gives λ at (or next to) 0 or 1.
-
     Args:
-        alpha: Concentration α ≥ 0.
+        alpha: Concentration α ≥ 0; 0 returns ones (no mixing).
         n: Number of samples.
         generator: The generator that supplies every random number.
 
@@ -325,9 +320,8 @@ def mix_(
 ) -> Tensor:
     """Mix a batch in place: ``x[i] ← (1 - w_i)·x[i] + w_i·x[partner[i]]``.
 
-    ``w`` is the partner's share, ``1 - λ``. The partners are gathered (into ``buffer`` when
-    given) and ``torch.lerp`` blends them in; it is exact at ``w = 0`` and ``w = 1``, so CutMix
-    pixels are copied bit for bit from one of the two samples.
+    ``w`` is the partner's share, ``1 - λ``; ``torch.lerp`` is exact at ``w = 0`` and ``w = 1``,
+    so CutMix pixels are copied bit for bit from one of the two samples.
 
     Args:
         x: ``(B, ...)`` floating batch, modified in place.
@@ -358,13 +352,11 @@ def mix_pairs_(
 ) -> Tensor:
     """Mix a batch in place one pair of partners at a time; the same result as :func:`mix_`.
 
-    For each pair ``(a, b)`` of a symmetric pairing (``partner[partner[i]] == i``, as
-    :func:`sample_partners` draws), ``a``'s new value is set aside (a blend into ``scratch``,
-    or just the partner's box pixels), ``b`` is updated in place from the still-unchanged ``a``,
-    then ``a`` is written. Each sample is read and written about once and a box sample touches
-    only its box, so a batch of large samples costs about one copy instead of the gather's
-    two and a half; with many small samples the Python loop costs more than it saves, so
-    :meth:`~lightning_mixup.policies.MixUp.apply` uses it for large samples on the CPU only.
+    For each pair ``(a, b)`` of a symmetric pairing, ``a``'s new value is set aside (a blend into
+    ``scratch``, or the partner's box pixels), ``b`` is updated in place from the unchanged ``a``,
+    then ``a`` is written: about one copy of the batch instead of the gather's two and a half, at
+    one Python step per pair, so :meth:`~lightning_mixup.policies.MixUp.apply` uses it for large
+    samples on the CPU only.
 
     Args:
         x: ``(B, ...)`` floating batch, ``(B, C, *spatial)`` when ``boxes`` are given; mixed in
@@ -436,12 +428,9 @@ def owns_memory(t: Tensor) -> bool:
 def all_finite(x: Tensor) -> Tensor:
     """A 0-d bool tensor on ``x``'s device: True when ``x`` holds no NaN and no ±Inf.
 
-    One sum screens the batch: a NaN or an Inf anywhere makes it non-finite, so a finite sum
-    proves every element finite. A non-finite sum may also be an overflow of large finite
-    values, so then the smallest and largest elements decide (NaN propagates into both): a
-    large finite batch is never taken for a bad one. On the CPU the second look happens only
-    when the screen fails; on an accelerator both are combined on the device, so the host
-    never waits for the answer.
+    One sum screens the batch; a non-finite sum (a NaN, an Inf, or an overflow of large finite
+    values) leaves the decision to the smallest and largest elements. On an accelerator both are
+    combined on the device, so the host never waits for the answer.
     """
     if x.numel() == 0:
         return torch.ones((), dtype=torch.bool, device=x.device)

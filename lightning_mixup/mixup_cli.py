@@ -68,17 +68,14 @@ class MixupCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Test the trained model when asked to and when the datamodule has a test split."""
-        if not self.config[self.subcommand].get("test_after_fit", True):
-            return
         datamodule = self.datamodule
-        has_test = (
-            datamodule is not None
-            and pl.LightningDataModule.test_dataloader is not type(datamodule).test_dataloader
-        )
-        if not has_test:
+        if (
+            not self.config[self.subcommand].get("test_after_fit", True)
+            or datamodule is None
+            or type(datamodule).test_dataloader is pl.LightningDataModule.test_dataloader
+        ):
             return
-        ckpt = self.trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")  # None: no callback
         if self.trainer.fast_dev_run or not best:  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
             self.trainer.test(self.model, datamodule=datamodule)
         else:

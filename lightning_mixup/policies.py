@@ -1,15 +1,9 @@
 """Mixing policies: ``sample(...)`` draws a batch's parameters, ``apply(...)`` uses them.
 
-Three small objects share one sampler, one parameter type and one ``apply``:
-
-* :class:`MixUp` — λ ~ Beta(α, α), ``x ← λ·x_i + (1-λ)·x_j`` (Zhang et al., 2018, *mixup: Beyond
-  Empirical Risk Minimization*).
-* :class:`CutMix` — a box of the partner is pasted over the sample; λ is the kept area (Yun et al.,
-  2019, *CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features*).
-* :class:`MixUpOrCutMix` — picks CutMix with probability ``switch_prob``, per batch or per sample.
-
-Pairing and the λ convention are those of :mod:`lightning_mixup.functional`: λ is the share of the
-sample itself and partners form a random perfect matching.
+:class:`MixUp` (Zhang et al., 2018, *mixup: Beyond Empirical Risk Minimization*), :class:`CutMix`
+(Yun et al., 2019, *CutMix: Regularization Strategy to Train Strong Classifiers with Localizable
+Features*) and :class:`MixUpOrCutMix` share one sampler, one parameter type and one ``apply``.
+Pairing and the λ convention are those of :mod:`lightning_mixup.functional`.
 """
 
 from __future__ import annotations
@@ -91,17 +85,13 @@ class MixParams:
 
     @property
     def blends(self) -> bool:
-        """True when some sample is blended with its partner (MixUp), not only cut (CutMix).
-
-        A blended pixel is a mix of two classes, so an integer index mask cannot hold it.
-        """
+        """True when some sample is blended (MixUp), which an integer index mask cannot hold."""
         return bool(((self.lam < 1.0) & ~self.cut).any())
 
     def cuts_only(self) -> MixParams:
-        """These parameters with every blended sample left as it is: what a mask follows exactly.
+        """These parameters with every blended sample left as it is: what an index mask follows.
 
-        Used by ``targets="loss"``, where an index mask stays an index mask: cut samples get the
-        partner's mask in the box, blended ones keep their own (their loss is blended instead).
+        Under ``targets="loss"`` blended samples keep their own mask (their loss is blended).
         """
         lam = torch.where(self.cut, self.lam, torch.ones_like(self.lam))
         return replace(self, lam=lam, identity=self.identity or not bool((lam < 1.0).any()))
@@ -127,11 +117,6 @@ class Draft:
     def needs_boxes(self) -> bool:
         """True when some sample is cut, so :meth:`finish` needs the spatial size."""
         return bool(self.cut.any())
-
-    @property
-    def mixes(self) -> bool:
-        """True when some sample may change (before the boxes: a box may still keep all)."""
-        return len(self.partner) > 1 and bool((self.lam < 1.0).any())
 
     def finish(self, spatial: Sequence[int], generator: np.random.Generator) -> MixParams:
         """Draw the boxes for inputs of ``spatial`` size (last on ``generator``); the params.
@@ -168,14 +153,6 @@ class Draft:
         )
 
 
-def _check_cutmix_shape(shape: Sequence[int]) -> None:
-    if not 3 <= len(shape) <= 5:
-        raise ValueError(
-            "CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions "
-            f"(audio, images or volumes), got shape {tuple(shape)}; use MixUp for other inputs."
-        )
-
-
 class _Policy:
     """One sampler for all three policies: they differ in α's and the CutMix probability."""
 
@@ -190,8 +167,11 @@ class _Policy:
         Called by :meth:`sample` and by the callback on every training batch, mixed or not, so an
         unfit shape fails on the first batch instead of the first one that happens to draw CutMix.
         """
-        if self._cut_prob > 0:
-            _check_cutmix_shape(shape)
+        if self._cut_prob > 0 and not 3 <= len(shape) <= 5:
+            raise ValueError(
+                "CutMix needs inputs of shape (B, C, *spatial) with 1 to 3 spatial dimensions "
+                f"(audio, images or volumes), got shape {tuple(shape)}; use MixUp for other inputs."
+            )
 
     def sample(
         self,
@@ -254,16 +234,12 @@ class _Policy:
         """Mix ``x`` and its targets with drawn parameters; return both (use what is returned).
 
         ``x`` is mixed in place when it owns its memory (:func:`~lightning_mixup.functional.
-        owns_memory`: a fresh batch from a collate or a device transfer). A view, or a tensor
-        whose storage is larger than itself (e.g. a slice of a dataset kept as one tensor), is
-        copied first and the copy is mixed and returned, so data that outlives the batch is
-        never changed. ``target`` is never written; the mixed targets are a new tensor.
+        owns_memory`), else in a copy, so data that outlives the batch is never changed.
+        ``target`` is never written; the mixed targets are a new tensor.
 
-        Targets are mixed with exactly the weights of their inputs: image-level rows with each
-        sample's λ, dense masks pixel by pixel (a CutMix box of the partner's mask lands exactly
-        where the partner's pixels do). An integer index mask stays an index mask and may only be
-        cut, not blended (the caller turns it into a soft mask first when a sample is blended:
-        :meth:`MixParams.blends`).
+        Targets get exactly the weights of their inputs, dense masks pixel by pixel. An integer
+        index mask stays an index mask and may only be cut, not blended (the caller turns it into
+        a soft mask first when a sample is blended: :meth:`MixParams.blends`).
 
         Args:
             x: ``(B, ...)`` floating inputs (``(B, C, *spatial)`` when CutMix is used).
@@ -284,10 +260,7 @@ class _Policy:
             ``(mixed inputs, mixed targets)``.
         """
         x = self.mix_inputs(x, params, buffer, enabled)
-        mixed_target = mix_target(target, params, unlabelled)
-        if enabled is not None and not params.identity:  # disabled: the targets as they were
-            mixed_target = torch.where(enabled, mixed_target, target)
-        return x, mixed_target
+        return x, gated_target(target, params, enabled, unlabelled)
 
     def mix_inputs(
         self,
@@ -365,6 +338,14 @@ def mix_target(target: Tensor, params: MixParams, unlabelled: Tensor | None = No
     return mixed
 
 
+def gated_target(
+    target: Tensor, params: MixParams, enabled: Tensor | None, unlabelled: Tensor | None = None
+) -> Tensor:
+    """:func:`mix_target`, with the targets as they were where the device flag ``enabled`` is False."""
+    mixed = mix_target(target, params, unlabelled)
+    return mixed if enabled is None or mixed is target else torch.where(enabled, mixed, target)
+
+
 def mix_features(h: Tensor, params: MixParams) -> Tensor:
     """Mix a hidden layer's output out of place: ``λ·h_i + (1-λ)·h_j``, or a CutMix box.
 
@@ -394,11 +375,8 @@ def _partner_weights(
 ) -> Tensor:
     """Per-sample partner share ``1 - λ``, or per-pixel where a sample gets a CutMix box.
 
-    The per-pixel weight of a sample is an outer product of one vector per spatial dimension:
-    box indicators for a CutMix sample, and vectors filled with ``1 - λ`` (first dimension) and 1
-    (the others) for a blended one, so a batch of both kinds is built in one broadcast product.
-    The small vectors are built on the CPU and the product on ``device``, so only ``B·(H + W)``
-    numbers cross to an accelerator, not ``B·H·W``.
+    Per pixel it is an outer product of one vector per spatial dimension (box indicators, or
+    ``1 - λ`` then ones for a blend), built on the CPU and multiplied on ``device``.
     """
     # float64 inputs get float64 weights; narrower floats get float32 (mix_ casts them last).
     share = (1.0 - params.lam).to(torch.float64 if dtype == torch.float64 else torch.float32)
@@ -477,11 +455,8 @@ class MixUpOrCutMix(_Policy):
             )
         self.mixup, self.cutmix, self.switch_prob = mixup, cutmix, float(switch_prob)
         self.mode = mixup.mode
-        self._mix_alpha, self._cut_alpha, self._cut_prob = (
-            mixup.alpha,
-            cutmix.alpha,
-            self.switch_prob,
-        )
+        self._mix_alpha, self._cut_alpha = mixup.alpha, cutmix.alpha
+        self._cut_prob = self.switch_prob
 
 
 def make_policy(

@@ -57,27 +57,17 @@ class Schedule:
                 shape, or epoch and step arguments given together.
         """
         C.choice("ramp_shape", ramp_shape, F.RAMP_SHAPES)
-        steps = {
-            "ramp_start_step": ramp_start_step,
-            "ramp_steps": ramp_steps,
-            "stop_step": stop_step,
-        }
-        given = {name: value for name, value in steps.items() if value is not None}
-        if given:
-            if (ramp_start_epoch, ramp_epochs, stop_epoch) != (0, 0, None):
-                raise ValueError(
-                    "The schedule is in epochs or in steps, not both: got `ramp_start_epoch`="
-                    f"{ramp_start_epoch!r}, `ramp_epochs`={ramp_epochs!r}, `stop_epoch`="
-                    f"{stop_epoch!r} with {', '.join(f'`{k}`={v!r}' for k, v in given.items())}."
-                )
-            names = ("ramp_start_step", "ramp_steps", "stop_step")
-            values: tuple[int | None, int | None, int | None] = (
-                ramp_start_step,
-                ramp_steps,
-                stop_step,
+        names = ("ramp_start_step", "ramp_steps", "stop_step")
+        values = (ramp_start_step, ramp_steps, stop_step)
+        given = [f"`{k}`={v!r}" for k, v in zip(names, values) if v is not None]
+        unit: Unit = "steps"
+        if given and (ramp_start_epoch, ramp_epochs, stop_epoch) != (0, 0, None):
+            raise ValueError(
+                "The schedule is in epochs or in steps, not both: got `ramp_start_epoch`="
+                f"{ramp_start_epoch!r}, `ramp_epochs`={ramp_epochs!r}, `stop_epoch`="
+                f"{stop_epoch!r} with {', '.join(given)}."
             )
-            unit: Unit = "steps"
-        else:
+        if not given:
             names = ("ramp_start_epoch", "ramp_epochs", "stop_epoch")
             values, unit = (ramp_start_epoch, ramp_epochs, stop_epoch), "epochs"
         start, length, stop = values
