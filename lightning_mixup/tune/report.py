@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_mixup.tune._study import save_png, write_atomically
+from lightning_mixup.tune._study import one_line, save_png, write_atomically
 
 __all__ = ["label", "write_plots", "write_summary"]
 
@@ -71,6 +71,8 @@ def write_plots(study: optuna.Study, out: Path, monitor: str, summary: str) -> l
 
 def _draw(draw: Callable[[], Any], path: Path, matplotlib: Any, plt: Any) -> str | None:
     """Save what ``draw()`` plots to ``path``; None, or why nothing was saved."""
+    import numpy as np
+
     before = set(plt.get_fignums())
     try:
         # Optuna's plots set their own style (ggplot): keep it inside this plot.
@@ -79,15 +81,12 @@ def _draw(draw: Callable[[], Any], path: Path, matplotlib: Any, plt: Any) -> str
             result = draw()
             if isinstance(result, str):
                 return result
-            fig = _figure(result)
+            fig = np.ravel(result)[0].figure  # one Axes, or an array of them
             fig.tight_layout()
             save_png(fig, path, dpi=100)
             return None
     except Exception as err:  # a plot must never cost the report
-        text = str(err).strip()
-        return f"drawing it failed: {type(err).__name__}" + (
-            f": {text.splitlines()[0]}" if text else ""
-        )
+        return f"drawing it failed: {one_line(err)}"
     finally:
         for number in set(plt.get_fignums()) - before:
             plt.close(number)
@@ -98,13 +97,6 @@ def _with_plots(summary: str, drawn: list[str], notes: list[str]) -> str:
         "\n".join([summary.rstrip("\n"), "", "## Plots", "", *drawn, *(f"- {n}" for n in notes)])
         + "\n"
     )
-
-
-def _figure(result: Any) -> Any:
-    """The figure of what an Optuna plot returns (one ``Axes``, or an array of them)."""
-    import numpy as np
-
-    return np.ravel(result)[0].figure
 
 
 def _plots(study: optuna.Study, monitor: str) -> list[tuple[str, str, Callable[[], Any]]]:

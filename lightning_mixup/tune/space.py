@@ -25,13 +25,6 @@ _KEYS = {
 }
 
 
-def _callback_arguments() -> list[str]:
-    from lightning_mixup.callback import MixupCallback
-
-    params = inspect.signature(MixupCallback.__init__).parameters
-    return [name for name in params if name != "self"]
-
-
 def default_space(max_epochs: int | None) -> dict[str, dict[str, Any]]:
     """The default space for a run of ``max_epochs`` epochs.
 
@@ -63,7 +56,9 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
             f"`--space` {str(path)!r} must be a non-empty YAML mapping of MixupCallback argument "
             f"names to distributions, got {raw!r}."
         )
-    known = _callback_arguments()
+    from lightning_mixup.callback import MixupCallback
+
+    known = list(inspect.signature(MixupCallback.__init__).parameters)[1:]  # no self
     space: dict[str, dict[str, Any]] = {}
     for name, spec in raw.items():
         where = f"`--space` {str(path)!r}, key {name!r}"
@@ -155,19 +150,11 @@ def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     for name, spec in space.items():
         if "when" in spec and not values.get(spec["when"]):
             continue
-        kind = spec["type"]
-        if kind == "categorical":
+        if spec["type"] == "categorical":
             values[name] = trial.suggest_categorical(name, spec["choices"])
-        elif kind == "int":
-            values[name] = trial.suggest_int(
-                name,
-                spec["low"],
-                spec["high"],
-                step=spec.get("step", 1),
-                log=spec.get("log", False),
-            )
-        else:
-            values[name] = trial.suggest_float(
-                name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False)
-            )
+            continue
+        number = trial.suggest_int if spec["type"] == "int" else trial.suggest_float
+        step = spec.get("step", 1 if spec["type"] == "int" else None)
+        log = spec.get("log", False)
+        values[name] = number(name, spec["low"], spec["high"], step=step, log=log)
     return values
