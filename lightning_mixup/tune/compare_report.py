@@ -12,7 +12,6 @@ import itertools
 import math
 import os
 import platform
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +92,8 @@ def load_runs(study: optuna.Study, grid: Grid) -> pd.DataFrame:
     if frame.empty:
         return frame
     frame = frame.sort_values("trial").drop_duplicates(list(grid.names))
-    order = {p: i for i, p in enumerate(_report_order(grid))}
+    points = itertools.product(grid.seeds, itertools.product(*grid.grid.values()), grid.arms)
+    order = {(arm, *values, seed): i for i, (seed, values, arm) in enumerate(points)}
     keys = [
         order.get(tuple(row), math.inf) for row in frame[list(grid.names)].itertuples(index=False)
     ]
@@ -103,14 +103,6 @@ def load_runs(study: optuna.Study, grid: Grid) -> pd.DataFrame:
         .drop(columns="_order")
         .reset_index(drop=True)
     )
-
-
-def _report_order(grid: Grid) -> Iterator[tuple[Any, ...]]:
-    """The points with the seed outermost, then the grid values, then the arm."""
-    for seed in grid.seeds:
-        for values in itertools.product(*grid.grid.values()):
-            for arm in grid.arms:
-                yield (arm, *values, seed)
 
 
 def _stats(runs: pd.DataFrame, grid: Grid, which: str) -> pd.DataFrame:
@@ -258,10 +250,9 @@ def _plot(runs: pd.DataFrame, grid: Grid, which: str, path: Path) -> None:
 def write_report(
     study: optuna.Study, grid: Grid, out: Path, command: str, url: str
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Write ``results.csv``, ``summary.md`` and ``<which>.png`` into ``out``.
+    """Write ``results.csv``, ``summary.md`` and ``<which>.png`` (tables first) into ``out``.
 
-    The tables come first: a plot that fails to draw is skipped (an older file of that name
-    removed) and said in one line, never at the cost of the files written before it.
+    A plot that fails to draw is skipped, an older file of that name removed.
 
     Returns:
         The runs, and one line per plot skipped.

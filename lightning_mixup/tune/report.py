@@ -1,10 +1,4 @@
-"""What ``lightning-mixup tune`` leaves in ``--out``: summary.md, trials.csv and PNG plots.
-
-The tables come first (:func:`write_summary`), the plots after (:func:`write_plots`), so a
-finished study always gets its summary: a plot with nothing to show, or one that fails to draw,
-is skipped with one line saying why. The plots are Optuna's own
-(``optuna.visualization.matplotlib``), drawn headless (Agg).
-"""
+"""What ``lightning-mixup tune`` leaves in ``--out``: summary.md, trials.csv and Optuna's plots."""
 
 from __future__ import annotations
 
@@ -36,12 +30,10 @@ def write_summary(study: optuna.Study, out: Path, monitor: str) -> str:
 
 
 def write_plots(study: optuna.Study, out: Path, monitor: str, summary: str) -> list[str]:
-    """Draw ``history.png``, ``importances.png`` and ``alpha.png`` into ``out``.
+    """Draw ``history.png``, ``importances.png`` and ``alpha.png`` into ``out``, headless.
 
-    Each plot is drawn on its own: one with nothing to show (no completed trial, fewer than two
-    completed mixing trials, no ``alpha`` in the space) or one that fails is skipped, and an
-    older file of that name is removed. ``summary.md`` is then rewritten as ``summary`` plus a
-    "Plots" section.
+    A plot with nothing to show, or that fails, is skipped (an older file of that name removed);
+    ``summary.md`` is then rewritten as ``summary`` plus a "Plots" section.
 
     Returns:
         One line per plot skipped, saying why.

@@ -135,10 +135,7 @@ def _run(args: TuneOptions, passthrough: list[str]) -> int:
     # A failed baseline (say with a --monitor typo, or a crash) is queued again: the summary
     # compares mixing with it. A killed worker's baseline is queued again by the heartbeat's
     # retry, with its user attributes, so it is not FAIL-only then.
-    if not any(
-        t.user_attrs.get("baseline") and t.state != TrialState.FAIL
-        for t in study.get_trials(deepcopy=False)
-    ):
+    if not _baselines(study):
         study.enqueue_trial({}, user_attrs={"baseline": True})
 
     objective = _Objective(args, passthrough, space, out)
@@ -262,7 +259,7 @@ class _Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         baseline = bool(trial.user_attrs.get("baseline"))
-        if baseline and _earlier_baseline(trial):
+        if baseline and any(n < trial.number for n in _baselines(trial.study)):
             # A concurrent worker enqueued a second baseline: run it as an ordinary trial.
             trial.set_user_attr("baseline", False)
             baseline = False
@@ -305,12 +302,10 @@ class _Objective:
         return value
 
 
-def _earlier_baseline(trial: optuna.Trial) -> bool:
-    study = trial.study
-    return any(
-        t.user_attrs.get("baseline") and t.number < trial.number and t.state != TrialState.FAIL
-        for t in study.get_trials(deepcopy=False)
-    )
+def _baselines(study: optuna.Study) -> list[int]:
+    """The numbers of the study's baseline trials that did not fail."""
+    trials = study.get_trials(deepcopy=False)
+    return [t.number for t in trials if t.user_attrs.get("baseline") and t.state != TrialState.FAIL]
 
 
 def _with_params(config: dict, params: dict[str, Any] | None) -> dict[str, Any] | None:
