@@ -232,17 +232,14 @@ def load_arms(path: str) -> dict[str, Arm]:
         raise ValueError(f"`--arms_file` {path!r} must map arm names to {shape}, got {raw!r}.")
     arms = {}
     for name, spec in raw.items():
-        ok = isinstance(spec, dict) and "mixup" in spec and not set(spec) - {"mixup", "callbacks"}
-        callbacks = (spec.get("callbacks") or []) if ok else None
-        if (
-            not ok
-            or not (spec["mixup"] is None or isinstance(spec["mixup"], dict))
-            or not (
-                isinstance(callbacks, list)
-                and all(
-                    isinstance(c, dict) and isinstance(c.get("class_path"), str) for c in callbacks
-                )
-            )
+        callbacks = (spec.get("callbacks") or []) if isinstance(spec, dict) else None
+        if not (
+            isinstance(spec, dict)
+            and "mixup" in spec
+            and set(spec) <= {"mixup", "callbacks"}
+            and (spec["mixup"] is None or isinstance(spec["mixup"], dict))
+            and isinstance(callbacks, list)
+            and all(isinstance(c, dict) and isinstance(c.get("class_path"), str) for c in callbacks)
         ):
             raise ValueError(
                 f"`--arms_file` {path!r}, arm {name!r}: must be {shape}, got {spec!r}."

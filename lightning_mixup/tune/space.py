@@ -1,12 +1,7 @@
-"""The search space of ``lightning-mixup tune``: the default one, and one read from a YAML file.
+"""The search space of ``lightning-mixup tune``: the default one, or one read from a YAML file.
 
-A space maps :class:`~lightning_mixup.MixupCallback` argument names to distributions::
-
-    alpha: {type: float, low: 0.05, high: 4.0, log: true}
-    cutmix_alpha: {type: categorical, choices: [0.0, 1.0]}
-    ramp_epochs: {type: int, low: 0, high: 5}
-
-No Optuna import here: :func:`suggest` only calls the ``suggest_*`` methods of the trial it is given.
+A space maps MixupCallback argument names to distributions, such as
+``alpha: {type: float, low: 0.05, high: 4.0, log: true}`` (``docs/tuning.md``).
 """
 
 from __future__ import annotations
@@ -26,12 +21,7 @@ _KEYS = {
 
 
 def default_space(max_epochs: int | None) -> dict[str, dict[str, Any]]:
-    """The default space for a run of ``max_epochs`` epochs.
-
-    ``alpha`` log-uniform in [0.05, 4]; ``cutmix_alpha`` in {0, 1} (0: MixUp only, 1: MixUp or
-    CutMix per batch); ``switch_prob`` uniform in [0, 1], sampled only when CutMix is on;
-    ``ramp_epochs`` an integer in [0, max_epochs // 4], left out when that range is empty.
-    """
+    """The default space for a run of ``max_epochs`` epochs (``switch_prob`` only with CutMix)."""
     space: dict[str, dict[str, Any]] = {
         "alpha": {"type": "float", "low": 0.05, "high": 4.0, "log": True},
         "cutmix_alpha": {"type": "categorical", "choices": [0.0, 1.0]},
@@ -43,12 +33,11 @@ def default_space(max_epochs: int | None) -> dict[str, dict[str, Any]]:
 
 
 def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read and check a space file; every mistake is a ``ValueError`` naming the key and value.
+    """Read and check a space file.
 
     Raises:
-        ValueError: The file cannot be read or is not valid YAML, is not a mapping, a name is not
-            a ``MixupCallback`` argument, a ``type`` is unknown, a range is empty
-            (``low >= high``), a log range is not positive, or ``choices`` is missing or empty.
+        ValueError: For any mistake in the file (unreadable, not a mapping of MixupCallback
+            arguments to valid distributions), naming the key, the value and the rule.
     """
     raw = read_yaml("--space", Path(path))
     if not isinstance(raw, Mapping) or not raw:
