@@ -1,9 +1,7 @@
-"""What ``lightning-mixup compare`` writes into ``--out``, from the study's records.
+"""What ``lightning-mixup compare`` writes into ``--out``: results.csv, summary.md and the plots.
 
-``results.csv`` (one row per finished run), ``summary.md`` (mean ± sample std over seeds per arm
-and grid point, for each tested set of weights) and one PNG per tested set of weights (a panel per
-metric). The metrics are whatever the config's module and callbacks log at test time: nothing
-here knows their names. pandas does the table and the statistics; matplotlib draws.
+The metrics are whatever the config's module and callbacks log at test time: nothing here knows
+their names.
 """
 
 from __future__ import annotations
@@ -120,11 +118,6 @@ def _stats(runs: pd.DataFrame, grid: Grid, which: str) -> pd.DataFrame:
     return stats.reindex(index).dropna(how="all")
 
 
-def _metrics(stats: pd.DataFrame) -> list[str]:
-    """The metric names of :func:`_stats`' columns ``(metric, statistic)``, in order."""
-    return list(dict.fromkeys(str(column[0]) for column in stats.columns))
-
-
 def _cell(mean: float, std: float, count: float, n_seeds: int) -> str:
     if not count:
         return "-"
@@ -141,7 +134,7 @@ def summary_tables(runs: pd.DataFrame, grid: Grid) -> dict[str, str]:
     tables = {}
     for which in grid.tests:
         stats = _stats(runs, grid, which)
-        metrics = _metrics(stats)
+        metrics = list(stats.columns.unique(0))  # the columns are (metric, statistic)
         head = ["arm", *grid.grid, *(m.split(":", 1)[1] for m in metrics)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for key, row in stats.iterrows():
@@ -228,7 +221,7 @@ def _plot(runs: pd.DataFrame, grid: Grid, which: str, path: Path) -> None:
     from matplotlib.figure import Figure
 
     stats = _stats(runs, grid, which)
-    metrics = _metrics(stats)
+    metrics = list(stats.columns.unique(0))
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows))
