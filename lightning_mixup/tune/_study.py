@@ -124,18 +124,16 @@ def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages
         try:
             return _storage(url, heartbeat, grace)
         except Exception as err:  # sqlalchemy, driver and file errors alike
-            missing = _missing_driver(err, url)
-            if missing is not None:
-                raise TuneError(f"cannot open storage {hide_password(url)!r}: {missing}") from None
-            text = str(err)
+            why = _missing_driver(err, url)
+            text = str(err).strip()
             racing = type(err).__name__ == "IntegrityError" or any(
                 s in text for s in ("already exists", "locked")
             )
-            if attempt < 5 and racing:
+            if why is None and attempt < 5 and racing:
                 time.sleep(0.2 + random.random())
                 continue
-            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            raise TuneError(f"cannot open storage {hide_password(url)!r}: {first}") from None
+            why = why or (text.splitlines()[0] if text else type(err).__name__)
+            raise TuneError(f"cannot open storage {hide_password(url)!r}: {why}") from None
     raise AssertionError("unreachable")
 
 

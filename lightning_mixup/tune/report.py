@@ -38,26 +38,27 @@ def write_plots(study: optuna.Study, out: Path, monitor: str, summary: str) -> l
     Returns:
         One line per plot skipped, saying why.
     """
+    drawn: list[str] = []
+    notes: list[str] = []
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        notes = [
+        notes.append(
             'plots skipped: matplotlib is not installed (pip install "lightning-mixup[tune]").'
-        ]
-        write_atomically(out / "summary.md", _with_plots(summary, [], notes))
-        return notes
-    drawn, notes = [], []
-    for name, caption, draw in _plots(study, monitor):
-        reason = _draw(draw, out / name, matplotlib, plt)
-        if reason is None:
-            drawn.append(f"![{caption}]({name})")
-        else:
-            (out / name).unlink(missing_ok=True)  # an older plot would no longer be true
-            notes.append(f"{name} skipped: {reason}")
-    write_atomically(out / "summary.md", _with_plots(summary, drawn, notes))
+        )
+    else:
+        for name, caption, draw in _plots(study, monitor):
+            reason = _draw(draw, out / name, matplotlib, plt)
+            if reason is None:
+                drawn.append(f"![{caption}]({name})")
+            else:
+                (out / name).unlink(missing_ok=True)  # an older plot would no longer be true
+                notes.append(f"{name} skipped: {reason}")
+    lines = [summary.rstrip("\n"), "", "## Plots", "", *drawn, *(f"- {n}" for n in notes)]
+    write_atomically(out / "summary.md", "\n".join(lines) + "\n")
     return notes
 
 
@@ -82,13 +83,6 @@ def _draw(draw: Callable[[], Any], path: Path, matplotlib: Any, plt: Any) -> str
     finally:
         for number in set(plt.get_fignums()) - before:
             plt.close(number)
-
-
-def _with_plots(summary: str, drawn: list[str], notes: list[str]) -> str:
-    return (
-        "\n".join([summary.rstrip("\n"), "", "## Plots", "", *drawn, *(f"- {n}" for n in notes)])
-        + "\n"
-    )
 
 
 def _plots(study: optuna.Study, monitor: str) -> list[tuple[str, str, Callable[[], Any]]]:
