@@ -209,7 +209,8 @@ class _Progress:
 class _Report(pl.Callback):
     """Reads ``monitor`` after each validation epoch, reports it to Optuna and prunes.
 
-    With ``max_epochs`` known it prunes only in the second half of the run, never at its end.
+    Optuna's own pruning callback targets ``pytorch_lightning``. With ``max_epochs`` known this
+    one prunes only in the second half of the run (mixing learns slowly at first), never at its end.
     """
 
     def __init__(
