@@ -1,10 +1,4 @@
-"""The user's LightningCLI config as ``tune`` and ``compare`` build it for each trial.
-
-:func:`build` makes the config's Trainer, model and datamodule through
-:class:`~lightning_mixup.mixup_cli.MixupCLI` (``run=False``); :func:`place` puts the trial's
-``MixupCallback`` (and the callbacks that go with it) where the config's own one was in the built
-Trainer; :func:`config_with` does the same to the config's data, for each trial's ``config.yaml``.
-"""
+"""The user's LightningCLI config as ``tune`` and ``compare`` build it, with each trial's callbacks."""
 
 from __future__ import annotations
 
@@ -21,7 +15,7 @@ from lightning_mixup.callback import MixupCallback
 from lightning_mixup.mixup_cli import MixupCLI
 from lightning_mixup.tune._study import TuneError
 
-__all__ = ["build", "config_with", "dumped", "mixup_entry", "place", "write_config"]
+__all__ = ["build", "config_with", "dumped", "mixup_class", "mixup_entry", "place", "write_config"]
 
 
 def build(
@@ -30,11 +24,9 @@ def build(
     root: Path | None = None,
     exit_on_error: bool = True,
 ) -> MixupCLI:
-    """The user's config (``--config``, ``--trainer.*``, ... in ``args``) built, not run.
+    """The config in ``args`` built, not run; ``seed``: seed_everything, ``root``: default_root_dir.
 
-    ``seed`` sets ``seed_everything`` and ``root`` the Trainer's ``default_root_dir``. With
-    ``exit_on_error=False`` a value LightningCLI cannot parse raises ``argparse.ArgumentError``
-    instead of printing its usage and exiting.
+    With ``exit_on_error=False`` a bad value raises ``argparse.ArgumentError`` instead of exiting.
     """
     from lightning_mixup.mixup_cli import main
 
@@ -82,13 +74,18 @@ def mixup_entry(config: dict) -> dict[str, Any] | None:
     return dict(callbacks[found[0]]) if found else None
 
 
+def mixup_class(cli: MixupCLI) -> type[MixupCallback]:
+    """The class of the built Trainer's MixupCallback (a config may name a subclass), or the base."""
+    callbacks = cli.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
+    return next((type(cb) for cb in callbacks if isinstance(cb, MixupCallback)), MixupCallback)
+
+
 def place(
     trainer: pl.Trainer, mixup: MixupCallback | None, extra: Sequence[pl.Callback] = ()
 ) -> None:
-    """Replace the trainer's MixupCallback by ``mixup`` (None: none), ``extra`` right after it.
+    """Put ``mixup`` (None: none) and ``extra`` where the trainer's MixupCallback was.
 
-    They take the place of the config's own MixupCallback, or go before the checkpoint callbacks
-    (where Lightning keeps them, last) when the config has none.
+    Without one, they go before the checkpoint callbacks (which Lightning keeps last).
     """
     callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
     at = next((i for i, cb in enumerate(callbacks) if isinstance(cb, MixupCallback)), None)
@@ -103,10 +100,7 @@ def place(
 def config_with(
     config: dict, init_args: dict[str, Any] | None, extra: Sequence[dict[str, Any]] = ()
 ) -> dict:
-    """``config`` (``as_dict``) with its MixupCallback's ``init_args`` set (None: removed).
-
-    ``extra`` (``class_path`` entries) go right after it, as :func:`place` puts them.
-    """
+    """``config`` with its MixupCallback's ``init_args`` set (None: removed), ``extra`` after it."""
     config = {k: v for k, v in config.items() if k != "config"}
     callbacks, found = _entries(config)
     at = found[0] if found else len(callbacks)

@@ -1,11 +1,7 @@
-"""The options of ``tune`` and ``compare``: one dataclass each, read by jsonargparse.
+"""The options of ``tune`` and ``compare``: one dataclass each (its docstring is the ``--help``).
 
-Every default is written once, in the dataclass; its docstring is the ``--help``. A command's own
-flags are taken out of the command line here and everything else goes to LightningCLI, so
-``--config``, ``--trainer.*``, ``--model.*`` and ``--data.*`` keep LightningCLI's meaning. On top
-of jsonargparse's spelling (``--study_name=x``, ``--seeds=[0,1]``, ``--prune=false``) the flags
-take the one argparse users write: dashes (``--study-name``), a list as the values that follow
-the flag (``--seeds 0 1``), and ``--no-X`` for ``--X=false``.
+A command's own flags are read by jsonargparse, the others go to LightningCLI. Besides
+jsonargparse's spelling the flags take argparse's: ``--study-name``, ``--seeds 0 1``, ``--no-X``.
 """
 
 from __future__ import annotations

@@ -52,11 +52,7 @@ class TrialFailed(Exception):
 
 
 def failed(trial: optuna.Trial, err: BaseException, folder: Path) -> TrialFailed:
-    """Record why ``trial`` failed; the :class:`TrialFailed` to raise from ``err``.
-
-    The traceback goes to ``folder/error.log``, the one-line reason to the trial's ``error``
-    user attribute.
-    """
+    """The :class:`TrialFailed` for ``err``; its traceback goes to ``folder/error.log``."""
     log = folder / "error.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("".join(traceback.format_exception(err)))
@@ -75,13 +71,7 @@ def one_line(err: BaseException) -> str:
 
 
 def quiet_failed_trials() -> contextlib.AbstractContextManager[None]:
-    """Keep Optuna from logging each failed trial with its traceback (~40 lines).
-
-    Optuna's optimize loop logs a failed trial as two warnings, the first with the traceback,
-    from its ``optuna.study._optimize`` logger, and nothing else at that level: that logger is
-    raised to ERROR meanwhile. The commands say it in one line instead (:class:`TrialFailed`),
-    and the traceback goes to the trial's ``error.log`` (:func:`failed`).
-    """
+    """Mute Optuna's warning with the traceback of each failed trial (:func:`failed` keeps it)."""
     return logger_level("optuna.study._optimize", logging.ERROR)
 
 
@@ -126,39 +116,29 @@ def fail_stale(study: optuna.Study) -> None:
 
 
 def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:
-    """The storage for ``url``; any failure to open it is a :class:`TuneError` before training.
+    """The storage for ``url``; any failure to open it is a :class:`TuneError`, password hidden.
 
-    Workers started together race to create the tables and the version rows of a new database
-    (``table ... already exists``, ``UNIQUE constraint failed``, ``database is locked``); those
-    errors are retried a few times, after which the other worker's tables are there. A database
-    driver that is not installed is named, with the extra that brings it for ``postgresql://``.
-    The password in ``url``, if any, is not repeated in the message.
+    Errors of workers racing to create a new database's tables are retried a few times.
     """
     for attempt in range(6):
         try:
             return _storage(url, heartbeat, grace)
         except Exception as err:  # sqlalchemy, driver and file errors alike
-            missing = _missing_driver(err, url)
-            if missing is not None:
-                raise TuneError(f"cannot open storage {hide_password(url)!r}: {missing}") from None
-            text = str(err)
+            why = _missing_driver(err, url)
+            text = str(err).strip()
             racing = type(err).__name__ == "IntegrityError" or any(
                 s in text for s in ("already exists", "locked")
             )
-            if attempt < 5 and racing:
+            if why is None and attempt < 5 and racing:
                 time.sleep(0.2 + random.random())
                 continue
-            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            raise TuneError(f"cannot open storage {hide_password(url)!r}: {first}") from None
+            why = why or (text.splitlines()[0] if text else type(err).__name__)
+            raise TuneError(f"cannot open storage {hide_password(url)!r}: {why}") from None
     raise AssertionError("unreachable")
 
 
 def _missing_driver(err: BaseException | None, url: str) -> str | None:
-    """What to install when ``err`` comes from a database driver module that is not installed.
-
-    Optuna wraps SQLAlchemy's failed import of the driver in an ``ImportError`` of its own; the
-    missing module is the ``ModuleNotFoundError`` in the chain of causes.
-    """
+    """What to install when a ``ModuleNotFoundError`` is in the causes of ``err``, else None."""
     for _ in range(8):  # a short chain; never follow a cycle
         if err is None or isinstance(err, ModuleNotFoundError):
             break
@@ -191,10 +171,7 @@ def hide_password(url: str) -> str:
 
 
 def write_atomically(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and one rename.
-
-    Workers writing the same report at once then leave one whole file, never a mix of both.
-    """
+    """Write ``data`` to ``path`` through a temporary file and one rename (workers race)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if isinstance(data, str):
         tmp.write_text(data)
@@ -206,9 +183,7 @@ def write_atomically(path: Path, data: str | bytes) -> None:
 def sqlalchemy_url(url: str) -> str:
     """``url`` with the psycopg 3 driver named when a ``postgresql://`` URL names none.
 
-    SQLAlchemy 2.1 and later open plain ``postgresql://`` URLs with psycopg 3, 2.0 with psycopg2;
-    naming the driver makes both open it with psycopg 3, the driver of the ``postgres`` extra
-    (SQLAlchemy 2.1 needs Python 3.11, so Python 3.10 gets 2.0).
+    SQLAlchemy 2.0 would open it with psycopg2, 2.1 (Python 3.11+) with psycopg 3.
     """
     if url.startswith("postgresql://"):
         return "postgresql+psycopg://" + url[len("postgresql://") :]
@@ -226,24 +201,19 @@ def _storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.Bas
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     # Optuna 4.9 renamed the callback run on a trial whose heartbeat stopped, and its argument.
     storages = optuna.storages
+    retry: dict[str, Any]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
-            return storages.RDBStorage(
-                sqlalchemy_url(url),
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=1
-                ),
-            )
-        return storages.RDBStorage(  # pragma: no cover - Optuna < 4.9
+            retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback}
+        else:  # pragma: no cover - Optuna < 4.9
+            retry = {"failed_trial_callback": storages.RetryFailedTrialCallback}
+        return storages.RDBStorage(
             sqlalchemy_url(url),
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat,
             grace_period=grace,
-            failed_trial_callback=storages.RetryFailedTrialCallback(max_retry=1),
+            **{key: callback(max_retry=1) for key, callback in retry.items()},
         )
 
 
@@ -255,14 +225,7 @@ def save_png(fig: Any, path: Path, dpi: float | None = None) -> None:
 
 
 def check_heartbeat(heartbeat: int, grace: int | None) -> None:
-    """Check ``--heartbeat`` and ``--grace`` before any storage is opened.
-
-    A grace period no longer than the heartbeat would fail a live trial between two of its beats
-    (and run it a second time), so ``--grace`` must exceed ``--heartbeat``.
-
-    Raises:
-        ValueError: Naming the flag, the rule and the value.
-    """
+    """Check ``--heartbeat``, and that ``--grace`` exceeds it (else live trials would fail)."""
     from lightning_mixup import _checks
 
     _checks.integer("--heartbeat", heartbeat, 1)
@@ -273,12 +236,7 @@ def check_heartbeat(heartbeat: int, grace: int | None) -> None:
 
 
 def make_folder(flag: str, folder: Path, given: Path | None = None) -> None:
-    """Create ``folder`` (and its parents) for the path ``given`` to ``flag`` (default ``folder``).
-
-    Raises:
-        TuneError: In one line, when the folder cannot be created (say a regular file is in the
-            way, or the permissions refuse it).
-    """
+    """Create ``folder`` for the path ``given`` to ``flag`` (default ``folder``), or a TuneError."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -303,12 +261,8 @@ def logger_level(name: str, level: int) -> Iterator[None]:
 def stamp(study: optuna.Study, settings: dict[str, Any], url: str, what: str) -> None:
     """Record ``settings`` (what decides a trial's numbers) in the study, or check them.
 
-    A study whose trials never finished (a typo in a setting fails the first one) takes the new
-    settings and says which changed; one with finished or running trials keeps its own, or its
-    trials (``what``: ``"trial"``, ``"run"``) would not be comparable.
-
-    Raises:
-        TuneError: Naming the first setting that differs, its two values and the fix.
+    A study with finished or running trials (``what``: ``"trial"``, ``"run"``) keeps its own
+    settings: a change raises a :class:`TuneError`; a study with none takes the new ones.
     """
     known = study.user_attrs.get("settings")
     new = json.loads(json.dumps(settings))  # as the storage gives it back

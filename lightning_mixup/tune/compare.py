@@ -1,16 +1,8 @@
-r"""``lightning-mixup compare``: mixing arms × config values × seeds on your own LightningCLI config.
+"""``lightning-mixup compare``: mixing arms × config values × seeds on your own LightningCLI config.
 
-Each run builds your config through :class:`~lightning_mixup.mixup_cli.MixupCLI` with one point of
-the grid: an *arm* (a ``MixupCallback`` setting, or none, and the callbacks it brings), one value
-of each ``--grid`` key and one seed; it fits, tests the last weights and the best checkpoint, and
-keeps whatever the model and its callbacks log at test time. The grid is one Optuna study, as
-``tune``'s: it resumes, takes ``--workers`` and workers on other machines (``--storage``), and a
-killed worker's run is retried through its heartbeat. The guide: ``docs/tuning.md``.
-
-Example::
-
-    lightning-mixup compare --config examples/compare_digits.yaml --arms erm mixup1.0 cutmix \
-        --grid data.label_noise=0,0.4 --seeds 0 1 2 --seed_keys data.seed --workers 2
+Each run fits one point of the grid (an arm, one value of each ``--grid`` key, a seed), tests it
+and keeps what the model logs at test time; the grid is one Optuna study, as ``tune``'s. The
+guide: ``docs/tuning.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +31,14 @@ from optuna.trial import FrozenTrial, TrialState
 from lightning_mixup import _checks
 from lightning_mixup.callback import MixupCallback
 from lightning_mixup.mixup_cli import ConfigError, MixupCLI
-from lightning_mixup.tune._config import build, dumped, mixup_entry, place, write_config
+from lightning_mixup.tune._config import (
+    build,
+    dumped,
+    mixup_class,
+    mixup_entry,
+    place,
+    write_config,
+)
 from lightning_mixup.tune._options import parse, parse_error
 from lightning_mixup.tune._study import (
     StudyOptions,
@@ -172,11 +171,9 @@ class CompareOptions(StudyOptions):
 
 
 def _distinct(flag: str, values: Sequence[Any]) -> None:
-    seen = []
-    for v in values:
-        if v in seen:
+    for i, v in enumerate(values):
+        if v in values[:i]:
             raise ValueError(f"`{flag}` lists {v!r} twice.")
-        seen.append(v)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -202,9 +199,9 @@ def parse_options(argv: Sequence[str]) -> tuple[CompareOptions, list[str]]:
 
 # ---------------------------------------------------------------------------- arms
 def describe(arm: Arm, init_args: dict[str, Any] | None = None) -> str:
-    """``MixupCallback(alpha=1.0) + TemperatureScaling()``: an arm, or its arguments for a run.
+    """``MixupCallback(alpha=1.0) + TemperatureScaling()``: an arm, or its ``init_args`` in a run.
 
-    The arm's own arguments are shown, and the config's ones that differ from the defaults.
+    Shown: the arm's own arguments, and those of the config that differ from the defaults.
     """
     import inspect
 
@@ -235,17 +232,14 @@ def load_arms(path: str) -> dict[str, Arm]:
         raise ValueError(f"`--arms_file` {path!r} must map arm names to {shape}, got {raw!r}.")
     arms = {}
     for name, spec in raw.items():
-        ok = isinstance(spec, dict) and "mixup" in spec and not set(spec) - {"mixup", "callbacks"}
-        callbacks = (spec.get("callbacks") or []) if ok else None
-        if (
-            not ok
-            or not (spec["mixup"] is None or isinstance(spec["mixup"], dict))
-            or not (
-                isinstance(callbacks, list)
-                and all(
-                    isinstance(c, dict) and isinstance(c.get("class_path"), str) for c in callbacks
-                )
-            )
+        callbacks = (spec.get("callbacks") or []) if isinstance(spec, dict) else None
+        if not (
+            isinstance(spec, dict)
+            and "mixup" in spec
+            and set(spec) <= {"mixup", "callbacks"}
+            and (spec["mixup"] is None or isinstance(spec["mixup"], dict))
+            and isinstance(callbacks, list)
+            and all(isinstance(c, dict) and isinstance(c.get("class_path"), str) for c in callbacks)
         ):
             raise ValueError(
                 f"`--arms_file` {path!r}, arm {name!r}: must be {shape}, got {spec!r}."
@@ -310,11 +304,8 @@ def _mixup(
     init_args = resolve(name, arm, mixup_entry(cli.config.as_dict()), cli.trainer.max_epochs)
     if init_args is None:
         return None, None
-    callbacks = cli.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, undeclared on Trainer
-    own = [cb for cb in callbacks if isinstance(cb, MixupCallback)]
-    cls = type(own[0]) if own else MixupCallback
     try:
-        return cls(**init_args), init_args
+        return mixup_class(cli)(**init_args), init_args
     except (ValueError, TypeError) as err:
         raise ValueError(f"arm {name!r}: MixupCallback refused its arguments: {err}") from None
 
@@ -461,10 +452,7 @@ def _built(args: list[str], seed: int | None, where: str = "") -> MixupCLI:
 
 @contextlib.contextmanager
 def _lightning_quiet() -> Iterator[None]:
-    """Lightning's info lines (``GPU available: ...``, ``Seed set to 0``) muted in the block.
-
-    Also its warnings about small data, and torch's LeafSpec deprecation.
-    """
+    """Lightning's info lines, its warnings about small data and torch's LeafSpec one muted."""
     with (
         logger_level("lightning.pytorch", logging.WARNING),
         logger_level("lightning.fabric", logging.WARNING),
@@ -478,12 +466,7 @@ def _lightning_quiet() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------- one run
 def run_one(plan: _Plan, point: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Fit one point of the grid in ``folder``, test it; the run's recorded values.
-
-    The values: ``epochs``; with ``best`` tested, ``best_epoch`` and ``best:<monitor>``; the
-    monitor's last value (``last:<monitor>``); ``<which>:<key>`` for everything the test logged;
-    ``train_seconds``.
-    """
+    """Fit one point of the grid in ``folder`` and test it; the values the run records."""
     cli = build(plan.args(point), point["seed"], folder)
     mixup, init_args = _mixup(point["arm"], cli, plan.arms[point["arm"]])
     arm = plan.arms[point["arm"]]
@@ -512,14 +495,7 @@ def run_one(plan: _Plan, point: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- the study
 def open_study(plan: _Plan) -> optuna.Study:
-    """The grid study in ``--storage``, created or joined.
-
-    The settings are stamped on it (:func:`~lightning_mixup.tune._study.stamp`).
-
-    Raises:
-        TuneError: When the storage cannot be opened, or the study has finished or running runs
-            made with other settings (they would not be comparable with this command's).
-    """
+    """The grid study in ``--storage``, created or joined, its settings stamped (a TuneError)."""
     o = plan.options
     storage = o.open_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -643,11 +619,7 @@ def _work(plan: _Plan, study: optuna.Study) -> None:
 
 
 def _work_with_helpers(plan: _Plan, study: optuna.Study) -> int:
-    """Work here beside ``--workers`` - 1 worker processes; 1 if one of them failed, else 0.
-
-    Each worker, this one too, runs with ``--threads`` torch threads and Lightning's info lines
-    muted.
-    """
+    """Work here beside ``--workers`` - 1 worker processes; 1 if one of them failed, else 0."""
     before = torch.get_num_threads()
     threads = plan.options.threads or max(1, before // plan.options.workers)
     cmd = [sys.executable, "-m", "lightning_mixup", "compare", *plan.argv]

@@ -1,9 +1,7 @@
-"""What ``lightning-mixup compare`` writes into ``--out``, from the study's records.
+"""What ``lightning-mixup compare`` writes into ``--out``: results.csv, summary.md and the plots.
 
-``results.csv`` (one row per finished run), ``summary.md`` (mean ± sample std over seeds per arm
-and grid point, for each tested set of weights) and one PNG per tested set of weights (a panel per
-metric). The metrics are whatever the config's module and callbacks log at test time: nothing
-here knows their names. pandas does the table and the statistics; matplotlib draws.
+The metrics are whatever the config's module and callbacks log at test time: nothing here knows
+their names.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import itertools
 import math
 import os
 import platform
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +90,8 @@ def load_runs(study: optuna.Study, grid: Grid) -> pd.DataFrame:
     if frame.empty:
         return frame
     frame = frame.sort_values("trial").drop_duplicates(list(grid.names))
-    order = {p: i for i, p in enumerate(_report_order(grid))}
+    points = itertools.product(grid.seeds, itertools.product(*grid.grid.values()), grid.arms)
+    order = {(arm, *values, seed): i for i, (seed, values, arm) in enumerate(points)}
     keys = [
         order.get(tuple(row), math.inf) for row in frame[list(grid.names)].itertuples(index=False)
     ]
@@ -103,14 +101,6 @@ def load_runs(study: optuna.Study, grid: Grid) -> pd.DataFrame:
         .drop(columns="_order")
         .reset_index(drop=True)
     )
-
-
-def _report_order(grid: Grid) -> Iterator[tuple[Any, ...]]:
-    """The points with the seed outermost, then the grid values, then the arm."""
-    for seed in grid.seeds:
-        for values in itertools.product(*grid.grid.values()):
-            for arm in grid.arms:
-                yield (arm, *values, seed)
 
 
 def _stats(runs: pd.DataFrame, grid: Grid, which: str) -> pd.DataFrame:
@@ -126,11 +116,6 @@ def _stats(runs: pd.DataFrame, grid: Grid, which: str) -> pd.DataFrame:
     order = [(*v, a) for v in itertools.product(*grid.grid.values()) for a in grid.arms]
     index = pd.MultiIndex.from_tuples(order, names=keys) if grid.grid else pd.Index(grid.arms)
     return stats.reindex(index).dropna(how="all")
-
-
-def _metrics(stats: pd.DataFrame) -> list[str]:
-    """The metric names of :func:`_stats`' columns ``(metric, statistic)``, in order."""
-    return list(dict.fromkeys(str(column[0]) for column in stats.columns))
 
 
 def _cell(mean: float, std: float, count: float, n_seeds: int) -> str:
@@ -149,7 +134,7 @@ def summary_tables(runs: pd.DataFrame, grid: Grid) -> dict[str, str]:
     tables = {}
     for which in grid.tests:
         stats = _stats(runs, grid, which)
-        metrics = _metrics(stats)
+        metrics = list(stats.columns.unique(0))  # the columns are (metric, statistic)
         head = ["arm", *grid.grid, *(m.split(":", 1)[1] for m in metrics)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for key, row in stats.iterrows():
@@ -236,7 +221,7 @@ def _plot(runs: pd.DataFrame, grid: Grid, which: str, path: Path) -> None:
     from matplotlib.figure import Figure
 
     stats = _stats(runs, grid, which)
-    metrics = _metrics(stats)
+    metrics = list(stats.columns.unique(0))
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows))
@@ -258,10 +243,9 @@ def _plot(runs: pd.DataFrame, grid: Grid, which: str, path: Path) -> None:
 def write_report(
     study: optuna.Study, grid: Grid, out: Path, command: str, url: str
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Write ``results.csv``, ``summary.md`` and ``<which>.png`` into ``out``.
+    """Write ``results.csv``, ``summary.md`` and ``<which>.png`` (tables first) into ``out``.
 
-    The tables come first: a plot that fails to draw is skipped (an older file of that name
-    removed) and said in one line, never at the cost of the files written before it.
+    A plot that fails to draw is skipped, an older file of that name removed.
 
     Returns:
         The runs, and one line per plot skipped.

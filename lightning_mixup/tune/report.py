@@ -1,10 +1,4 @@
-"""What ``lightning-mixup tune`` leaves in ``--out``: summary.md, trials.csv and PNG plots.
-
-The tables come first (:func:`write_summary`), the plots after (:func:`write_plots`), so a
-finished study always gets its summary: a plot with nothing to show, or one that fails to draw,
-is skipped with one line saying why. The plots are Optuna's own
-(``optuna.visualization.matplotlib``), drawn headless (Agg).
-"""
+"""What ``lightning-mixup tune`` leaves in ``--out``: summary.md, trials.csv and Optuna's plots."""
 
 from __future__ import annotations
 
@@ -16,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_mixup.tune._study import save_png, write_atomically
+from lightning_mixup.tune._study import one_line, save_png, write_atomically
 
 __all__ = ["label", "write_plots", "write_summary"]
 
@@ -36,41 +30,42 @@ def write_summary(study: optuna.Study, out: Path, monitor: str) -> str:
 
 
 def write_plots(study: optuna.Study, out: Path, monitor: str, summary: str) -> list[str]:
-    """Draw ``history.png``, ``importances.png`` and ``alpha.png`` into ``out``.
+    """Draw ``history.png``, ``importances.png`` and ``alpha.png`` into ``out``, headless.
 
-    Each plot is drawn on its own: one with nothing to show (no completed trial, fewer than two
-    completed mixing trials, no ``alpha`` in the space) or one that fails is skipped, and an
-    older file of that name is removed. ``summary.md`` is then rewritten as ``summary`` plus a
-    "Plots" section.
+    A plot with nothing to show, or that fails, is skipped (an older file of that name removed);
+    ``summary.md`` is then rewritten as ``summary`` plus a "Plots" section.
 
     Returns:
         One line per plot skipped, saying why.
     """
+    drawn: list[str] = []
+    notes: list[str] = []
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        notes = [
+        notes.append(
             'plots skipped: matplotlib is not installed (pip install "lightning-mixup[tune]").'
-        ]
-        write_atomically(out / "summary.md", _with_plots(summary, [], notes))
-        return notes
-    drawn, notes = [], []
-    for name, caption, draw in _plots(study, monitor):
-        reason = _draw(draw, out / name, matplotlib, plt)
-        if reason is None:
-            drawn.append(f"![{caption}]({name})")
-        else:
-            (out / name).unlink(missing_ok=True)  # an older plot would no longer be true
-            notes.append(f"{name} skipped: {reason}")
-    write_atomically(out / "summary.md", _with_plots(summary, drawn, notes))
+        )
+    else:
+        for name, caption, draw in _plots(study, monitor):
+            reason = _draw(draw, out / name, matplotlib, plt)
+            if reason is None:
+                drawn.append(f"![{caption}]({name})")
+            else:
+                (out / name).unlink(missing_ok=True)  # an older plot would no longer be true
+                notes.append(f"{name} skipped: {reason}")
+    lines = [summary.rstrip("\n"), "", "## Plots", "", *drawn, *(f"- {n}" for n in notes)]
+    write_atomically(out / "summary.md", "\n".join(lines) + "\n")
     return notes
 
 
 def _draw(draw: Callable[[], Any], path: Path, matplotlib: Any, plt: Any) -> str | None:
     """Save what ``draw()`` plots to ``path``; None, or why nothing was saved."""
+    import numpy as np
+
     before = set(plt.get_fignums())
     try:
         # Optuna's plots set their own style (ggplot): keep it inside this plot.
@@ -79,32 +74,15 @@ def _draw(draw: Callable[[], Any], path: Path, matplotlib: Any, plt: Any) -> str
             result = draw()
             if isinstance(result, str):
                 return result
-            fig = _figure(result)
+            fig = np.ravel(result)[0].figure  # one Axes, or an array of them
             fig.tight_layout()
             save_png(fig, path, dpi=100)
             return None
     except Exception as err:  # a plot must never cost the report
-        text = str(err).strip()
-        return f"drawing it failed: {type(err).__name__}" + (
-            f": {text.splitlines()[0]}" if text else ""
-        )
+        return f"drawing it failed: {one_line(err)}"
     finally:
         for number in set(plt.get_fignums()) - before:
             plt.close(number)
-
-
-def _with_plots(summary: str, drawn: list[str], notes: list[str]) -> str:
-    return (
-        "\n".join([summary.rstrip("\n"), "", "## Plots", "", *drawn, *(f"- {n}" for n in notes)])
-        + "\n"
-    )
-
-
-def _figure(result: Any) -> Any:
-    """The figure of what an Optuna plot returns (one ``Axes``, or an array of them)."""
-    import numpy as np
-
-    return np.ravel(result)[0].figure
 
 
 def _plots(study: optuna.Study, monitor: str) -> list[tuple[str, str, Callable[[], Any]]]:

@@ -1,15 +1,8 @@
 """``lightning-mixup tune``: an Optuna study over MixupCallback arguments for any LightningCLI config.
 
-Each trial builds the user's config through :class:`~lightning_mixup.mixup_cli.MixupCLI` (``run=False``),
-puts one :class:`~lightning_mixup.MixupCallback` with the trial's arguments into ``trainer.callbacks``
-(replacing the arguments of the config's own one, else appending one), fits, and returns the
-monitored metric of the **last** validation epoch (the mean over ``--seeds``).
-
-Trial 0 of every study is a no-mixing baseline: enqueued with the user attribute ``baseline=True``,
-it runs with no MixupCallback at all and has no parameters.
-
-A trial that raises stops the worker with one line (exit status 1); its traceback is in
-``<out>/trial_<n>/error.log`` and its one-line reason in the trial's ``error`` user attribute.
+A trial fits the config with the trial's MixupCallback; its value is the monitored metric of the
+last validation epoch (mean over ``--seeds``). Trial 0 (user attribute ``baseline``) has no
+MixupCallback. The guide: ``docs/tuning.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +22,7 @@ from lightning_mixup.tune._config import (
     build,
     config_with,
     dumped,
+    mixup_class,
     mixup_entry,
     place,
     write_config,
@@ -141,10 +135,7 @@ def _run(args: TuneOptions, passthrough: list[str]) -> int:
     # A failed baseline (say with a --monitor typo, or a crash) is queued again: the summary
     # compares mixing with it. A killed worker's baseline is queued again by the heartbeat's
     # retry, with its user attributes, so it is not FAIL-only then.
-    if not any(
-        t.user_attrs.get("baseline") and t.state != TrialState.FAIL
-        for t in study.get_trials(deepcopy=False)
-    ):
+    if not _baselines(study):
         study.enqueue_trial({}, user_attrs={"baseline": True})
 
     objective = _Objective(args, passthrough, space, out)
@@ -173,10 +164,7 @@ def _run(args: TuneOptions, passthrough: list[str]) -> int:
 def _missing(study: optuna.Study, n_trials: int, count_running: bool) -> int:
     """How many more trials this worker may start so that the study reaches ``n_trials``.
 
-    Trials running in other workers count as done (they will finish, or be failed by the
-    heartbeat and retried), so concurrent workers stop together without overshooting, which
-    ``MaxTrialsCallback`` (it counts finished trials only) allows by up to one trial per worker.
-    Journal storage has no heartbeat, so its running trials are not counted.
+    Running trials count as done where a heartbeat fails them if their worker dies.
     """
     states = (*_FINISHED, TrialState.RUNNING) if count_running else _FINISHED
     return n_trials - len(study.get_trials(deepcopy=False, states=states))
@@ -221,10 +209,8 @@ class _Progress:
 class _Report(pl.Callback):
     """Reads ``monitor`` after each validation epoch, reports it to Optuna and prunes.
 
-    A small own callback: Optuna's ``PyTorchLightningPruningCallback`` targets ``pytorch_lightning``.
-    With ``max_epochs`` known it prunes only in the second half of the run (mixing trials learn
-    slowly at first, so early epochs say little about the last one) and never at the last epoch
-    (the trial is then done: its value is the result).
+    Optuna's own pruning callback targets ``pytorch_lightning``. With ``max_epochs`` known this
+    one prunes only in the second half of the run (mixing learns slowly at first), never at its end.
     """
 
     def __init__(
@@ -274,7 +260,7 @@ class _Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         baseline = bool(trial.user_attrs.get("baseline"))
-        if baseline and _earlier_baseline(trial):
+        if baseline and any(n < trial.number for n in _baselines(trial.study)):
             # A concurrent worker enqueued a second baseline: run it as an ordinary trial.
             trial.set_user_attr("baseline", False)
             baseline = False
@@ -291,12 +277,13 @@ class _Objective:
                     self.space if self.space is not None else default_space(cli.trainer.max_epochs)
                 )
                 params = suggest(trial, space)
+            init_args = _with_params(cli.config.as_dict(), params)
             try:
-                _set_mixup(cli, None if baseline else params)
+                place(cli.trainer, None if init_args is None else mixup_class(cli)(**init_args))
             except (ValueError, TypeError) as err:
                 trial.set_user_attr("refused", str(err))
                 raise Refused(str(err)) from None
-            write_config(cli, root / "config.yaml", _with_params(cli.config.as_dict(), params))
+            write_config(cli, root / "config.yaml", init_args)
             # The baseline reports no epochs: the pruner compares mixing trials with each other
             # (plain training learns faster early, which would prune most mixing trials at once).
             reporting = trial if i == 0 and not baseline else None
@@ -316,12 +303,10 @@ class _Objective:
         return value
 
 
-def _earlier_baseline(trial: optuna.Trial) -> bool:
-    study = trial.study
-    return any(
-        t.user_attrs.get("baseline") and t.number < trial.number and t.state != TrialState.FAIL
-        for t in study.get_trials(deepcopy=False)
-    )
+def _baselines(study: optuna.Study) -> list[int]:
+    """The numbers of the study's baseline trials that did not fail."""
+    trials = study.get_trials(deepcopy=False)
+    return [t.number for t in trials if t.user_attrs.get("baseline") and t.state != TrialState.FAIL]
 
 
 def _with_params(config: dict, params: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -330,16 +315,6 @@ def _with_params(config: dict, params: dict[str, Any] | None) -> dict[str, Any] 
         return None
     entry = mixup_entry(config)
     return {**((entry or {}).get("init_args") or {}), **params}
-
-
-def _set_mixup(cli: Any, params: dict[str, Any] | None) -> None:
-    """Replace (or add, or for ``None`` remove) the trainer's MixupCallback."""
-    from lightning_mixup.callback import MixupCallback
-
-    init_args = _with_params(cli.config.as_dict(), params)
-    old = [cb for cb in cli.trainer.callbacks if isinstance(cb, MixupCallback)]
-    cls = type(old[0]) if old else MixupCallback
-    place(cli.trainer, None if init_args is None else cls(**init_args))
 
 
 def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) -> None:

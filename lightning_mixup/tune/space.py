@@ -1,12 +1,7 @@
-"""The search space of ``lightning-mixup tune``: the default one, and one read from a YAML file.
+"""The search space of ``lightning-mixup tune``: the default one, or one read from a YAML file.
 
-A space maps :class:`~lightning_mixup.MixupCallback` argument names to distributions::
-
-    alpha: {type: float, low: 0.05, high: 4.0, log: true}
-    cutmix_alpha: {type: categorical, choices: [0.0, 1.0]}
-    ramp_epochs: {type: int, low: 0, high: 5}
-
-No Optuna import here: :func:`suggest` only calls the ``suggest_*`` methods of the trial it is given.
+A space maps MixupCallback argument names to distributions, such as
+``alpha: {type: float, low: 0.05, high: 4.0, log: true}`` (``docs/tuning.md``).
 """
 
 from __future__ import annotations
@@ -25,20 +20,8 @@ _KEYS = {
 }
 
 
-def _callback_arguments() -> list[str]:
-    from lightning_mixup.callback import MixupCallback
-
-    params = inspect.signature(MixupCallback.__init__).parameters
-    return [name for name in params if name != "self"]
-
-
 def default_space(max_epochs: int | None) -> dict[str, dict[str, Any]]:
-    """The default space for a run of ``max_epochs`` epochs.
-
-    ``alpha`` log-uniform in [0.05, 4]; ``cutmix_alpha`` in {0, 1} (0: MixUp only, 1: MixUp or
-    CutMix per batch); ``switch_prob`` uniform in [0, 1], sampled only when CutMix is on;
-    ``ramp_epochs`` an integer in [0, max_epochs // 4], left out when that range is empty.
-    """
+    """The default space for a run of ``max_epochs`` epochs (``switch_prob`` only with CutMix)."""
     space: dict[str, dict[str, Any]] = {
         "alpha": {"type": "float", "low": 0.05, "high": 4.0, "log": True},
         "cutmix_alpha": {"type": "categorical", "choices": [0.0, 1.0]},
@@ -50,12 +33,11 @@ def default_space(max_epochs: int | None) -> dict[str, dict[str, Any]]:
 
 
 def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read and check a space file; every mistake is a ``ValueError`` naming the key and value.
+    """Read and check a space file.
 
     Raises:
-        ValueError: The file cannot be read or is not valid YAML, is not a mapping, a name is not
-            a ``MixupCallback`` argument, a ``type`` is unknown, a range is empty
-            (``low >= high``), a log range is not positive, or ``choices`` is missing or empty.
+        ValueError: For any mistake in the file (unreadable, not a mapping of MixupCallback
+            arguments to valid distributions), naming the key, the value and the rule.
     """
     raw = read_yaml("--space", Path(path))
     if not isinstance(raw, Mapping) or not raw:
@@ -63,7 +45,9 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
             f"`--space` {str(path)!r} must be a non-empty YAML mapping of MixupCallback argument "
             f"names to distributions, got {raw!r}."
         )
-    known = _callback_arguments()
+    from lightning_mixup.callback import MixupCallback
+
+    known = list(inspect.signature(MixupCallback.__init__).parameters)[1:]  # no self
     space: dict[str, dict[str, Any]] = {}
     for name, spec in raw.items():
         where = f"`--space` {str(path)!r}, key {name!r}"
@@ -155,19 +139,11 @@ def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     for name, spec in space.items():
         if "when" in spec and not values.get(spec["when"]):
             continue
-        kind = spec["type"]
-        if kind == "categorical":
+        if spec["type"] == "categorical":
             values[name] = trial.suggest_categorical(name, spec["choices"])
-        elif kind == "int":
-            values[name] = trial.suggest_int(
-                name,
-                spec["low"],
-                spec["high"],
-                step=spec.get("step", 1),
-                log=spec.get("log", False),
-            )
-        else:
-            values[name] = trial.suggest_float(
-                name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False)
-            )
+            continue
+        number = trial.suggest_int if spec["type"] == "int" else trial.suggest_float
+        step = spec.get("step", 1 if spec["type"] == "int" else None)
+        log = spec.get("log", False)
+        values[name] = number(name, spec["low"], spec["high"], step=step, log=log)
     return values
