@@ -109,10 +109,11 @@ class StudyOptions:
 
 def fail_stale(study: optuna.Study) -> None:
     """Mark the trials of killed workers (silent for ``--grace``) failed, and queue their retry."""
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+    # Optuna wraps a study's database storage in a cache, so ask Optuna, which knows whether the
+    # storage (wrapped or not) has a heartbeat, and does nothing where it has none (journal).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def open_storage(url: str, heartbeat: int, grace: int | None) -> optuna.storages.BaseStorage:

@@ -185,6 +185,29 @@ def check_killed_worker_is_retried(out: Path, load, *storage: str) -> None:
     assert not [t for t in trials if t.state.name == "RUNNING"]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+@pytest.mark.parametrize("journal", [False, True])
+def test_a_silent_trial_is_failed_and_queued_again_before_any_new_trial(tmp_path, journal):
+    # The command's own look for dead workers' trials (before it starts one), not Optuna's at
+    # the start of each trial: with nothing left to start, a command never reaches the latter.
+    from lightning_mixup.tune._study import fail_stale, open_storage
+
+    url = f"journal:{tmp_path / 'j.log'}" if journal else f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=open_storage(url, 1, 2))
+    trial = study.ask({"alpha": optuna.distributions.FloatDistribution(0.1, 1.0)})
+    if not journal:
+        study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # past the grace period, in SQLite's whole seconds too
+    fail_stale(study)
+    states = [t.state.name for t in study.get_trials()]
+    if journal:  # no heartbeat: the trial cannot be told from a slow one, and stays
+        assert states == ["RUNNING"]
+    else:
+        assert states == ["FAIL", "WAITING"]
+        retry = study.get_trials()[1]
+        assert retry.system_attrs["failed_trial"] == 0 and retry.params == trial.params
+
+
 def _space(tmp_path, text):
     path = tmp_path / "space.yaml"
     path.write_text(text)
