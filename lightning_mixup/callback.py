@@ -233,7 +233,6 @@ class MixupCallback(pl.Callback):
         several training loaders, a dict from loader name (or index) to the parameters of each
         sub-batch that was mixed."""
         self._seed = seed if seed is not None else _DEFAULT_SEED
-        self._restored_seed: int | None = None
         self._salt = 0
         self._targets = Targets(self.num_classes, self.label_smoothing, self.ignore_index)
         self._guard = Guard(self.skip_nonfinite)
@@ -341,9 +340,13 @@ class MixupCallback(pl.Callback):
         return {"seed": self._seed, "arguments": self._arguments()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the interrupted run's seed (unless ``seed`` is given); warn once of changes."""
+        """Restore the interrupted run's seed (unless ``seed`` is given); warn once of changes.
+
+        Lightning calls this after ``setup``, before ``on_fit_start`` or (FSDP, DeepSpeed) after
+        it, and in no case before the first training batch, so the seed is set here at once.
+        """
         if self.seed is None and state_dict.get("seed") is not None:
-            self._restored_seed = int(state_dict["seed"])
+            self._seed = int(state_dict["seed"])
         stored, now = state_dict.get("arguments", {}), self._arguments()
         changed = [
             f"{k}: {stored[k]!r} -> {now[k]!r}" for k in now if k in stored and stored[k] != now[k]
@@ -353,11 +356,6 @@ class MixupCallback(pl.Callback):
                 f"{self.state_key}: resuming with changed arguments ({'; '.join(changed)}); the "
                 "stored seed is kept, so the draws continue from the interrupted run's stream."
             )
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Apply a seed restored from a checkpoint (``load_state_dict`` runs before this)."""
-        if self._restored_seed is not None:
-            self._seed, self._restored_seed = self._restored_seed, None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Warn once when an epoch-based schedule cannot move because the epoch never ends."""

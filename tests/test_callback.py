@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from lightning_mixup import MixupCallback
 from tests.probes import RecordingModule, loader, tensor_loader, tiny_trainer
@@ -213,6 +214,47 @@ def test_resume_from_checkpoint_mixes_exactly_as_uninterrupted(tmp_path, monkeyp
     )
     assert [r["epoch"] for r in second.train_records] == [2] * 4 + [3] * 4
     assert same(first.train_records + second.train_records, full.train_records)
+
+
+class LateRestore(SingleDeviceStrategy):
+    """Restores the checkpoint after ``on_fit_start``, as FSDP, DeepSpeed and ModelParallel do."""
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("strategy", ["auto", "late"])
+def test_resume_takes_the_stored_seed_whenever_the_strategy_restores(
+    tmp_path, monkeypatch, strategy
+):
+    def late():
+        return "auto" if strategy == "auto" else LateRestore(torch.device("cpu"))
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    full = RecordingModule()
+    cb = MixupCallback(alpha=1.0, mode="elem")
+    tiny_trainer(max_epochs=2, callbacks=[cb], strategy=late()).fit(
+        full, loader(8, 4, shuffle=False)
+    )
+    first = RecordingModule()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    cb1 = MixupCallback(alpha=1.0, mode="elem")
+    trainer = tiny_trainer(
+        max_epochs=1, callbacks=[cb1, ckpt], enable_checkpointing=True, strategy=late()
+    )
+    trainer.fit(first, loader(8, 4, shuffle=False))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "8")  # the resumed half must take the stored seed, 7
+    second = RecordingModule()
+    cb2 = MixupCallback(alpha=1.0, mode="elem")
+    trainer = tiny_trainer(max_epochs=2, callbacks=[cb2], strategy=late())
+    trainer.fit(second, loader(8, 4, shuffle=False), ckpt_path=tmp_path / "last.ckpt")
+    assert same(first.train_records + second.train_records, full.train_records)
+    # A later fit of the same Trainer without a checkpoint draws from its own seed again.
+    third = RecordingModule()
+    trainer.fit_loop.max_epochs = 3
+    trainer.fit(third, loader(8, 4, shuffle=False))
+    assert cb2._seed == 8
 
 
 def test_two_callbacks_keep_separate_state_and_draws(tmp_path):
