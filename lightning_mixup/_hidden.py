@@ -5,7 +5,7 @@ Manifold Mixup (Verma et al., ICML 2019) mixes a hidden layer's output instead o
 the targets and places a :class:`LayerHook` on the chosen layer, and removes it when the step ends
 (or raises), so validation, test and predict never see it; within the step only the layer's first
 call is mixed, so a second forward pass (an EMA or teacher model sharing the layer, a consistency
-loss) runs unmixed.
+loss) runs unmixed, while activation checkpointing's recomputation in backward is mixed the same.
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ class LayerHook:
         self.fired = False
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if self.fired:
+            # A call during backward is activation checkpointing recomputing the first call's
+            # output: it gets the same mix, or the gradients would be those of unmixed features.
+            if self.fired and torch._C._current_graph_task_id() == -1:
                 return None
             self.fired = True
             tensor, put = first_tensor(output)
@@ -239,16 +241,17 @@ class HiddenLayers:
                 out = torch.cat([y, mixed])
                 mixed = out[batch_size:]
         rows = 2 * batch_size if keep_clean else batch_size
+        drawn: list[MixParams] = []  # the final parameters, kept for a recomputation in backward
 
         def mix(h: Tensor) -> Tensor:
-            final = params
+            final = drawn[0] if drawn else params
             if h.shape[0] != rows:
                 raise ValueError(
                     f"MixupCallback(mix_at={at!r}): the layer's output holds {h.shape[0]} samples "
                     f"but the batch {rows}; choose a layer that keeps the batch dimension."
                 )
             clean, h = (h[:batch_size], h[batch_size:]) if keep_clean else (None, h)
-            if draft.needs_boxes:
+            if draft.needs_boxes and not drawn:
                 if not 3 <= h.ndim <= 5:
                     raise ValueError(
                         f"CutMix at the layer {at!r} needs an output of shape (B, C, *spatial) "
@@ -259,6 +262,7 @@ class HiddenLayers:
                 if y is not None and mixed is not None:
                     mixed.copy_(P.gated_target(y, final, enabled, unlabelled))
                 boxes_drawn(params, final)
+                drawn.append(final)
             new = P.mix_features(h, final)
             new = new if enabled is None else torch.where(enabled, new, h)
             return new if clean is None else torch.cat([clean, new])

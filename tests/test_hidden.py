@@ -233,3 +233,37 @@ def test_the_first_tensor_of_a_tuple_list_or_dict_output_is_mixed():
         rest = "rest" if isinstance(output, dict) else 2
         assert new[rest] is aux  # the rest passes through
     assert first_tensor(("no", "tensor"))[0] is None
+
+
+class CheckpointedNet(BlockNet):
+    """BlockNet with its two blocks under activation checkpointing (``reentrant`` None: none)."""
+
+    def __init__(self, reentrant: bool | None) -> None:
+        torch.manual_seed(0)
+        super().__init__()
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        def blocks(h):
+            return self.block2(self.block1(h))
+
+        h = self.stem(x)
+        if self.reentrant is not None:  # the blocks run again in backward, to recompute h
+            h = torch.utils.checkpoint.checkpoint(blocks, h, use_reentrant=self.reentrant)
+        else:
+            h = blocks(h)
+        return self.head(self.tap(h).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+@pytest.mark.parametrize(
+    "options",
+    [{"alpha": 1.0, "mix_at": "block1"}, {"alpha": 0.0, "cutmix_alpha": 1.0, "mix_at": "block2"}],
+)
+def test_activation_checkpointing_recomputes_the_same_mix_in_backward(reentrant, options):
+    weights = []
+    for net in (CheckpointedNet(None), CheckpointedNet(reentrant)):
+        fit(net, MixupCallback(mode="elem", seed=2, **options))
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+        assert all(r["params"] is not None for r in net.records)
+    torch.testing.assert_close(weights[1], weights[0])
