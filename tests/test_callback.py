@@ -370,6 +370,8 @@ def test_bad_batches_raise_before_any_training_step(batch, error, match):
         ({"num_classes": 0}, "`num_classes` must be an integer >= 1, got 0"),
         ({"seed": 1.5}, "`seed` must be an integer or None, got 1.5"),
         ({"input_key": 1.0}, "`input_key` must be None, a list index or a dict key, got 1.0"),
+        ({"same_on_all_ranks": "false"}, "`same_on_all_ranks` must be True or False, got 'false'"),
+        ({"skip_nonfinite": "no"}, "`skip_nonfinite` must be True or False, got 'no'"),
     ],
 )
 def test_argument_errors(kwargs, match):
