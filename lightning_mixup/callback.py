@@ -345,16 +345,23 @@ class MixupCallback(pl.Callback):
         Lightning calls this after ``setup``, before ``on_fit_start`` or (FSDP, DeepSpeed) after
         it, and in no case before the first training batch, so the seed is set here at once.
         """
-        if self.seed is None and state_dict.get("seed") is not None:
-            self._seed = int(state_dict["seed"])
+        stored_seed = state_dict.get("seed")
+        if self.seed is None and stored_seed is not None:
+            self._seed = int(stored_seed)
         stored, now = state_dict.get("arguments", {}), self._arguments()
         changed = [
             f"{k}: {stored[k]!r} -> {now[k]!r}" for k in now if k in stored and stored[k] != now[k]
         ]
         if changed:
+            draws = (
+                "the stored seed is kept, so the draws continue from the interrupted run's stream"
+                if self.seed is None or stored_seed is None or self.seed == stored_seed
+                else f"`seed` = {self.seed} replaces the stored seed {stored_seed}, so the draws "
+                "differ from the interrupted run's"
+            )
             rank_zero_warn(
-                f"{self.state_key}: resuming with changed arguments ({'; '.join(changed)}); the "
-                "stored seed is kept, so the draws continue from the interrupted run's stream."
+                f"{self.state_key}: resuming with changed arguments ({'; '.join(changed)}); "
+                f"{draws}."
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

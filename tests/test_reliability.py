@@ -212,6 +212,24 @@ def test_resuming_with_a_changed_alpha_keeps_the_seed_and_says_what_changed(tmp_
     assert resumed._seed == 7
 
 
+def test_resuming_with_a_new_seed_says_the_draws_follow_it(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    tiny_trainer(callbacks=[MixupCallback(seed=3), ckpt], enable_checkpointing=True).fit(
+        RecordingModule(), loader(8, 4)
+    )
+    resumed = MixupCallback(seed=5)
+    with pytest.warns(
+        UserWarning, match=r"\(seed: 3 -> 5\); `seed` = 5 replaces the stored seed 3"
+    ) as got:
+        tiny_trainer(max_epochs=2, callbacks=[resumed]).fit(
+            RecordingModule(), loader(8, 4), ckpt_path=tmp_path / "last.ckpt"
+        )
+    assert resumed._seed == 5
+    assert not any("stored seed is kept" in str(w.message) for w in got)
+
+
 @pytest.mark.parametrize("name", ["", "two words", 3, True])
 def test_name_must_be_an_identifier(name):
     with pytest.raises(ValueError, match=r"`name` must be None or a Python identifier, got"):
