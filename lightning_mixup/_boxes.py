@@ -138,6 +138,15 @@ def _check_target(target: Mapping, i: int) -> None:
             f'targets[{i}]["boxes"] must have shape (N, 4), got {tuple(boxes.shape)}; an image '
             "without boxes has `torch.zeros(0, 4)`."
         )
+    # torchvision's BoundingBoxes say how they are written; a mix reads xyxy.
+    written = getattr(boxes, "format", "XYXY")
+    written = str(getattr(written, "name", written))
+    if written.upper() != "XYXY":
+        raise ValueError(
+            f'targets[{i}]["boxes"] are {written} boxes, but a mix reads them as (x1, y1, x2, y2) '
+            "pixels; convert them with `torchvision.ops.box_convert(boxes, in_fmt, 'xyxy')` or "
+            "`torchvision.transforms.v2.ConvertBoundingBoxFormat('XYXY')`."
+        )
     n = boxes.shape[0]
     if not isinstance(labels, Tensor) or labels.dtype != torch.int64:
         raise TypeError(

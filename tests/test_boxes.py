@@ -460,6 +460,28 @@ def test_malformed_targets_are_refused_with_the_key_named(targets, error, match)
             mix_detection_targets(targets, params, [(4, 4)] * 2)
 
 
+@pytest.mark.parametrize("fmt", ["XYWH", "CXCYWH"])
+def test_torchvision_boxes_in_another_format_are_refused_and_xyxy_ones_mix_as_tensors(fmt):
+    from torchvision import tv_tensors
+
+    def targets(form):
+        return [
+            {"boxes": form([[4.0, 4.0, 10.0, 12.0]]), "labels": torch.tensor([k])} for k in (1, 2)
+        ]
+
+    def boxes_as(fmt):
+        return lambda rows: tv_tensors.BoundingBoxes(rows, format=fmt, canvas_size=(16, 16))
+
+    images = torch.rand(2, 1, 16, 16)
+    params = make_policy(0.0, 1.0).sample(detection_shape(images), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=rf'targets\[0\]\["boxes"\] are {fmt} boxes.*box_convert'):
+        mix_detection(images, targets(boxes_as(fmt)), params)
+    _, mixed = mix_detection(images, targets(boxes_as("XYXY")), params)
+    _, plain = mix_detection(images, targets(torch.tensor), params)
+    for a, b in zip(mixed, plain):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
