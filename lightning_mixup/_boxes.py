@@ -85,8 +85,9 @@ def check_detection_targets(targets: Any, batch_size: int | None = None) -> None
         TypeError: If ``targets`` is not a list/tuple of dicts, or an entry is not a tensor of
             the right dtype.
         ValueError: If the number of targets differs from ``batch_size``, ``"boxes"`` or
-            ``"labels"`` is missing or misshapen, the targets disagree on their keys, or an entry
-            cannot be carried through a mix.
+            ``"labels"`` is missing or misshapen (or the boxes are torchvision ``BoundingBoxes``
+            in another format than XYXY), the targets disagree on their keys, or an entry cannot
+            be carried through a mix.
     """
     if not isinstance(targets, (list, tuple)) or not all(isinstance(t, Mapping) for t in targets):
         raise TypeError(
