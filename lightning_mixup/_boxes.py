@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -264,13 +265,15 @@ def check_detection_batch(images: Images, targets: Any, check_values: bool = Tru
     if check_values:
         boxes = [target[BOXES] for target in targets]
         if sum(len(b) for b in boxes):
-            every = torch.cat([b.to(boxes[0].device, boxes[0].dtype) for b in boxes])
+            # float32 or wider, so that neither a box nor an image size is rounded.
+            dtype = functools.reduce(torch.promote_types, [b.dtype for b in boxes], torch.float32)
+            every = torch.cat([b.to(boxes[0].device, dtype) for b in boxes])
             limits = torch.tensor(
                 [[w, h] for (h, w), b in zip(sizes, boxes) for _ in range(len(b))],
                 dtype=every.dtype,
             ).to(every.device)
             if not bool(_valid(every, limits).all()):
-                _raise_invalid(boxes, sizes)
+                _raise_invalid([b.to(dtype) for b in boxes], sizes)
     return sizes
 
 

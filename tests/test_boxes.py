@@ -502,6 +502,22 @@ def test_invalid_boxes_are_refused_with_the_image_and_box_named(bad, match):
     )
 
 
+def test_a_box_is_checked_in_its_own_dtype_when_the_targets_mix_dtypes():
+    # 8.001 rounds to 8.0 in float16: checked in the first target's dtype, the box passed.
+    half = {
+        "boxes": torch.tensor([box(0, 0, 2, 2)], dtype=torch.float16),
+        "labels": good()["labels"],
+    }
+    outside = {"boxes": torch.tensor([[0.0, 0.0, 8.001, 2.0]]), "labels": good()["labels"]}
+    with pytest.raises(ValueError, match=r'targets\[1\]\["boxes"\]\[0\].*x2 ≤ 8'):
+        check_detection_batch(torch.zeros(2, 1, 6, 8), [half, outside])
+    assert check_detection_batch(torch.zeros(2, 1, 6, 8), [half, good()]) == [(6, 8)] * 2
+    # The image's width rounds too: 2051 is 2052 as float16, so a box ending at 2052 passed.
+    wide = {"boxes": torch.tensor([[0.0, 0.0, 2052.0, 2.0]], dtype=torch.float16)}
+    with pytest.raises(ValueError, match=r'targets\[0\]\["boxes"\]\[0\].*x2 ≤ 2051'):
+        check_detection_batch(torch.zeros(1, 1, 6, 2051), [{**wide, "labels": good()["labels"]}])
+
+
 def test_malformed_images_and_params_are_refused():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\) tensor.*shape \(2, 4, 4\)"):
         image_sizes(torch.zeros(2, 4, 4))
