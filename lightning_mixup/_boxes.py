@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -85,8 +86,9 @@ def check_detection_targets(targets: Any, batch_size: int | None = None) -> None
         TypeError: If ``targets`` is not a list/tuple of dicts, or an entry is not a tensor of
             the right dtype.
         ValueError: If the number of targets differs from ``batch_size``, ``"boxes"`` or
-            ``"labels"`` is missing or misshapen, the targets disagree on their keys, or an entry
-            cannot be carried through a mix.
+            ``"labels"`` is missing or misshapen (or the boxes are torchvision ``BoundingBoxes``
+            in another format than XYXY), the targets disagree on their keys, or an entry cannot
+            be carried through a mix.
     """
     if not isinstance(targets, (list, tuple)) or not all(isinstance(t, Mapping) for t in targets):
         raise TypeError(
@@ -137,6 +139,15 @@ def _check_target(target: Mapping, i: int) -> None:
         raise ValueError(
             f'targets[{i}]["boxes"] must have shape (N, 4), got {tuple(boxes.shape)}; an image '
             "without boxes has `torch.zeros(0, 4)`."
+        )
+    # torchvision's BoundingBoxes say how they are written; a mix reads xyxy.
+    written = getattr(boxes, "format", "XYXY")
+    written = str(getattr(written, "name", written))
+    if written.upper() != "XYXY":
+        raise ValueError(
+            f'targets[{i}]["boxes"] are {written} boxes, but a mix reads them as (x1, y1, x2, y2) '
+            "pixels; convert them with `torchvision.ops.box_convert(boxes, in_fmt, 'xyxy')` or "
+            "`torchvision.transforms.v2.ConvertBoundingBoxFormat('XYXY')`."
         )
     n = boxes.shape[0]
     if not isinstance(labels, Tensor) or labels.dtype != torch.int64:
@@ -254,13 +265,15 @@ def check_detection_batch(images: Images, targets: Any, check_values: bool = Tru
     if check_values:
         boxes = [target[BOXES] for target in targets]
         if sum(len(b) for b in boxes):
-            every = torch.cat([b.to(boxes[0].device, boxes[0].dtype) for b in boxes])
+            # float32 or wider, so that neither a box nor an image size is rounded.
+            dtype = functools.reduce(torch.promote_types, [b.dtype for b in boxes], torch.float32)
+            every = torch.cat([b.to(boxes[0].device, dtype) for b in boxes])
             limits = torch.tensor(
                 [[w, h] for (h, w), b in zip(sizes, boxes) for _ in range(len(b))],
                 dtype=every.dtype,
             ).to(every.device)
             if not bool(_valid(every, limits).all()):
-                _raise_invalid(boxes, sizes)
+                _raise_invalid([b.to(dtype) for b in boxes], sizes)
     return sizes
 
 

@@ -139,7 +139,8 @@ class MixedCriterion:
     """Stands in for a module's criterion during one training step (see the module docstring).
 
     Attributes other than the call are the original criterion's, so ``self.criterion.weight``
-    and the like still read.
+    and the like still read. A copy or pickle of it (made with the module, during the step)
+    is the original criterion.
 
     Args:
         original: The module's criterion.
@@ -152,6 +153,11 @@ class MixedCriterion:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.original, name)
+
+    def __reduce__(self) -> tuple[Callable, tuple[Callable]]:
+        # Copied or pickled with the module, it is the original again: ``copy``/``pickle`` would
+        # otherwise rebuild it without ``original``, which ``__getattr__`` then looks up forever.
+        return _unwrapped, (self.original,)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The original criterion on each sample's own targets and its partner's, blended."""
@@ -210,6 +216,10 @@ class MixedCriterion:
             if _same_memory(mix.target, target):
                 return mix
         return None
+
+
+def _unwrapped(criterion: Callable) -> Callable:
+    return criterion
 
 
 #: Why ``mode="elem"`` refuses a criterion without a usable ``reduction``; ``{name}`` names it.

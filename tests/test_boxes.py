@@ -460,6 +460,28 @@ def test_malformed_targets_are_refused_with_the_key_named(targets, error, match)
             mix_detection_targets(targets, params, [(4, 4)] * 2)
 
 
+@pytest.mark.parametrize("fmt", ["XYWH", "CXCYWH"])
+def test_torchvision_boxes_in_another_format_are_refused_and_xyxy_ones_mix_as_tensors(fmt):
+    from torchvision import tv_tensors
+
+    def targets(form):
+        return [
+            {"boxes": form([[4.0, 4.0, 10.0, 12.0]]), "labels": torch.tensor([k])} for k in (1, 2)
+        ]
+
+    def boxes_as(fmt):
+        return lambda rows: tv_tensors.BoundingBoxes(rows, format=fmt, canvas_size=(16, 16))
+
+    images = torch.rand(2, 1, 16, 16)
+    params = make_policy(0.0, 1.0).sample(detection_shape(images), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=rf'targets\[0\]\["boxes"\] are {fmt} boxes.*box_convert'):
+        mix_detection(images, targets(boxes_as(fmt)), params)
+    _, mixed = mix_detection(images, targets(boxes_as("XYXY")), params)
+    _, plain = mix_detection(images, targets(torch.tensor), params)
+    for a, b in zip(mixed, plain):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -478,6 +500,22 @@ def test_invalid_boxes_are_refused_with_the_image_and_box_named(bad, match):
     assert (
         check_detection_batch(torch.zeros(2, 1, 6, 8), targets, check_values=False) == [(6, 8)] * 2
     )
+
+
+def test_a_box_is_checked_in_its_own_dtype_when_the_targets_mix_dtypes():
+    # 8.001 rounds to 8.0 in float16: checked in the first target's dtype, the box passed.
+    half = {
+        "boxes": torch.tensor([box(0, 0, 2, 2)], dtype=torch.float16),
+        "labels": good()["labels"],
+    }
+    outside = {"boxes": torch.tensor([[0.0, 0.0, 8.001, 2.0]]), "labels": good()["labels"]}
+    with pytest.raises(ValueError, match=r'targets\[1\]\["boxes"\]\[0\].*x2 ≤ 8'):
+        check_detection_batch(torch.zeros(2, 1, 6, 8), [half, outside])
+    assert check_detection_batch(torch.zeros(2, 1, 6, 8), [half, good()]) == [(6, 8)] * 2
+    # The image's width rounds too: 2051 is 2052 as float16, so a box ending at 2052 passed.
+    wide = {"boxes": torch.tensor([[0.0, 0.0, 2052.0, 2.0]], dtype=torch.float16)}
+    with pytest.raises(ValueError, match=r'targets\[0\]\["boxes"\]\[0\].*x2 ≤ 2051'):
+        check_detection_batch(torch.zeros(1, 1, 6, 2051), [{**wide, "labels": good()["labels"]}])
 
 
 def test_malformed_images_and_params_are_refused():

@@ -203,6 +203,18 @@ def test_bad_batches_are_reported():
         model.training_step([torch.zeros(2, 1, 32, 32), targets[:1]], 0)
 
 
+@pytest.mark.parametrize("label", [0, -1, 11])
+def test_box_labels_outside_one_to_num_classes_are_refused(label):
+    # torchvision trains a box labelled 0 (or -1) silently as background; 11 fails deep inside.
+    model = FasterRCNNDetector(**SMALL_MODEL)
+    box = torch.tensor([[2.0, 2.0, 20.0, 20.0]])
+    targets = [{"boxes": box, "labels": torch.tensor([k])} for k in (3, label)]
+    match = rf'targets\[1\]\["labels"\] holds {label}.*`num_classes` = 11.*\[1, 10\].*0-based'
+    for step in (model.training_step, model.validation_step):
+        with pytest.raises(ValueError, match=match):
+            step([torch.zeros(2, 1, 32, 32), targets], 0)
+
+
 class _TargetSpy(pl.Callback):
     """Records what the torchvision model receives as targets in training."""
 

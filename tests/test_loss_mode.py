@@ -1,6 +1,8 @@
 """``targets="loss"``: the module's own criterion mixed for the step, its targets left as given."""
 
+import copy
 import logging
+import pickle
 from typing import Any
 
 import lightning.pytorch as pl
@@ -259,6 +261,28 @@ def test_the_swap_keeps_the_state_dict_and_restores_the_attribute():
     assert set(module.state_dict()) == keys
     swap.restore()
     assert type(module.criterion) is nn.CrossEntropyLoss and set(module.state_dict()) == keys
+
+
+class Snapshotting(CriterionModule):
+    """Deep-copies itself inside the training step, as an EMA or a snapshot callback would."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.snapshot = copy.deepcopy(self)
+        return loss
+
+
+def test_a_copy_or_pickle_of_the_module_during_the_step_holds_the_original_criterion():
+    module = Snapshotting(criterion=nn.CrossEntropyLoss(weight=torch.rand(32)))
+    tiny_trainer(callbacks=[MixupCallback(alpha=1.0)]).fit(module, loader(8, 4))
+    assert module.records[-1]["criterion"] == "MixedCriterion"  # the copy was taken mid-swap
+    copied = module.snapshot.criterion
+    assert type(copied) is nn.CrossEntropyLoss and copied is module.snapshot._modules["criterion"]
+    assert torch.equal(copied.weight, module.criterion.weight)
+    mix = LossMix(4, torch.tensor([1, 0, 3, 2]), torch.full((4,), 0.5), 0.5, torch.arange(4))
+    mixed = MixedCriterion(nn.CrossEntropyLoss(label_smoothing=0.1), {None: mix})
+    for restored in (copy.copy(mixed), copy.deepcopy(mixed), pickle.loads(pickle.dumps(mixed))):
+        assert type(restored) is nn.CrossEntropyLoss and restored.label_smoothing == 0.1
 
 
 # ---------------------------------------------------------------------- dense targets

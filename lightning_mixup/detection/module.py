@@ -209,6 +209,17 @@ class FasterRCNNDetector(_InjectedModule):
     def _unpack(self, batch: Any) -> tuple[Tensor | Sequence[Tensor], list[Mapping[str, Tensor]]]:
         images, targets = super()._unpack(batch)
         check_detection_targets(targets, len(images))
+        # torchvision trains a box labelled 0 as background, silently: one check, one read back.
+        labels = [t["labels"] for t in targets]
+        if sum(map(len, labels)) and bool(_outside(torch.cat(labels), self.num_classes).any()):
+            i = next(i for i, y in enumerate(labels) if bool(_outside(y, self.num_classes).any()))
+            k = int(labels[i][_outside(labels[i], self.num_classes)][0])
+            raise ValueError(
+                f'targets[{i}]["labels"] holds {k}, but {type(self).__name__} with `num_classes` = '
+                f"{self.num_classes} takes box labels in [1, {self.num_classes - 1}] (0 is the "
+                "background); shift 0-based class indices by 1, or build it with a larger "
+                "`num_classes`."
+            )
         return images, targets
 
     def _train_targets(
@@ -225,6 +236,11 @@ class FasterRCNNDetector(_InjectedModule):
             kept, total = kept + len(boxes), total + len(target["boxes"])
             out.append({"boxes": boxes, "labels": labels})
         return out, kept, total, weighted
+
+
+def _outside(labels: Tensor, num_classes: int) -> Tensor:
+    """Per box: its label is not a class of the detector (``[1, num_classes)``)."""
+    return (labels < 1) | (labels >= num_classes)
 
 
 def _mean_average_precision() -> Any:
