@@ -154,11 +154,11 @@ def _missing_driver(err: BaseException | None, url: str) -> str | None:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and reports.
+    """``url`` with any password (``user:PASSWORD@`` or ``?password=``) replaced by ``***``.
 
     Also takes a command-line argument ``--flag=URL``; anything else comes back unchanged.
     """
-    if "://" not in url or "@" not in url:
+    if "://" not in url or ("@" not in url and "password" not in url):
         return url
     if url.startswith("--") and "=" in url:
         flag, _, value = url.partition("=")
@@ -166,7 +166,10 @@ def hide_password(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "password" in parsed.query:  # psycopg and others take it there too
+            parsed = parsed.update_query_dict({"password": "***"})
+        return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
     except Exception:  # not a URL SQLAlchemy can read: nothing it could hide either
         return url
 

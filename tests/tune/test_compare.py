@@ -695,3 +695,15 @@ def test_a_grid_value_of_null_keeps_its_runs_in_the_report_and_its_order():
         "| `erm` | None | 0.600 ± 0.141 |",
         "| `erm` | 1 | 0.850 ± 0.071 |",
     ]
+
+
+def test_a_password_in_the_storage_urls_query_is_hidden_too():
+    from lightning_mixup.tune._study import TuneError, hide_password, open_storage
+
+    url = "postgresql://mixup@127.0.0.1:1/study?password=secret&sslmode=disable"
+    for given in (url, f"--storage={url}"):
+        assert "secret" not in hide_password(given)
+        assert "password=***" in hide_password(given) and "sslmode=disable" in hide_password(given)
+    with pytest.raises(TuneError, match=r"cannot open storage '[^']*password=\*\*\*") as err:
+        open_storage(url, 60, None)
+    assert "secret" not in str(err.value)
