@@ -315,6 +315,14 @@ def _grid(items: Sequence[str], seed_keys: Sequence[str]) -> dict[str, list[Any]
     """``--grid`` as {key: values}; lists and mappings kept as their JSON text."""
     import yaml
 
+    class GridLoader(yaml.SafeLoader):
+        """As LightningCLI reads a value: a date stays the text written (and JSON can hold it)."""
+
+        yaml_implicit_resolvers = {
+            first: [(tag, rule) for tag, rule in tags if tag != "tag:yaml.org,2002:timestamp"]
+            for first, tags in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, eq, text = item.partition("=")
@@ -332,7 +340,7 @@ def _grid(items: Sequence[str], seed_keys: Sequence[str]) -> dict[str, list[Any]
                 "folder); vary the seeds with `--seeds`."
             )
         try:
-            values = yaml.safe_load(f"[{text}]")
+            values = yaml.load(f"[{text}]", Loader=GridLoader)
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ValueError(

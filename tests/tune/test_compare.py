@@ -707,3 +707,23 @@ def test_a_password_in_the_storage_urls_query_is_hidden_too():
     with pytest.raises(TuneError, match=r"cannot open storage '[^']*password=\*\*\*") as err:
         open_storage(url, 60, None)
     assert "secret" not in str(err.value)
+
+
+def test_grid_values_are_yaml_and_a_date_stays_the_text_written():
+    from lightning_mixup.tune.compare import _grid
+
+    text = 'data.x=0,0.4,true,null,"a,b",a.b,[1, 2],2024-01-01,{day: 2024-01-02}'
+    assert _grid([text], []) == {
+        # LightningCLI reads a date as a string too; lists and mappings go on as JSON text.
+        "data.x": [
+            0,
+            0.4,
+            True,
+            None,
+            "a,b",
+            "a.b",
+            "[1, 2]",
+            "2024-01-01",
+            '{"day": "2024-01-02"}',
+        ]
+    }
