@@ -24,6 +24,7 @@ __all__ = [
     "TrialFailed",
     "TuneError",
     "check_heartbeat",
+    "check_seeds",
     "fail_stale",
     "failed",
     "hide_password",
@@ -237,6 +238,18 @@ def check_heartbeat(heartbeat: int, grace: int | None) -> None:
         raise ValueError(
             f"`--grace` must be longer than `--heartbeat` ({heartbeat}), got {grace!r}."
         )
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """Check ``--seeds``: at least one, each an integer >= 0 (Lightning's range), none twice."""
+    from lightning_mixup import _checks
+
+    if not seeds:
+        raise ValueError("`--seeds` must hold at least one seed, got [].")
+    for i, seed in enumerate(seeds):
+        _checks.integer("--seeds", seed, 0)
+        if seed in seeds[:i]:
+            raise ValueError(f"`--seeds` lists {seed!r} twice.")
 
 
 def make_folder(flag: str, folder: Path, given: Path | None = None) -> None:

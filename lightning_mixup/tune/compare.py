@@ -45,6 +45,7 @@ from lightning_mixup.tune._study import (
     TrialFailed,
     TuneError,
     check_heartbeat,
+    check_seeds,
     fail_stale,
     failed,
     hide_password,
@@ -159,10 +160,7 @@ class CompareOptions(StudyOptions):
             _distinct(f"--{name}", getattr(self, name) or [])
         if not self.arms:
             raise ValueError("`--arms` must name at least one arm, got [].")
-        if not self.seeds:
-            raise ValueError("`--seeds` must hold at least one seed, got [].")
-        for seed in self.seeds:
-            _checks.integer("--seeds", seed, 0)
+        check_seeds(self.seeds)
         _checks.integer("--workers", self.workers, 1)
         if self.threads is not None:
             _checks.integer("--threads", self.threads, 1)

@@ -33,6 +33,7 @@ from lightning_mixup.tune._study import (
     TrialFailed,
     TuneError,
     check_heartbeat,
+    check_seeds,
     fail_stale,
     failed,
     make_folder,
@@ -104,6 +105,7 @@ def _run(args: TuneOptions, passthrough: list[str]) -> int:
     from lightning_mixup import _checks
 
     _checks.integer("--n_trials", args.n_trials, 1)
+    check_seeds(args.seeds)
     check_heartbeat(args.heartbeat, args.grace)
     space = load_space(args.space) if args.space else None
     out = Path(args.out)
