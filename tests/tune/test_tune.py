@@ -499,6 +499,7 @@ def test_study_whose_mixing_trials_were_all_pruned_gets_its_report(tmp_path, cap
 
     out, best = tmp_path / "tune", tmp_path / "best.yaml"
     _study_of(out, [_trial(0.5), _trial(0.2, 1.0, "PRUNED"), _trial(0.1, 0.3, "PRUNED")])
+    matplotlib.use("Agg")  # as the report does (headless): alone, this test would see it change
     style = dict(matplotlib.rcParams)
     # The study already holds 3 finished trials: nothing trains, the report is written.
     argv = [*TINY, "--n-trials", "3", "--out", str(out), "--print-best-config", str(best)]
