@@ -24,6 +24,7 @@ __all__ = [
     "TrialFailed",
     "TuneError",
     "check_heartbeat",
+    "check_seeds",
     "fail_stale",
     "failed",
     "hide_password",
@@ -154,11 +155,11 @@ def _missing_driver(err: BaseException | None, url: str) -> str | None:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and reports.
+    """``url`` with any password (``user:PASSWORD@`` or ``?password=``) replaced by ``***``.
 
     Also takes a command-line argument ``--flag=URL``; anything else comes back unchanged.
     """
-    if "://" not in url or "@" not in url:
+    if "://" not in url or ("@" not in url and "password" not in url):
         return url
     if url.startswith("--") and "=" in url:
         flag, _, value = url.partition("=")
@@ -166,7 +167,10 @@ def hide_password(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "password" in parsed.query:  # psycopg and others take it there too
+            parsed = parsed.update_query_dict({"password": "***"})
+        return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
     except Exception:  # not a URL SQLAlchemy can read: nothing it could hide either
         return url
 
@@ -234,6 +238,18 @@ def check_heartbeat(heartbeat: int, grace: int | None) -> None:
         raise ValueError(
             f"`--grace` must be longer than `--heartbeat` ({heartbeat}), got {grace!r}."
         )
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """Check ``--seeds``: at least one, each an integer >= 0 (Lightning's range), none twice."""
+    from lightning_mixup import _checks
+
+    if not seeds:
+        raise ValueError("`--seeds` must hold at least one seed, got [].")
+    for i, seed in enumerate(seeds):
+        _checks.integer("--seeds", seed, 0)
+        if seed in seeds[:i]:
+            raise ValueError(f"`--seeds` lists {seed!r} twice.")
 
 
 def make_folder(flag: str, folder: Path, given: Path | None = None) -> None:

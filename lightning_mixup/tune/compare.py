@@ -45,6 +45,7 @@ from lightning_mixup.tune._study import (
     TrialFailed,
     TuneError,
     check_heartbeat,
+    check_seeds,
     fail_stale,
     failed,
     hide_password,
@@ -159,10 +160,7 @@ class CompareOptions(StudyOptions):
             _distinct(f"--{name}", getattr(self, name) or [])
         if not self.arms:
             raise ValueError("`--arms` must name at least one arm, got [].")
-        if not self.seeds:
-            raise ValueError("`--seeds` must hold at least one seed, got [].")
-        for seed in self.seeds:
-            _checks.integer("--seeds", seed, 0)
+        check_seeds(self.seeds)
         _checks.integer("--workers", self.workers, 1)
         if self.threads is not None:
             _checks.integer("--threads", self.threads, 1)
@@ -315,6 +313,14 @@ def _grid(items: Sequence[str], seed_keys: Sequence[str]) -> dict[str, list[Any]
     """``--grid`` as {key: values}; lists and mappings kept as their JSON text."""
     import yaml
 
+    class GridLoader(yaml.SafeLoader):
+        """As LightningCLI reads a value: a date stays the text written (and JSON can hold it)."""
+
+        yaml_implicit_resolvers = {
+            first: [(tag, rule) for tag, rule in tags if tag != "tag:yaml.org,2002:timestamp"]
+            for first, tags in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, eq, text = item.partition("=")
@@ -332,7 +338,7 @@ def _grid(items: Sequence[str], seed_keys: Sequence[str]) -> dict[str, list[Any]
                 "folder); vary the seeds with `--seeds`."
             )
         try:
-            values = yaml.safe_load(f"[{text}]")
+            values = yaml.load(f"[{text}]", Loader=GridLoader)
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ValueError(

@@ -93,7 +93,8 @@ def load_runs(study: optuna.Study, grid: Grid) -> pd.DataFrame:
     points = itertools.product(grid.seeds, itertools.product(*grid.grid.values()), grid.arms)
     order = {(arm, *values, seed): i for i, (seed, values, arm) in enumerate(points)}
     keys = [
-        order.get(tuple(row), math.inf) for row in frame[list(grid.names)].itertuples(index=False)
+        order.get(tuple(map(_none, row)), math.inf)
+        for row in frame[list(grid.names)].itertuples(index=False)
     ]
     return (
         frame.assign(_order=keys)
@@ -101,6 +102,16 @@ def load_runs(study: optuna.Study, grid: Grid) -> pd.DataFrame:
         .drop(columns="_order")
         .reset_index(drop=True)
     )
+
+
+def _none(value: Any) -> Any:
+    """A grid value as the grid holds it: pandas reads a ``null`` one as NaN."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _given(values: list[Any], shown: Any) -> Any:
+    """The grid value that pandas ``shown`` (NaN for null, ``1.0`` for 1 beside a null) stands for."""
+    return next((v for v in values if v == _none(shown)), shown)
 
 
 def _stats(runs: pd.DataFrame, grid: Grid, which: str) -> pd.DataFrame:
@@ -112,7 +123,7 @@ def _stats(runs: pd.DataFrame, grid: Grid, which: str) -> pd.DataFrame:
     if not metrics:
         return pd.DataFrame()
     keys = [*grid.grid, "arm"]
-    stats = runs.groupby(keys, sort=False)[metrics].agg(["mean", "std", "count"])
+    stats = runs.groupby(keys, sort=False, dropna=False)[metrics].agg(["mean", "std", "count"])
     order = [(*v, a) for v in itertools.product(*grid.grid.values()) for a in grid.arms]
     index = pd.MultiIndex.from_tuples(order, names=keys) if grid.grid else pd.Index(grid.arms)
     return stats.reindex(index).dropna(how="all")
@@ -143,7 +154,17 @@ def summary_tables(runs: pd.DataFrame, grid: Grid) -> dict[str, str]:
                 _cell(row[(m, "mean")], row[(m, "std")], row[(m, "count")], len(grid.seeds))
                 for m in metrics
             ]
-            lines.append("| " + " | ".join([f"`{arm}`", *map(str, values), *cells]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"`{arm}`",
+                        *(str(_given(grid.grid[k], v)) for k, v in zip(grid.grid, values)),
+                        *cells,
+                    ]
+                )
+                + " |"
+            )
         tables[which] = "\n".join(lines)
     return tables
 

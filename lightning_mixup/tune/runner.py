@@ -33,6 +33,7 @@ from lightning_mixup.tune._study import (
     TrialFailed,
     TuneError,
     check_heartbeat,
+    check_seeds,
     fail_stale,
     failed,
     make_folder,
@@ -104,6 +105,7 @@ def _run(args: TuneOptions, passthrough: list[str]) -> int:
     from lightning_mixup import _checks
 
     _checks.integer("--n_trials", args.n_trials, 1)
+    check_seeds(args.seeds)
     check_heartbeat(args.heartbeat, args.grace)
     space = load_space(args.space) if args.space else None
     out = Path(args.out)
@@ -154,7 +156,7 @@ def _run(args: TuneOptions, passthrough: list[str]) -> int:
     text = write_summary(study, out, args.monitor)
     print(text)
     if args.print_best_config:
-        _print_best_config(study, passthrough, Path(args.print_best_config))
+        _print_best_config(study, passthrough, Path(args.print_best_config), args.monitor)
         print(f"best config written to {args.print_best_config}")
     for note in write_plots(study, out, args.monitor, text):
         print(note)
@@ -317,7 +319,9 @@ def _with_params(config: dict, params: dict[str, Any] | None) -> dict[str, Any] 
     return {**((entry or {}).get("init_args") or {}), **params}
 
 
-def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) -> None:
+def _print_best_config(
+    study: optuna.Study, passthrough: list[str], path: Path, monitor: str
+) -> None:
     """Write the user's full config (their overrides applied) with the best trial's arguments."""
     try:
         best = study.best_trial
@@ -329,7 +333,7 @@ def _print_best_config(study: optuna.Study, passthrough: list[str], path: Path) 
 
     header = (
         f"# lightning-mixup tune: best trial #{best.number} of study {study.study_name!r}, "
-        f"{study.user_attrs.get('monitor')}={best.value:.4f}"
+        f"{monitor}={best.value:.4f}"
         + (" (the no-mixing baseline: no MixupCallback)" if params is None else "")
         + "\n"
     )

@@ -672,3 +672,58 @@ def test_summary_cells_are_mean_and_sample_std_over_seeds():
         "| `mixup1.0` | 0.0 | 0.950 (n=1) | - |",
         "| `erm` | 0.4 | 0.500 (n=1) | - |",
     ]
+
+
+def test_a_grid_value_of_null_keeps_its_runs_in_the_report_and_its_order():
+    grid = Grid({"erm": ""}, {"model.x": [None, 1]}, [0, 1], ["last"], None)
+    space = {
+        name: optuna.distributions.CategoricalDistribution(v) for name, v in grid.space.items()
+    }
+    study = optuna.create_study()
+    for x, seed, acc in ((1, 1, 0.8), (None, 1, 0.7), (1, 0, 0.9), (None, 0, 0.5)):
+        point = {"arm": "erm", "model.x": x, "seed": seed}
+        run = {"epochs": 1, "last:test/acc": acc}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=point, distributions=space, value=1.0, user_attrs={"run": run}
+            )
+        )
+    runs = load_runs(study, grid)
+    # Seeds outermost, then the grid values in their order (null first), as for any value.
+    assert list(runs["trial"]) == [3, 2, 1, 0]
+    assert summary_tables(runs, grid)["last"].splitlines()[2:] == [
+        "| `erm` | None | 0.600 ± 0.141 |",
+        "| `erm` | 1 | 0.850 ± 0.071 |",
+    ]
+
+
+def test_a_password_in_the_storage_urls_query_is_hidden_too():
+    from lightning_mixup.tune._study import TuneError, hide_password, open_storage
+
+    url = "postgresql://mixup@127.0.0.1:1/study?password=secret&sslmode=disable"
+    for given in (url, f"--storage={url}"):
+        assert "secret" not in hide_password(given)
+        assert "password=***" in hide_password(given) and "sslmode=disable" in hide_password(given)
+    with pytest.raises(TuneError, match=r"cannot open storage '[^']*password=\*\*\*") as err:
+        open_storage(url, 60, None)
+    assert "secret" not in str(err.value)
+
+
+def test_grid_values_are_yaml_and_a_date_stays_the_text_written():
+    from lightning_mixup.tune.compare import _grid
+
+    text = 'data.x=0,0.4,true,null,"a,b",a.b,[1, 2],2024-01-01,{day: 2024-01-02}'
+    assert _grid([text], []) == {
+        # LightningCLI reads a date as a string too; lists and mappings go on as JSON text.
+        "data.x": [
+            0,
+            0.4,
+            True,
+            None,
+            "a,b",
+            "a.b",
+            "[1, 2]",
+            "2024-01-01",
+            '{"day": "2024-01-02"}',
+        ]
+    }

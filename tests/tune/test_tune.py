@@ -441,7 +441,6 @@ def _study_of(out: Path, trials: list) -> "optuna.Study":
     study = optuna.create_study(
         storage=f"sqlite:///{out / 'study.db'}", study_name="lightning-mixup", direction="maximize"
     )
-    study.set_user_attr("monitor", "val/acc")
     study.add_trials(trials)
     return study
 
@@ -500,6 +499,7 @@ def test_study_whose_mixing_trials_were_all_pruned_gets_its_report(tmp_path, cap
 
     out, best = tmp_path / "tune", tmp_path / "best.yaml"
     _study_of(out, [_trial(0.5), _trial(0.2, 1.0, "PRUNED"), _trial(0.1, 0.3, "PRUNED")])
+    matplotlib.use("Agg")  # as the report does (headless): alone, this test would see it change
     style = dict(matplotlib.rcParams)
     # The study already holds 3 finished trials: nothing trains, the report is written.
     argv = [*TINY, "--n-trials", "3", "--out", str(out), "--print-best-config", str(best)]
@@ -508,7 +508,11 @@ def test_study_whose_mixing_trials_were_all_pruned_gets_its_report(tmp_path, cap
     summary = (out / "summary.md").read_text()
     assert "Trials: complete 1, pruned 2." in summary
     assert "**Best:** trial 0, val/acc=0.5000: no mixing (baseline)" in summary
-    assert "(the no-mixing baseline: no MixupCallback)" in best.read_text()
+    # The header names the monitored metric (the study stamps it in its settings).
+    assert best.read_text().startswith(
+        "# lightning-mixup tune: best trial #0 of study 'lightning-mixup', val/acc=0.5000 "
+        "(the no-mixing baseline: no MixupCallback)\n"
+    )
     assert "alpha.png skipped: no completed trial has an `alpha`" in printed
     assert "importances.png skipped: fewer than 2 completed mixing trials" in printed
     _image(out / "history.png")
@@ -606,6 +610,10 @@ def test_out_under_a_regular_file_is_one_line(tmp_path, capfd):
             r"`--direction`: Expected a typing.Literal\['maximize', 'minimize'\]",
         ),
         (["--seeds", "x"], r"`--seeds`: Expected a <class 'int'>. Got value: x"),
+        # As compare's: an empty list failed the baseline on a division by zero, -1 in Lightning.
+        (["--seeds=[]"], r"`--seeds` must hold at least one seed, got \[\]\."),
+        (["--seeds", "0", "-1"], r"`--seeds` must be an integer >= 0, got -1\."),
+        (["--seeds", "1", "1"], r"`--seeds` lists 1 twice\."),
     ],
 )
 def test_bad_study_flags_are_named_before_the_storage_opens(tmp_path, capfd, extra, match):
