@@ -22,6 +22,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_mixup import _checks as C
+from lightning_mixup._targets import _find_attribute
 
 __all__ = ["TemperatureScaling", "fit_temperature"]
 
@@ -284,8 +285,9 @@ class TemperatureScaling(_FirstOutput):
     and its evaluation steps must call it (``self(x)``). A forward hook on the module pairs the
     first forward call of each validation batch with ``batch[target_key]`` (``(B,)``/
     ``(B, *spatial)`` class indices or probability rows of the logits' shape; list, tuple or dict
-    batches). Unlabelled samples are left out: the module's ``ignore_index`` attribute when it has
-    one, PyTorch's ``-100``, all-zero probability rows.
+    batches). Unlabelled samples are left out: ``ignore_index`` (read as
+    :class:`~lightning_mixup.MixupCallback` reads it: from ``pl_module``, its ``hparams`` or
+    ``trainer.datamodule``), PyTorch's ``-100``, all-zero probability rows.
 
     **When T is fitted.** At the end of every validation epoch (``fit``'s validation loop and
     ``trainer.validate``; never the sanity check), over all validation dataloaders. Under DDP the
@@ -418,14 +420,16 @@ class TemperatureScaling(_FirstOutput):
             self._missed += 1
             return
         target = _batch_item(batch, self.target_key, "targets", "TemperatureScaling", "target_key")
+        ignore_index = _find_attribute(trainer, pl_module, "ignore_index", low=None)
         try:
-            rows, target_rows = _rows(logits, target, _module_ignore_index(pl_module))
+            rows, target_rows = _rows(logits, target, ignore_index)
         except (TypeError, ValueError) as err:
             raise ValueError(
                 f"TemperatureScaling pairs the module's forward output (shape "
                 f"{tuple(logits.shape)}, classes in dimension 1) with the targets at "
                 f"`batch[{self.target_key!r}]` (shape {tuple(target.shape)}, dtype "
-                f"{target.dtype}), but they do not fit: {err}"
+                f"{target.dtype}), but they do not fit: {err} (TemperatureScaling reads "
+                "`ignore_index` from the module, its hparams or the datamodule.)"
             ) from err
         if target_rows.is_floating_point():
             target_rows = target_rows.float()
@@ -536,10 +540,3 @@ def _as_probabilities(target: Tensor, k: int) -> Tensor:
     if target.is_floating_point():
         return target.reshape(-1, k)
     return F.one_hot(target, k).float() if k > 0 else torch.empty(target.shape[0], 0)
-
-
-def _module_ignore_index(pl_module: pl.LightningModule) -> int | None:
-    value = getattr(pl_module, "ignore_index", None)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value

@@ -463,6 +463,42 @@ def test_classifier_checkpoints_hold_the_temperature_of_their_own_weights(tmp_pa
     assert not torch.allclose(probs, logits.softmax(1), atol=1e-3)
 
 
+class HparamsIgnore(Probe):
+    """Keeps `ignore_index` only in its hyperparameters, as torchgeo's tasks do (class 0 here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.save_hyperparameters({"ignore_index": 0})
+
+
+class IgnoringData(pl.LightningDataModule):
+    """Probe data whose datamodule names the ignored label."""
+
+    ignore_index = 0
+
+    def train_dataloader(self):
+        return DataLoader(probe_data(64), batch_size=16)
+
+    def val_dataloader(self):
+        return DataLoader(probe_data(512, seed=1), batch_size=64)
+
+
+@pytest.mark.parametrize("where", ["hparams", "datamodule"])
+def test_ignore_index_is_found_where_mixup_callback_finds_it(tmp_path, where):
+    # A label 0 that marks unlabelled rows must be left out of the fit, also when it is only in
+    # the module's hparams or on the datamodule (it is a valid class, so nothing else catches it).
+    cb = TemperatureScaling()
+    trainer = trainer_for(tmp_path, [cb], max_epochs=1)
+    if where == "hparams":
+        trainer.fit(HparamsIgnore())
+    else:
+        trainer.fit(Probe(), datamodule=IgnoringData())
+    x, y = probe_data(512, seed=1).tensors
+    logits = x @ (3 * W_TRUE).T
+    assert cb.temperature == pytest.approx(fit_temperature(logits, y, ignore_index=0), rel=1e-6)
+    assert cb.temperature != pytest.approx(fit_temperature(logits, y), rel=1e-3)
+
+
 def test_segmenter_fits_on_labelled_pixels(tmp_path):
     pl.seed_everything(0)
     dm = DigitsSegmentationDataModule(
