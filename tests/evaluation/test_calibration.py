@@ -499,6 +499,19 @@ def test_ignore_index_is_found_where_mixup_callback_finds_it(tmp_path, where):
     assert cb.temperature != pytest.approx(fit_temperature(logits, y), rel=1e-3)
 
 
+class Undeclared255(Probe):
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(8, IN), torch.full((8,), 255)), batch_size=4)
+
+
+def test_an_undeclared_ignore_value_says_where_ignore_index_is_read(tmp_path):
+    with pytest.raises(ValueError, match=r"index 255.*reads `ignore_index` from the module, its "):
+        trainer_for(tmp_path, [TemperatureScaling()], max_epochs=1).fit(Undeclared255())
+
+
 def test_segmenter_fits_on_labelled_pixels(tmp_path):
     pl.seed_everything(0)
     dm = DigitsSegmentationDataModule(
