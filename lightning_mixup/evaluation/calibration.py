@@ -195,6 +195,7 @@ class _ForwardTap:
         self._prepend = prepend
         self._stack: list[bool] = []  # per open call: whether a nested call happened in it
         self._handles: list[RemovableHandle] = []
+        self.other: str | None = None  # what the last call returned instead of logits
 
     def attach(self, module: nn.Module) -> None:
         self.detach()
@@ -216,14 +217,25 @@ class _ForwardTap:
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> Tensor | None:
         wrapper = self._stack.pop() if self._stack else False
-        if (
-            wrapper
-            or not isinstance(output, Tensor)
-            or not output.is_floating_point()
-            or output.ndim < 2
-        ):
+        if wrapper:
+            return None
+        if not isinstance(output, Tensor) or not output.is_floating_point() or output.ndim < 2:
+            self.other = (
+                f"a {output.dtype} tensor of shape {tuple(output.shape)}"
+                if isinstance(output, Tensor)
+                else type(output).__name__
+            )
             return None
         return self._on_output(output)
+
+    def why_missed(self, step: str) -> str:
+        """Why ``step`` gave no logits: what the module's forward returned, or that it was not called."""
+        if self.other is not None:
+            return (
+                f"the module's forward returned {self.other}, not logits (a floating-point (B, K) "
+                "or (B, K, *spatial) tensor)"
+            )
+        return f"{step} never called the module's forward, `self(x)`"
 
     def __getstate__(self) -> dict[str, Any]:  # hook handles do not travel to spawned processes
         return {**self.__dict__, "_handles": [], "_stack": []}
@@ -398,6 +410,7 @@ class TemperatureScaling(_FirstOutput):
     def _reset(self) -> None:
         self._first = None
         self._logits, self._targets, self._missed = [], [], 0
+        self._tap.other = None
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting this epoch's logits."""
@@ -442,16 +455,10 @@ class TemperatureScaling(_FirstOutput):
             self._reset()
             return
         logits, target = self._gathered(trainer, pl_module)
-        missed = self._missed
+        hint = f" ({self._tap.why_missed('validation_step')})" if self._missed else ""
         self._reset()
         if logits.shape[0] == 0:
-            hint = (
-                " The module's forward was not called in validation_step; TemperatureScaling "
-                "reads the logits from `self(x)` (the LightningModule's forward)."
-                if missed
-                else ""
-            )
-            self._warn(f"the validation set gave no labelled sample.{hint}")
+            self._warn(f"the validation set gave no labelled sample{hint}.")
             return
         stats: list[float] = []  # filled on rank 0, then broadcast to every process
         if trainer.is_global_zero:

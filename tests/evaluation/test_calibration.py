@@ -369,6 +369,29 @@ def test_without_validation_data_t_stays_one_with_one_warning(tmp_path, model, k
     torch.testing.assert_close(torch.cat(model.test_ratio), torch.ones(8, K))
 
 
+class DictForward(Probe):
+    """Its forward returns a dict: TemperatureScaling finds no logits and says what it got."""
+
+    def forward(self, x):
+        return {"logits": self.net(x)}
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0])["logits"], batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+
+def test_a_forward_without_logits_is_named_in_the_warning(tmp_path):
+    cb = TemperatureScaling()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer_for(tmp_path, [cb], max_epochs=1).fit(DictForward())
+    found = temperature_warnings(record)
+    assert len(found) == 1 and "the module's forward returned dict, not logits" in found[0]
+    assert not cb.fitted
+
+
 class SeparableVal(Probe):
     """Validation labels are the model's own argmax: every sample right, T not identified."""
 
