@@ -194,8 +194,9 @@ class _ForwardTap:
         self._on_output = on_output
         self._prepend = prepend
         self._stack: list[bool] = []  # per open call: whether a nested call happened in it
+        self._redirected: list[bool] = []  # per open call: whether it is a forward redirection
         self._handles: list[RemovableHandle] = []
-        self.other: str | None = None  # what the last call returned instead of logits
+        self.other: str | None = None  # what the last forward returned instead of logits
 
     def attach(self, module: nn.Module) -> None:
         self.detach()
@@ -208,23 +209,28 @@ class _ForwardTap:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._stack = []
+        self._stack, self._redirected = [], []
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         if self._stack:
             self._stack[-1] = True
         self._stack.append(False)
+        # Lightning redirects a step by patching the instance's forward with a plain function.
+        forward = getattr(module.forward, "__func__", None)
+        self._redirected.append(forward is not type(module).forward)
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> Tensor | None:
         wrapper = self._stack.pop() if self._stack else False
+        redirected = self._redirected.pop() if self._redirected else False
         if wrapper:
             return None
         if not isinstance(output, Tensor) or not output.is_floating_point() or output.ndim < 2:
-            self.other = (
-                f"a {output.dtype} tensor of shape {tuple(output.shape)}"
-                if isinstance(output, Tensor)
-                else type(output).__name__
-            )
+            if not redirected:  # the output of the step, not of forward
+                self.other = (
+                    f"a {output.dtype} tensor of shape {tuple(output.shape)}"
+                    if isinstance(output, Tensor)
+                    else type(output).__name__
+                )
             return None
         return self._on_output(output)
 
@@ -238,7 +244,7 @@ class _ForwardTap:
         return f"{step} never called the module's forward, `self(x)`"
 
     def __getstate__(self) -> dict[str, Any]:  # hook handles do not travel to spawned processes
-        return {**self.__dict__, "_handles": [], "_stack": []}
+        return {**self.__dict__, "_handles": [], "_stack": [], "_redirected": []}
 
 
 class _FirstOutput(pl.Callback):

@@ -284,6 +284,28 @@ def test_a_wrapper_call_around_the_step_is_not_scaled_again():
     torch.testing.assert_close(model(x), model.net(x))
 
 
+class StepWithoutForward(Probe):
+    def validation_step(self, batch, batch_idx):
+        return F.cross_entropy(self.net(batch[0]), batch[1])  # self.net, not self(x)
+
+
+def test_a_redirected_step_without_forward_is_not_taken_for_forward_output():
+    # Under DDP the step runs inside the wrapper's call of the module, so that call's "output" is
+    # the step's loss: the explanation must stay that the step never called forward.
+    from lightning.pytorch.strategies.strategy import _ForwardRedirection
+
+    model, cb = StepWithoutForward(), TemperatureScaling()
+    state = SimpleNamespace(validating=True, testing=False, predicting=False)
+    cb.setup(state, model, "fit")
+    x, y = probe_data(4).tensors
+    with torch.no_grad():
+        _ForwardRedirection()(Wrapper(model), model, "validation_step", (x, y), 0)
+    assert cb._tap.why_missed("validation_step") == (
+        "validation_step never called the module's forward, `self(x)`"
+    )
+    cb.teardown(state, model, "fit")
+
+
 def test_weights_are_never_touched(tmp_path):
     model = Probe(lr=0.0)
     names = [n for n, _ in model.named_parameters()]
