@@ -1,8 +1,10 @@
 """LightningDataModules for CIFAR-10, CIFAR-100 and scikit-learn's digits, on one small base class.
 
 Batches are lists ``[images, labels]`` that :class:`~lightning_mixup.MixupCallback` can rewrite in
-place. All randomness the datamodules own comes from ``torch.Generator`` objects derived from
-``seed``; the global RNGs are left alone.
+place. All randomness the datamodules own (validation split, label noise, CIFAR's fast-path
+augmentation) comes from ``torch.Generator`` objects derived from ``seed``; the global RNGs are
+left alone. CIFAR's ``fast=False`` path augments with torchvision's transforms, which draw from
+the global RNG (each DataLoader worker's), as torchvision always does.
 
 **Label noise.** ``label_noise`` = ε makes symmetric noise on the *training* split only: exactly
 ``round(ε · n_train)`` samples (Python's ``round``), chosen uniformly without replacement, get a

@@ -22,6 +22,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_mixup import _checks as C
+from lightning_mixup._targets import _find_attribute
 
 __all__ = ["TemperatureScaling", "fit_temperature"]
 
@@ -193,7 +194,9 @@ class _ForwardTap:
         self._on_output = on_output
         self._prepend = prepend
         self._stack: list[bool] = []  # per open call: whether a nested call happened in it
+        self._redirected: list[bool] = []  # per open call: whether it is a forward redirection
         self._handles: list[RemovableHandle] = []
+        self.other: str | None = None  # what the last forward returned instead of logits
 
     def attach(self, module: nn.Module) -> None:
         self.detach()
@@ -206,26 +209,42 @@ class _ForwardTap:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._stack = []
+        self._stack, self._redirected = [], []
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         if self._stack:
             self._stack[-1] = True
         self._stack.append(False)
+        # Lightning redirects a step by patching the instance's forward with a plain function.
+        forward = getattr(module.forward, "__func__", None)
+        self._redirected.append(forward is not type(module).forward)
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> Tensor | None:
         wrapper = self._stack.pop() if self._stack else False
-        if (
-            wrapper
-            or not isinstance(output, Tensor)
-            or not output.is_floating_point()
-            or output.ndim < 2
-        ):
+        redirected = self._redirected.pop() if self._redirected else False
+        if wrapper:
+            return None
+        if not isinstance(output, Tensor) or not output.is_floating_point() or output.ndim < 2:
+            if not redirected:  # the output of the step, not of forward
+                self.other = (
+                    f"a {output.dtype} tensor of shape {tuple(output.shape)}"
+                    if isinstance(output, Tensor)
+                    else type(output).__name__
+                )
             return None
         return self._on_output(output)
 
+    def why_missed(self, step: str) -> str:
+        """Why ``step`` gave no logits: what the module's forward returned, or that it was not called."""
+        if self.other is not None:
+            return (
+                f"the module's forward returned {self.other}, not logits (a floating-point (B, K) "
+                "or (B, K, *spatial) tensor)"
+            )
+        return f"{step} never called the module's forward, `self(x)`"
+
     def __getstate__(self) -> dict[str, Any]:  # hook handles do not travel to spawned processes
-        return {**self.__dict__, "_handles": [], "_stack": []}
+        return {**self.__dict__, "_handles": [], "_stack": [], "_redirected": []}
 
 
 class _FirstOutput(pl.Callback):
@@ -284,8 +303,9 @@ class TemperatureScaling(_FirstOutput):
     and its evaluation steps must call it (``self(x)``). A forward hook on the module pairs the
     first forward call of each validation batch with ``batch[target_key]`` (``(B,)``/
     ``(B, *spatial)`` class indices or probability rows of the logits' shape; list, tuple or dict
-    batches). Unlabelled samples are left out: the module's ``ignore_index`` attribute when it has
-    one, PyTorch's ``-100``, all-zero probability rows.
+    batches). Unlabelled samples are left out: ``ignore_index`` (read as
+    :class:`~lightning_mixup.MixupCallback` reads it: from ``pl_module``, its ``hparams`` or
+    ``trainer.datamodule``), PyTorch's ``-100``, all-zero probability rows.
 
     **When T is fitted.** At the end of every validation epoch (``fit``'s validation loop and
     ``trainer.validate``; never the sanity check), over all validation dataloaders. Under DDP the
@@ -396,6 +416,7 @@ class TemperatureScaling(_FirstOutput):
     def _reset(self) -> None:
         self._first = None
         self._logits, self._targets, self._missed = [], [], 0
+        self._tap.other = None
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting this epoch's logits."""
@@ -418,14 +439,16 @@ class TemperatureScaling(_FirstOutput):
             self._missed += 1
             return
         target = _batch_item(batch, self.target_key, "targets", "TemperatureScaling", "target_key")
+        ignore_index = _find_attribute(trainer, pl_module, "ignore_index", low=None)
         try:
-            rows, target_rows = _rows(logits, target, _module_ignore_index(pl_module))
+            rows, target_rows = _rows(logits, target, ignore_index)
         except (TypeError, ValueError) as err:
             raise ValueError(
                 f"TemperatureScaling pairs the module's forward output (shape "
                 f"{tuple(logits.shape)}, classes in dimension 1) with the targets at "
                 f"`batch[{self.target_key!r}]` (shape {tuple(target.shape)}, dtype "
-                f"{target.dtype}), but they do not fit: {err}"
+                f"{target.dtype}), but they do not fit: {err} (TemperatureScaling reads "
+                "`ignore_index` from the module, its hparams or the datamodule.)"
             ) from err
         if target_rows.is_floating_point():
             target_rows = target_rows.float()
@@ -438,16 +461,10 @@ class TemperatureScaling(_FirstOutput):
             self._reset()
             return
         logits, target = self._gathered(trainer, pl_module)
-        missed = self._missed
+        hint = f" ({self._tap.why_missed('validation_step')})" if self._missed else ""
         self._reset()
         if logits.shape[0] == 0:
-            hint = (
-                " The module's forward was not called in validation_step; TemperatureScaling "
-                "reads the logits from `self(x)` (the LightningModule's forward)."
-                if missed
-                else ""
-            )
-            self._warn(f"the validation set gave no labelled sample.{hint}")
+            self._warn(f"the validation set gave no labelled sample{hint}.")
             return
         stats: list[float] = []  # filled on rank 0, then broadcast to every process
         if trainer.is_global_zero:
@@ -536,10 +553,3 @@ def _as_probabilities(target: Tensor, k: int) -> Tensor:
     if target.is_floating_point():
         return target.reshape(-1, k)
     return F.one_hot(target, k).float() if k > 0 else torch.empty(target.shape[0], 0)
-
-
-def _module_ignore_index(pl_module: pl.LightningModule) -> int | None:
-    value = getattr(pl_module, "ignore_index", None)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value

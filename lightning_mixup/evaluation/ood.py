@@ -204,6 +204,7 @@ class OODEval(_FirstOutput):
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting the test split's confidences."""
         self._in_scores, self._missed, self.results = [], 0, {}
+        self._tap.other = None
 
     def on_test_batch_end(
         self,
@@ -229,9 +230,7 @@ class OODEval(_FirstOutput):
         self._in_scores = []
         loaders = self._loaders(trainer)
         if in_scores.numel() == 0:
-            hint = (
-                " (test_step never called the module's forward, `self(x)`)" if self._missed else ""
-            )
+            hint = f" ({self._tap.why_missed('test_step')})" if self._missed else ""
             rank_zero_warn(f"OODEval: the test split gave no confidence{hint}; no AUROC is logged.")
             return
         for name, loader in loaders.items():

@@ -284,6 +284,28 @@ def test_a_wrapper_call_around_the_step_is_not_scaled_again():
     torch.testing.assert_close(model(x), model.net(x))
 
 
+class StepWithoutForward(Probe):
+    def validation_step(self, batch, batch_idx):
+        return F.cross_entropy(self.net(batch[0]), batch[1])  # self.net, not self(x)
+
+
+def test_a_redirected_step_without_forward_is_not_taken_for_forward_output():
+    # Under DDP the step runs inside the wrapper's call of the module, so that call's "output" is
+    # the step's loss: the explanation must stay that the step never called forward.
+    from lightning.pytorch.strategies.strategy import _ForwardRedirection
+
+    model, cb = StepWithoutForward(), TemperatureScaling()
+    state = SimpleNamespace(validating=True, testing=False, predicting=False)
+    cb.setup(state, model, "fit")
+    x, y = probe_data(4).tensors
+    with torch.no_grad():
+        _ForwardRedirection()(Wrapper(model), model, "validation_step", (x, y), 0)
+    assert cb._tap.why_missed("validation_step") == (
+        "validation_step never called the module's forward, `self(x)`"
+    )
+    cb.teardown(state, model, "fit")
+
+
 def test_weights_are_never_touched(tmp_path):
     model = Probe(lr=0.0)
     names = [n for n, _ in model.named_parameters()]
@@ -367,6 +389,29 @@ def test_without_validation_data_t_stays_one_with_one_warning(tmp_path, model, k
     assert len(found) == 1 and match in found[0] and "T stays 1" in found[0]
     assert cb.temperature == 1.0 and not cb.fitted
     torch.testing.assert_close(torch.cat(model.test_ratio), torch.ones(8, K))
+
+
+class DictForward(Probe):
+    """Its forward returns a dict: TemperatureScaling finds no logits and says what it got."""
+
+    def forward(self, x):
+        return {"logits": self.net(x)}
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0])["logits"], batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+
+def test_a_forward_without_logits_is_named_in_the_warning(tmp_path):
+    cb = TemperatureScaling()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer_for(tmp_path, [cb], max_epochs=1).fit(DictForward())
+    found = temperature_warnings(record)
+    assert len(found) == 1 and "the module's forward returned dict, not logits" in found[0]
+    assert not cb.fitted
 
 
 class SeparableVal(Probe):
@@ -461,6 +506,55 @@ def test_classifier_checkpoints_hold_the_temperature_of_their_own_weights(tmp_pa
     logits, _ = val_logits(model, dm.test_dataloader())  # the epoch-0 weights, raw forward
     torch.testing.assert_close(probs, (logits / stored[0]).softmax(1), atol=1e-6, rtol=1e-5)
     assert not torch.allclose(probs, logits.softmax(1), atol=1e-3)
+
+
+class HparamsIgnore(Probe):
+    """Keeps `ignore_index` only in its hyperparameters, as torchgeo's tasks do (class 0 here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.save_hyperparameters({"ignore_index": 0})
+
+
+class IgnoringData(pl.LightningDataModule):
+    """Probe data whose datamodule names the ignored label."""
+
+    ignore_index = 0
+
+    def train_dataloader(self):
+        return DataLoader(probe_data(64), batch_size=16)
+
+    def val_dataloader(self):
+        return DataLoader(probe_data(512, seed=1), batch_size=64)
+
+
+@pytest.mark.parametrize("where", ["hparams", "datamodule"])
+def test_ignore_index_is_found_where_mixup_callback_finds_it(tmp_path, where):
+    # A label 0 that marks unlabelled rows must be left out of the fit, also when it is only in
+    # the module's hparams or on the datamodule (it is a valid class, so nothing else catches it).
+    cb = TemperatureScaling()
+    trainer = trainer_for(tmp_path, [cb], max_epochs=1)
+    if where == "hparams":
+        trainer.fit(HparamsIgnore())
+    else:
+        trainer.fit(Probe(), datamodule=IgnoringData())
+    x, y = probe_data(512, seed=1).tensors
+    logits = x @ (3 * W_TRUE).T
+    assert cb.temperature == pytest.approx(fit_temperature(logits, y, ignore_index=0), rel=1e-6)
+    assert cb.temperature != pytest.approx(fit_temperature(logits, y), rel=1e-3)
+
+
+class Undeclared255(Probe):
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(8, IN), torch.full((8,), 255)), batch_size=4)
+
+
+def test_an_undeclared_ignore_value_says_where_ignore_index_is_read(tmp_path):
+    with pytest.raises(ValueError, match=r"index 255.*reads `ignore_index` from the module, its "):
+        trainer_for(tmp_path, [TemperatureScaling()], max_epochs=1).fit(Undeclared255())
 
 
 def test_segmenter_fits_on_labelled_pixels(tmp_path):

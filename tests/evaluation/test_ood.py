@@ -209,6 +209,40 @@ def test_an_empty_set_is_skipped_with_a_warning(tmp_path):
     assert set(cb.results) == {"full"} and "test/ood_auroc/empty" not in trainer.callback_metrics
 
 
+class DictOutput(ConfidenceIsInput):
+    """A forward that returns a dict, as many wrapped models do: it holds no logits tensor."""
+
+    def forward(self, x):
+        return {"logits": x}
+
+    def test_step(self, batch, batch_idx):
+        self(batch[0])["logits"]
+
+
+class NoForward(ConfidenceIsInput):
+    def test_step(self, batch, batch_idx):
+        self.unused(batch[0][:, :1])
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [
+        (DictOutput(), "the module's forward returned dict, not logits"),
+        (NoForward(), "test_step never called the module's forward"),
+    ],
+)
+def test_a_test_split_without_logits_warns_why(tmp_path, model, why):
+    cb = OODEval({"out": DataLoader(TensorDataset(torch.zeros(3, 2)), batch_size=2)})
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        quiet_trainer(tmp_path, [cb]).test(
+            model, DataLoader(TensorDataset(torch.ones(3, 2)), batch_size=2)
+        )
+    found = [str(w.message) for w in record if "OODEval" in str(w.message)]
+    assert len(found) == 1 and "gave no confidence" in found[0] and why in found[0]
+    assert cb.results == {}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
