@@ -565,6 +565,11 @@ class MixupCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the epoch's mean strength and λ, and the count of non-finite batches."""
+        # A module's `on_train_batch_start` returning -1 ends the epoch before that step's
+        # `on_train_batch_end`: its hooks and criterion stand-in must not outlive the epoch.
+        self._layers.disarm_all()
+        if self._swap is not None:
+            self._swap.restore()
         prefix = "mixup" if self._salt == 0 else f"mixup_{self._salt}"
         self._guard.log(trainer, pl_module, prefix)
 

@@ -497,3 +497,19 @@ def test_token_models_with_a_padding_mask_in_loss_mode_equal_soft_targets():
     for a, b in zip(out["loss"], out["soft"]):
         assert torch.equal(a["mask"], b["mask"])  # the joined masks
         torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
+
+
+class SkipsTheEpoch(Layered):
+    """Ends each epoch at its second batch: Lightning's `on_train_batch_start` returning -1."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        return -1 if batch_idx == 1 else None
+
+
+def test_an_epoch_ended_by_the_module_leaves_no_stand_in_or_hook_behind():
+    module = SkipsTheEpoch()
+    cb = MixupCallback(alpha=1.0, mix_at="block")
+    tiny_trainer(callbacks=[cb], max_epochs=2).fit(module, loader(16, 4, shape=(2, 4, 4)))
+    assert [r["criterion"] for r in module.records] == ["MixedCriterion"] * 2  # one per epoch
+    assert type(module.criterion) is nn.CrossEntropyLoss and "criterion" not in vars(module)
+    assert not module.block._forward_hooks and not module.block._forward_pre_hooks
