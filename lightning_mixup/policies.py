@@ -114,6 +114,11 @@ class Draft:
     per_batch: bool
 
     @property
+    def mixes(self) -> bool:
+        """True when some sample may change (before the boxes: a box may still keep all)."""
+        return len(self.partner) > 1 and bool((self.lam < 1.0).any())
+
+    @property
     def needs_boxes(self) -> bool:
         """True when some sample is cut, so :meth:`finish` needs the spatial size."""
         return bool(self.cut.any())

@@ -205,6 +205,13 @@ def test_batch_of_one_and_lambda_one_are_identity():
     assert params.is_identity and torch.equal(params.lam, torch.ones(4, dtype=torch.float64))
 
 
+def test_a_draft_mixes_unless_one_sample_or_no_draw_lowers_lambda():
+    policy = MixUpOrCutMix(MixUp(1.0), CutMix(1.0))
+    assert policy.draft(4, gen()).mixes
+    assert not policy.draft(1, gen()).mixes  # a batch of one has no partner
+    assert not policy.draft(4, gen(), p=0.0).mixes  # every coin says no: lambda is 1 everywhere
+
+
 def test_seeded_generator_repeats_itself():
     policy = MixUpOrCutMix(MixUp(1.0, "elem"), CutMix(1.0, "elem"))
     a = policy.sample((9, 3, 8, 8), gen(5))
