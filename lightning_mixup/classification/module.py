@@ -74,13 +74,23 @@ def cosine_annealing(optimizer: Optimizer, max_epochs: int | None = None) -> Cos
     return CosineAnnealingLR(optimizer, T_max=max_epochs)
 
 
-def _last_layer(backbone: nn.Module) -> nn.Module | None:
-    """The backbone's last module with parameters of its own: its output layer, if any."""
+def _last_width(
+    backbone: nn.Module, kinds: type | tuple[type, ...], attribute: str, num_classes: int
+) -> int | None:
+    """The output width of the backbone's last module with parameters, when known before any data.
+
+    Known when that module is one of ``kinds`` and no layer of ``kinds`` has ``num_classes``
+    outputs: registration order is not call order (an output layer registered before a projection
+    head), so any such layer leaves the check to the first step's logits.
+    """
     last = None
     for module in backbone.modules():
         if any(True for _ in module.parameters(recurse=False)):
             last = module
-    return last
+    if not isinstance(last, kinds):
+        return None
+    widths = {getattr(m, attribute) for m in backbone.modules() if isinstance(m, kinds)}
+    return None if num_classes in widths else int(getattr(last, attribute))
 
 
 class _InjectedModule(pl.LightningModule):
@@ -348,10 +358,8 @@ class SoftLabelClassifier(_SoftLabelModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def _output_width(self) -> tuple[int, str] | None:
-        final = _last_layer(self.backbone)
-        if not isinstance(final, nn.Linear):
-            return None
-        return final.out_features, "values per sample"
+        width = _last_width(self.backbone, nn.Linear, "out_features", self.num_classes)
+        return None if width is None else (width, "values per sample")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Cross-entropy on index or (mixed) probability targets, with the training smoothing."""

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from lightning_mixup import _checks as C
 from lightning_mixup.classification.module import (
-    _last_layer,
+    _last_width,
     _SoftLabelModule,
     cosine_annealing,
     default_optimizer,
@@ -120,8 +120,8 @@ class SoftLabelSegmenter(_SoftLabelModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def _output_width(self) -> tuple[int, str] | None:
-        final = _last_layer(self.backbone)
-        return (final.out_channels, "channels") if isinstance(final, _CONVS) else None
+        width = _last_width(self.backbone, _CONVS, "out_channels", self.num_classes)
+        return None if width is None else (width, "channels")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Per-pixel cross-entropy on an index or (mixed) soft mask, with the training smoothing."""

@@ -583,3 +583,32 @@ def test_backbone_width_mismatch_is_caught_at_setup_before_any_step() -> None:
         ValueError, match=r"last layer outputs 5 values per sample but `num_classes` = 3"
     ):
         trainer.fit(module, data)
+
+
+class _HeadFirst(nn.Module):
+    """Logits from `fc`, registered before a projection head of another width (unused here)."""
+
+    def __init__(self, fc_width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, fc_width)
+        self.proj = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("fc_width", [3, 5])
+def test_an_output_layer_registered_before_another_layer_is_judged_by_its_logits(fc_width):
+    from lightning_mixup import SoftLabelClassifier
+
+    module = SoftLabelClassifier(_HeadFirst(fc_width), num_classes=3)
+    data = DataLoader(TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)), 4)
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False
+    )
+    if fc_width == 3:  # the last registered layer outputs 8, but `fc` gives the logits
+        trainer.fit(module, data)
+        assert trainer.state.finished
+    else:  # no layer outputs 3: refused at setup, as before
+        with pytest.raises(ValueError, match=r"outputs 8 values per sample but `num_classes` = 3"):
+            trainer.fit(module, data)
