@@ -26,6 +26,7 @@ __all__ = [
     "CriterionSwap",
     "LossMix",
     "MixedCriterion",
+    "check_mixable",
     "find_criterion",
     "reducible",
 ]
@@ -64,6 +65,39 @@ def find_criterion(pl_module: nn.Module, name: str | None) -> tuple[str, Callabl
         if callable(value):
             return candidate, value
     return None
+
+
+#: torch's losses whose second argument is not one target row per sample (a second input, or
+#: CTC's targets, whose lengths are a later argument): mixing them would permute the wrong thing.
+_SECOND_NOT_TARGETS: tuple[Callable, ...] = (
+    nn.MarginRankingLoss,
+    nn.CosineEmbeddingLoss,
+    nn.TripletMarginLoss,
+    nn.TripletMarginWithDistanceLoss,
+    nn.CTCLoss,
+    nn.functional.margin_ranking_loss,
+    nn.functional.cosine_embedding_loss,
+    nn.functional.triplet_margin_loss,
+    nn.functional.triplet_margin_with_distance_loss,
+    nn.functional.ctc_loss,
+)
+
+
+def check_mixable(criterion: Callable, what: str) -> None:
+    """Refuse a torch loss whose second argument is not the targets; ``what`` names it.
+
+    Raises:
+        ValueError: If ``criterion`` is one of torch's ranking, embedding, triplet or CTC losses.
+    """
+    kind = criterion if isinstance(criterion, type) else type(criterion)
+    if criterion in _SECOND_NOT_TARGETS or kind in _SECOND_NOT_TARGETS:
+        name = getattr(criterion, "__name__", kind.__name__)
+        raise ValueError(
+            f"targets='loss' cannot mix {what} ({name}): its second argument is not one target "
+            "row per sample (a second input, or CTC targets whose lengths come later), so the "
+            "partners' rows would replace the wrong thing. Mix this model with targets='soft' "
+            "and a loss of probability targets, or leave it unmixed."
+        )
 
 
 def reducible(criterion: Callable) -> bool:

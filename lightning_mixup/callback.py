@@ -29,6 +29,7 @@ from lightning_mixup._criterion import (
     ELEM_NEEDS_REDUCTION,
     CriterionSwap,
     LossMix,
+    check_mixable,
     find_criterion,
     reducible,
 )
@@ -317,6 +318,7 @@ class MixupCallback(pl.Callback):
             )
             return None
         name, criterion = found
+        check_mixable(criterion, f"`{module}.{name}`")
         chosen = "asked for" if self.targets == "loss" else f"{module} has `{name}`"
         if self.label_smoothing > 0:
             raise ValueError(

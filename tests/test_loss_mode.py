@@ -128,6 +128,26 @@ def test_elem_mode_needs_a_criterion_with_a_reduction():
         )
 
 
+@pytest.mark.parametrize("targets", ["auto", "loss"])
+@pytest.mark.parametrize(
+    "criterion",
+    [
+        nn.MarginRankingLoss(),
+        nn.TripletMarginLoss(),
+        nn.CTCLoss(),
+        nn.functional.triplet_margin_loss,
+    ],
+    ids=["margin_ranking", "triplet", "ctc", "functional_triplet"],
+)
+def test_a_loss_whose_second_argument_is_no_target_row_is_refused_at_setup(criterion, targets):
+    name = getattr(criterion, "__name__", type(criterion).__name__)
+    with pytest.raises(ValueError, match=rf"cannot mix `CriterionModule.criterion` \({name}\): "
+                       r"its second argument is not one target row per sample"):  # fmt: skip
+        tiny_trainer(callbacks=[MixupCallback(targets=targets)]).fit(
+            CriterionModule(criterion=criterion), loader(8, 4)
+        )
+
+
 def test_batch_mode_takes_any_loss_and_blends_the_two_losses():
     module = fit_records("loss", {"alpha": 1.0}, epochs=1, n=10, criterion=Unreduced())
     soft = fit_records("soft", {"alpha": 1.0}, epochs=1, n=10, criterion=Unreduced())
