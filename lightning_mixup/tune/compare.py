@@ -504,6 +504,11 @@ def open_study(plan: _Plan) -> optuna.Study:
     """The grid study in ``--storage``, created or joined, its settings stamped (a TuneError)."""
     o = plan.options
     storage = o.open_storage()
+    if o.report == "only" and o.study_name not in optuna.get_all_study_names(storage):
+        raise TuneError(
+            f"`--report only` reports a study that exists, but {hide_password(o.storage_url)} "
+            f"holds no study {o.study_name!r}; check `--out`, `--storage` and `--study_name`."
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=storage,

@@ -222,6 +222,15 @@ def test_time_budget_then_rerun_finishes_the_grid(tmp_path, capsys):
     assert [t.datetime_complete for t in load(out).get_trials()] == [
         t.datetime_complete for t in trials
     ]
+    (out / "summary.md").unlink()
+    assert main([*argv, "--report", "only"]) == 0  # the report again, nothing run
+    assert "**0 of 2" not in (out / "summary.md").read_text() and len(load(out).get_trials()) == 2
+    capsys.readouterr()
+    # A study that is not there (a typo in --out) is named, not created empty and reported.
+    typo = tmp_path / "otu"
+    assert main(["--arms", "erm", "--out", str(typo), *TINY, "--report", "only"]) == 2
+    assert "holds no study 'compare'; check `--out`" in capsys.readouterr().err
+    assert not (typo / "summary.md").exists()
 
 
 def test_a_failed_run_is_one_line_and_runs_again_with_the_next_command(
