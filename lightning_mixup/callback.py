@@ -11,6 +11,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor
 
 from lightning_mixup import _checks as C
@@ -286,6 +287,15 @@ class MixupCallback(pl.Callback):
                     "with `*_step`)."
                 )
         if stage == "fit":
+            if is_param_in_hook_signature(
+                pl_module.training_step, "dataloader_iter", explicit=True
+            ):
+                raise ValueError(
+                    f"MixupCallback mixes the batch Lightning gives `training_step`, but "
+                    f"{type(pl_module).__name__}.training_step takes `dataloader_iter` and fetches "
+                    "its own batches, which no callback sees; take `batch` instead, or mix inside "
+                    "the step with a policy of `lightning_mixup.policies` (`sample`, then `apply`)."
+                )
             self._swap = self._choose_targets(pl_module)
             self._layers.bind(pl_module)
         swap = self._swap

@@ -389,3 +389,19 @@ def test_label_smoothing_on_soft_targets_warns_once():
     with pytest.warns(UserWarning, match="applies to class-index targets only") as record:
         fit_with_batch(batch, MixupCallback(label_smoothing=0.1))
     assert sum("class-index targets only" in str(w.message) for w in record) == 1
+
+
+class FetchesItsOwnBatches(RecordingModule):
+    """A training step that takes Lightning's ``dataloader_iter`` and draws its batches itself."""
+
+    def training_step(self, dataloader_iter):  # type: ignore[override]
+        batch, _, _ = next(dataloader_iter)
+        return super().training_step(batch, 0)
+
+
+def test_a_training_step_that_fetches_its_own_batches_is_refused_at_setup():
+    with pytest.raises(ValueError, match=r"FetchesItsOwnBatches.training_step takes "
+                       r"`dataloader_iter` and fetches its own batches"):  # fmt: skip
+        tiny_trainer(callbacks=[MixupCallback()], max_steps=1).fit(
+            FetchesItsOwnBatches(), loader(8, 4)
+        )
