@@ -173,7 +173,7 @@ class MixedCriterion:
     """Stands in for a module's criterion during one training step (see the module docstring).
 
     Attributes other than the call are the original criterion's, so ``self.criterion.weight``
-    and the like still read. A copy or pickle of it (made with the module, during the step)
+    and the like still read, and setting one sets the original's. A copy or pickle of it (made with the module, during the step)
     is the original criterion.
 
     Args:
@@ -187,6 +187,12 @@ class MixedCriterion:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.original, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("original", "mixes"):
+            object.__setattr__(self, name, value)
+        else:  # the step sets the criterion's own attribute (a class weight, say)
+            setattr(self.original, name, value)
 
     def __reduce__(self) -> tuple[Callable, tuple[Callable]]:
         # Copied or pickled with the module, it is the original again: ``copy``/``pickle`` would

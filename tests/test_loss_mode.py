@@ -278,6 +278,9 @@ def test_the_swap_keeps_the_state_dict_and_restores_the_attribute():
     )
     assert isinstance(module.criterion, MixedCriterion)
     assert module.criterion.weight is module._modules["criterion"].weight  # attributes read through
+    module.criterion.label_smoothing = 0.2  # and are set through, on the original
+    assert module._modules["criterion"].label_smoothing == 0.2
+    assert "label_smoothing" not in vars(module.criterion)
     assert set(module.state_dict()) == keys
     swap.restore()
     assert type(module.criterion) is nn.CrossEntropyLoss and set(module.state_dict()) == keys
