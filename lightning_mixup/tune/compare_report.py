@@ -140,7 +140,8 @@ def summary_tables(runs: pd.DataFrame, grid: Grid) -> dict[str, str]:
     """One Markdown table per tested set of weights: mean ± sample std over seeds of every metric.
 
     A row per combination of grid values and arm; a cell that fewer seeds than asked for have
-    finished says how many (``n=``); a single value shows alone.
+    finished, or where a run logged NaN, says how many values it holds (``n=``); a single value
+    shows alone.
     """
     tables = {}
     for which in grid.tests:
