@@ -31,14 +31,9 @@ def _kinds(cls: type) -> dict[str, str]:
 
 
 def _split(argv: Sequence[str], kinds: dict[str, str]) -> tuple[list[str], list[str]]:
-    """``argv`` as the command's own arguments (for jsonargparse) and LightningCLI's.
-
-    Raises:
-        ValueError: If a list flag is given twice.
-    """
+    """``argv`` as the command's own arguments (for jsonargparse) and LightningCLI's."""
     mine: list[str] = []
     passthrough: list[str] = []
-    lists_seen: set[str] = set()
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -54,13 +49,6 @@ def _split(argv: Sequence[str], kinds: dict[str, str]) -> tuple[list[str], list[
         if name not in kinds:
             passthrough.append(token)
             continue
-        if kinds[name] == "list":
-            if name in lists_seen:  # argparse would keep the last one: an axis lost silently
-                raise ValueError(
-                    f"`--{name}` is given twice; give all its values after one `--{name}` "
-                    f"(`--{name} A B`), since the second would replace the first."
-                )
-            lists_seen.add(name)
         values = [value] if eq else []
         while not eq and i < len(argv) and not argv[i].startswith("--"):
             values.append(argv[i])

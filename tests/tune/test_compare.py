@@ -532,22 +532,6 @@ def test_compare_flags_go_to_jsonargparse_and_the_rest_to_lightningcli():
     assert rest == ["--config", "c.yaml", "--trainer.max_epochs", "3", "--data.z=1", "--no-such"]
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--grid", "a=1,2", "--grid", "b=3,4"],
-        ["--seeds=[0]", "--seeds", "1"],
-        ["--arms", "x", "--arms=y"],
-    ],
-)
-def test_a_list_flag_given_twice_is_refused_instead_of_losing_the_first(argv):
-    name = argv[0].partition("=")[0]
-    with pytest.raises(
-        ValueError, match=rf"`{name}` is given twice; give all its values after one"
-    ):
-        parse_options(["--config", "c.yaml", *argv])
-
-
 def test_defaults_are_written_once_in_the_options_dataclass():
     options, passthrough = parse_options(["--config", "c.yaml"])
     assert options == CompareOptions() and passthrough == ["--config", "c.yaml"]
