@@ -69,12 +69,15 @@ def find_criterion(pl_module: nn.Module, name: str | None) -> tuple[str, Callabl
 
 #: torch's losses whose second argument is not one target row per sample (a second input, or
 #: CTC's targets, whose lengths are a later argument): mixing them would permute the wrong thing.
-_SECOND_NOT_TARGETS: tuple[Callable, ...] = (
+_SECOND_NOT_TARGETS = (
     nn.MarginRankingLoss,
     nn.CosineEmbeddingLoss,
     nn.TripletMarginLoss,
     nn.TripletMarginWithDistanceLoss,
     nn.CTCLoss,
+)
+#: The same losses as functions.
+_SECOND_NOT_TARGETS_FUNCTIONS = (
     nn.functional.margin_ranking_loss,
     nn.functional.cosine_embedding_loss,
     nn.functional.triplet_margin_loss,
@@ -89,9 +92,8 @@ def check_mixable(criterion: Callable, what: str) -> None:
     Raises:
         ValueError: If ``criterion`` is one of torch's ranking, embedding, triplet or CTC losses.
     """
-    kind = criterion if isinstance(criterion, type) else type(criterion)
-    if criterion in _SECOND_NOT_TARGETS or kind in _SECOND_NOT_TARGETS:
-        name = getattr(criterion, "__name__", kind.__name__)
+    if isinstance(criterion, _SECOND_NOT_TARGETS) or criterion in _SECOND_NOT_TARGETS_FUNCTIONS:
+        name = getattr(criterion, "__name__", type(criterion).__name__)
         raise ValueError(
             f"targets='loss' cannot mix {what} ({name}): its second argument is not one target "
             "row per sample (a second input, or CTC targets whose lengths come later), so the "
@@ -173,8 +175,8 @@ class MixedCriterion:
     """Stands in for a module's criterion during one training step (see the module docstring).
 
     Attributes other than the call are the original criterion's, so ``self.criterion.weight``
-    and the like still read, and setting one sets the original's. A copy or pickle of it (made with the module, during the step)
-    is the original criterion.
+    and the like still read, and setting one sets the original's. A copy or pickle of it (made
+    with the module, during the step) is the original criterion.
 
     Args:
         original: The module's criterion.

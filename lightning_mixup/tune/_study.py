@@ -11,7 +11,7 @@ import random
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from lightning_mixup import _checks
+
 __all__ = [
     "StudyOptions",
     "TrialFailed",
     "TuneError",
     "check_heartbeat",
     "check_seeds",
+    "distinct",
     "fail_stale",
     "failed",
     "hide_password",
@@ -231,8 +234,6 @@ def save_png(fig: Any, path: Path, dpi: float | None = None) -> None:
 
 def check_heartbeat(heartbeat: int, grace: int | None) -> None:
     """Check ``--heartbeat``, and that ``--grace`` exceeds it (else live trials would fail)."""
-    from lightning_mixup import _checks
-
     _checks.integer("--heartbeat", heartbeat, 1)
     if grace is not None and grace <= heartbeat:
         raise ValueError(
@@ -240,16 +241,20 @@ def check_heartbeat(heartbeat: int, grace: int | None) -> None:
         )
 
 
-def check_seeds(seeds: list[int]) -> None:
-    """Check ``--seeds``: at least one, each an integer >= 0 (Lightning's range), none twice."""
-    from lightning_mixup import _checks
+def distinct(flag: str, values: Sequence[Any]) -> None:
+    """Refuse a value that ``flag``'s list holds twice."""
+    for i, v in enumerate(values):
+        if v in values[:i]:
+            raise ValueError(f"`{flag}` lists {v!r} twice.")
 
+
+def check_seeds(seeds: list[int]) -> None:
+    """Check ``--seeds``: none twice, at least one, each an integer >= 0 (Lightning's range)."""
+    distinct("--seeds", seeds)
     if not seeds:
         raise ValueError("`--seeds` must hold at least one seed, got [].")
-    for i, seed in enumerate(seeds):
+    for seed in seeds:
         _checks.integer("--seeds", seed, 0)
-        if seed in seeds[:i]:
-            raise ValueError(f"`--seeds` lists {seed!r} twice.")
 
 
 def make_folder(flag: str, folder: Path, given: Path | None = None) -> None:

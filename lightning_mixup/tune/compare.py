@@ -46,6 +46,7 @@ from lightning_mixup.tune._study import (
     TuneError,
     check_heartbeat,
     check_seeds,
+    distinct,
     fail_stale,
     failed,
     hide_password,
@@ -156,8 +157,8 @@ class CompareOptions(StudyOptions):
 
     def check(self) -> None:
         """Check the values that no config is needed for (a ``ValueError`` naming the flag)."""
-        for name in ("arms", "seeds", "seed_keys", "grid", "test"):
-            _distinct(f"--{name}", getattr(self, name) or [])
+        for name in ("arms", "seed_keys", "grid", "test"):
+            distinct(f"--{name}", getattr(self, name) or [])
         if not self.arms:
             raise ValueError("`--arms` must name at least one arm, got [].")
         check_seeds(self.seeds)
@@ -166,12 +167,6 @@ class CompareOptions(StudyOptions):
             _checks.integer("--threads", self.threads, 1)
         _checks.optional_number("--max_minutes", self.max_minutes, 0, open_low=True)
         check_heartbeat(self.heartbeat, self.grace)
-
-
-def _distinct(flag: str, values: Sequence[Any]) -> None:
-    for i, v in enumerate(values):
-        if v in values[:i]:
-            raise ValueError(f"`{flag}` lists {v!r} twice.")
 
 
 # ---------------------------------------------------------------------------- command line
@@ -348,7 +343,7 @@ def _grid(items: Sequence[str], seed_keys: Sequence[str]) -> dict[str, list[Any]
             v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v)
             for v in values
         ]
-        _distinct(f"--grid {key}", values)
+        distinct(f"--grid {key}", values)
         grid[key] = values
     return grid
 

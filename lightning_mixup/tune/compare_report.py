@@ -155,17 +155,8 @@ def summary_tables(runs: pd.DataFrame, grid: Grid) -> dict[str, str]:
                 _cell(row[(m, "mean")], row[(m, "std")], row[(m, "count")], len(grid.seeds))
                 for m in metrics
             ]
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        f"`{arm}`",
-                        *(str(_given(grid.grid[k], v)) for k, v in zip(grid.grid, values)),
-                        *cells,
-                    ]
-                )
-                + " |"
-            )
+            shown = [str(_given(grid.grid[k], v)) for k, v in zip(grid.grid, values)]
+            lines.append("| " + " | ".join([f"`{arm}`", *shown, *cells]) + " |")
         tables[which] = "\n".join(lines)
     return tables
 
